@@ -1,0 +1,281 @@
+"""Magnitude pruning of conv kernels, stage 1 of Deep Compression (REFERENCE.md section 6).
+
+Each conv kernel keeps exactly `round(density * n)` of its `n` weights, those of largest
+magnitude (ties go to the lower flat C-order index, so a mask never depends on the sort
+implementation); biases and BatchNorm parameters are never pruned. A layer always keeps at least
+one weight, since a layer with none would cut the network.
+
+Densities come in four forms:
+
+* `"released"` (the default): the per-layer densities of the authors' compressed SqueezeNet v1.0
+  (the paper's 8-bit "33% density" model keeps 422,083 of 1,244,448 weights): squeeze /
+  expand1x1 / expand3x3 of fire2-5 100/100/33%, fire6 99/50/33, fire7 50/99/33, fire8 99/50/30,
+  fire9 50/99/30, conv1 98.5%, conv10 20.7%. Nets with another number of Fire modules map each
+  Fire module to the paper Fire module at the same relative depth; a complex-bypass 1x1 conv
+  takes its Fire module's squeeze density.
+* a number: one density for every conv kernel;
+* a mapping `{layer: density}` keyed by layer (`"fire2/squeeze"`) or kernel path
+  (`"fire2/squeeze/kernel"`); layers it does not name stay dense (density 1.0).
+
+Parameter trees are nested dicts as returned by `nnx.State.to_pure_dict()` (an `nnx.State` is
+converted on the way in); `flatten_params` / `unflatten_params` turn them into flat
+`{"fire2/squeeze/kernel": array}` dicts, ordered by position in the network, and back. Masks are
+nested dicts holding only the kernels, mirroring the parameter tree, so the trainer can apply them
+inside `jax.jit` with `apply_masks`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ---------------------------------------------------------------------- parameter paths
+
+
+def _as_tree(params: Any) -> Any:
+    # nnx.State (and anything else with the same method) -> nested dict of arrays.
+    to_pure_dict = getattr(params, "to_pure_dict", None)
+    return to_pure_dict() if callable(to_pure_dict) else params
+
+
+_ROLE_ORDER = {"squeeze": 0, "expand1x1": 1, "expand3x3": 2, "bypass": 3}
+
+
+def network_order_key(path: str) -> tuple:
+    """Sort key putting paths in network order: conv1, fire2 ... fireN (squeeze, expand1x1,
+    expand3x3, bypass), conv10, then anything else alphabetically."""
+    head, _, rest = path.partition("/")
+    role = rest.split("/")[0].removesuffix("_bn")
+    role_rank = (_ROLE_ORDER.get(role, len(_ROLE_ORDER)), rest)
+    if head.startswith("conv1_bn") or head == "conv1":
+        return (0, 0, (0, path))
+    match = re.fullmatch(r"fire(\d+)", head)
+    if match:
+        return (1, int(match.group(1)), role_rank)
+    if head == "conv10":
+        return (2, 0, (0, path))
+    return (3, 0, (0, path))
+
+
+def flatten_params(params: Any) -> dict[str, Any]:
+    """`{"fire2/squeeze/kernel": array, ...}` in network order, from a nested dict, an
+    `nnx.State`, or an already flat dict (keys containing '/')."""
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, child in node.items():
+                visit(f"{prefix}/{key}" if prefix else str(key), child)
+        else:
+            if prefix in flat:
+                raise ValueError(f"parameter path {prefix!r} appears twice")
+            flat[prefix] = node
+
+    visit("", _as_tree(params))
+    return {path: flat[path] for path in sorted(flat, key=network_order_key)}
+
+
+def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dict from a flat `{"a/b/c": leaf}` dict (inverse of `flatten_params`)."""
+    tree: dict[str, Any] = {}
+    for path, leaf in flat.items():
+        keys = path.split("/")
+        node = tree
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"parameter path {path!r} runs through the leaf {key!r}")
+            node = child
+        if keys[-1] in node:
+            raise ValueError(f"parameter path {path!r} appears twice")
+        node[keys[-1]] = leaf
+    return tree
+
+
+def is_conv_kernel(path: str, leaf: Any) -> bool:
+    """Whether a parameter is a conv kernel (prunable and quantizable): `.../kernel`, HWIO."""
+    return path.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) == 4
+
+
+def conv_kernels(params: Any) -> dict[str, Any]:
+    """The conv kernels of a parameter tree, flat and in network order."""
+    return {p: leaf for p, leaf in flatten_params(params).items() if is_conv_kernel(p, leaf)}
+
+
+def layer_name(kernel_path: str) -> str:
+    """`"fire2/squeeze/kernel"` -> `"fire2/squeeze"`."""
+    return kernel_path.removesuffix("/kernel")
+
+
+# ---------------------------------------------------------------------- released densities
+
+# Per-layer densities of the released compressed SqueezeNet v1.0 (paper Table 2's 8-bit model).
+RELEASED_CONV1_DENSITY = 0.985
+RELEASED_CONV10_DENSITY = 0.207
+# fire2 ... fire9: (squeeze, expand1x1, expand3x3).
+RELEASED_FIRE_DENSITIES: tuple[tuple[float, float, float], ...] = (
+    (1.0, 1.0, 0.33),
+    (1.0, 1.0, 0.33),
+    (1.0, 1.0, 0.33),
+    (1.0, 1.0, 0.33),
+    (0.99, 0.5, 0.33),
+    (0.5, 0.99, 0.33),
+    (0.99, 0.5, 0.30),
+    (0.5, 0.99, 0.30),
+)
+
+
+def released_density(layer: str, num_fire: int) -> float:
+    """The released SqueezeNet's density for `layer` in a net with `num_fire` Fire modules.
+
+    Fire module i of `num_fire` (fire2 is i = 0) takes the densities of the paper Fire module at
+    the same relative depth, `round(i * 7 / (num_fire - 1))`, which is i itself for v1.0/v1.1.
+    """
+    layer = layer_name(layer)
+    if layer == "conv1":
+        return RELEASED_CONV1_DENSITY
+    if layer == "conv10":
+        return RELEASED_CONV10_DENSITY
+    match = re.fullmatch(r"fire(\d+)/(squeeze|expand1x1|expand3x3|bypass)", layer)
+    if not match:
+        raise ValueError(
+            f"no released density for layer {layer!r} (known: conv1, fireN/squeeze, "
+            "fireN/expand1x1, fireN/expand3x3, fireN/bypass, conv10); pass densities explicitly"
+        )
+    index = int(match.group(1)) - 2
+    if not 0 <= index < max(num_fire, 1):
+        raise ValueError(f"layer {layer!r} is outside a net of {num_fire} Fire modules")
+    paper_fires = len(RELEASED_FIRE_DENSITIES)
+    paper_index = round(index * (paper_fires - 1) / (num_fire - 1)) if num_fire > 1 else 0
+    squeeze, expand1x1, expand3x3 = RELEASED_FIRE_DENSITIES[paper_index]
+    role = match.group(2)
+    # A bypass conv feeds the same Fire output as the squeeze reads; the paper prunes no bypass
+    # convs, so it inherits its Fire module's squeeze density.
+    return {"squeeze": squeeze, "bypass": squeeze, "expand1x1": expand1x1, "expand3x3": expand3x3}[
+        role
+    ]
+
+
+def _fire_count(kernel_paths: list[str]) -> int:
+    numbers = {int(m.group(1)) for p in kernel_paths if (m := re.match(r"fire(\d+)/", p))}
+    return max(numbers) - 1 if numbers else 0
+
+
+def _check_density(layer: str, density: Any) -> float:
+    if isinstance(density, bool) or not isinstance(density, (int, float, np.floating)):
+        raise ValueError(f"density of layer {layer!r} must be a number in (0, 1], got {density!r}")
+    density = float(density)
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density of layer {layer!r} must be in (0, 1], got {density}")
+    return density
+
+
+def resolve_densities(params: Any, densities: Any = "released") -> dict[str, float]:
+    """Density per conv kernel path (`{"fire2/squeeze/kernel": 1.0, ...}`), validated.
+
+    `densities` is "released", one number for all kernels, or a mapping keyed by layer name or
+    kernel path (unnamed layers stay at 1.0; unknown names are an error).
+    """
+    kernels = conv_kernels(params)
+    paths = list(kernels)
+    if isinstance(densities, str):
+        if densities != "released":
+            raise ValueError(
+                f"densities must be 'released', a number in (0, 1] or a per-layer mapping, "
+                f"got {densities!r}"
+            )
+        num_fire = _fire_count(paths)
+        return {p: released_density(p, num_fire) for p in paths}
+    if isinstance(densities, Mapping):
+        by_layer = {layer_name(p): p for p in paths}
+        resolved = dict.fromkeys(paths, 1.0)
+        for key, value in densities.items():
+            layer = layer_name(str(key))
+            if layer not in by_layer:
+                raise ValueError(
+                    f"densities names layer {key!r}, which is not a conv layer of these params; "
+                    f"conv layers: {', '.join(by_layer)}"
+                )
+            resolved[by_layer[layer]] = _check_density(layer, value)
+        return resolved
+    return {p: _check_density(layer_name(p), densities) for p in paths}
+
+
+# ---------------------------------------------------------------------- masks
+
+
+def kept_count(density: float, size: int) -> int:
+    """Weights kept at `density` out of `size`: round half up, at least one."""
+    return max(1, min(size, math.floor(density * size + 0.5)))
+
+
+def magnitude_mask(kernel: Any, density: float) -> np.ndarray:
+    """Boolean mask keeping the `kept_count(density, n)` largest-|w| entries of `kernel`.
+
+    Ties in |w| keep the entry with the lower flat C-order index.
+    """
+    weights = np.asarray(kernel, dtype=np.float32)
+    if not np.all(np.isfinite(weights)):
+        raise ValueError("cannot prune a kernel with NaN or infinite weights")
+    flat = np.abs(weights).ravel()
+    keep = kept_count(density, flat.size)
+    # A stable sort of -|w| ranks equal magnitudes by position: deterministic everywhere.
+    order = np.argsort(-flat, kind="stable")
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[order[:keep]] = True
+    return mask.reshape(weights.shape)
+
+
+def make_masks(params: Any, densities: Any = "released") -> dict[str, Any]:
+    """Nested dict of boolean masks, one per conv kernel, mirroring `params` (see module doc)."""
+    kernels = conv_kernels(params)
+    resolved = resolve_densities(kernels, densities)
+    return unflatten_params({p: magnitude_mask(kernels[p], resolved[p]) for p in kernels})
+
+
+def apply_masks(params: Any, masks: Any) -> dict[str, Any]:
+    """`params` with every masked kernel's pruned weights set to zero (nested dict).
+
+    NumPy leaves stay NumPy; jax arrays and tracers go through `jnp.where`, so this works inside
+    `jax.jit` with the masks as (static or traced) arrays.
+    """
+    flat = flatten_params(params)
+    flat_masks = flatten_params(masks)
+    for path, mask in flat_masks.items():
+        if path not in flat:
+            raise ValueError(f"mask for {path!r} has no matching parameter")
+        leaf = flat[path]
+        if tuple(np.shape(mask)) != tuple(np.shape(leaf)):
+            raise ValueError(
+                f"mask for {path!r} has shape {tuple(np.shape(mask))}, parameter has "
+                f"{tuple(np.shape(leaf))}"
+            )
+        if isinstance(leaf, np.ndarray) and isinstance(mask, np.ndarray):
+            flat[path] = np.where(mask, leaf, np.zeros((), leaf.dtype))
+        else:
+            flat[path] = jnp.where(mask, leaf, jnp.zeros((), jnp.result_type(leaf)))
+    return unflatten_params(flat)
+
+
+def density_report(masks: Any) -> dict[str, Any]:
+    """`{"layers": {layer: {"params", "kept", "density"}}, "total": {...}}` in network order."""
+    layers = {}
+    total_params = total_kept = 0
+    for path, mask in flatten_params(masks).items():
+        mask = np.asarray(jax.device_get(mask), dtype=bool)
+        params, kept = int(mask.size), int(mask.sum())
+        layers[layer_name(path)] = {"params": params, "kept": kept, "density": kept / params}
+        total_params += params
+        total_kept += kept
+    total = {
+        "params": total_params,
+        "kept": total_kept,
+        "density": total_kept / total_params if total_params else 0.0,
+    }
+    return {"layers": layers, "total": total}

@@ -1,0 +1,142 @@
+"""`sqz describe`: print a design point's per-layer size and compute before anything trains.
+
+    sqz describe --preset v1.0
+    sqz describe --config=experiments/imagenet/squeezenet_v1_0.py --image-size 224 --json
+    sqz describe --preset v1.0 --set squeeze_ratio=0.25 --set pool_after="('conv1','fire4')"
+
+The spec comes from a named preset or from an experiment file's `config.model`; `--set` then
+replaces spec fields (values parsed as Python literals, else taken as strings), so a design can be
+sized while exploring. Output is the paper's Table 1 layout with totals, or JSON (`--json`):
+`{"spec", "params", "macs", "fp32_bytes", "fp32_mib", "activations", "image_size", "layers"}`.
+An invalid spec, preset or config prints `error: ...` naming the field and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sqzexplore.config import ConfigError, load_config_file, spec_from_config
+from sqzexplore.models.complexity import complexity
+from sqzexplore.models.spec import PRESETS, SpecError, SqueezeNetSpec
+
+EXIT_USAGE = 2
+_TUPLE_EXAMPLES = {
+    "pool_after": "\"('conv1','fire4','fire8')\"",
+    "fire_widths": '"((16,64,64),(16,64,64))" (squeeze, expand1x1, expand3x3 per Fire)',
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sqz describe",
+        description="Per-layer params, MACs and activations of a SqueezeNet design point.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help=f"named spec preset: {', '.join(PRESETS)}", metavar="NAME")
+    source.add_argument(
+        "--config",
+        help="experiment file, optionally with its argument: path/to/experiment.py[:arg]",
+        metavar="FILE[:ARG]",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input height and width (default: the spec's image_size)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="FIELD=VALUE",
+        help="replace a spec field, e.g. --set squeeze_ratio=0.25 (repeatable; "
+        "values are Python literals, otherwise strings)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`"field=value"` -> (field, value): a Python literal if it parses as one, else the string."""
+    field, sep, raw = item.partition("=")
+    field = field.strip()
+    if not sep or not field:
+        raise SpecError(f"--set needs FIELD=VALUE, got {item!r}")
+    # `model.squeeze_ratio` is how the same field is spelled in an experiment config.
+    field = field.removeprefix("model.")
+    raw = raw.strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return field, value
+
+
+def apply_spec_overrides(spec: SqueezeNetSpec, overrides: Sequence[str]) -> SqueezeNetSpec:
+    """The spec with `--set` fields replaced, validated again; SpecError names a bad field."""
+    if not overrides:
+        return spec
+    d = spec.to_dict()
+    for item in overrides:
+        field, value = parse_override(item)
+        if field not in d:
+            raise SpecError(f"--set: unknown spec field {field!r}; known fields: {sorted(d)}")
+        if field == "pool_after" and isinstance(value, str):
+            value = (value,)  # `--set pool_after=fire4`: one position
+        tuple_ok = isinstance(value, (list, tuple)) or (field == "fire_widths" and value is None)
+        if field in ("pool_after", "fire_widths") and not tuple_ok:
+            raise SpecError(
+                f"--set: {field} must be a tuple such as {_TUPLE_EXAMPLES[field]}, got {value!r}"
+            )
+        d[field] = value
+    try:
+        return SqueezeNetSpec.from_dict(d)
+    except TypeError as e:
+        fields = ", ".join(parse_override(item)[0] for item in overrides)
+        raise SpecError(f"--set: a value of the wrong type among {fields} ({e})") from None
+
+
+def load_spec(preset_name: str | None, config_path: str | None) -> SqueezeNetSpec:
+    """The spec of a named preset or of an experiment file's `config.model`."""
+    if preset_name is not None:
+        if preset_name not in PRESETS:
+            raise SpecError(
+                f"--preset: unknown preset {preset_name!r}; available: {', '.join(PRESETS)}"
+            )
+        return PRESETS[preset_name]
+    return spec_from_config(load_config_file(config_path))
+
+
+def describe(spec: SqueezeNetSpec, image_size: int | None = None, as_json: bool = False) -> str:
+    """The text `sqz describe` prints for `spec` (a table, or JSON)."""
+    cx = complexity(spec, image_size)
+    if as_json:
+        return json.dumps({"spec": spec.to_dict(), **cx.to_dict()}, indent=2)
+    return cx.table()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        spec = load_spec(args.preset, args.config)
+        spec = apply_spec_overrides(spec, args.overrides)
+        if args.image_size is not None and args.image_size < 1:
+            raise SpecError(f"--image-size must be a positive integer, got {args.image_size}")
+        text = describe(spec, args.image_size, args.json)
+    except (SpecError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.overrides and not args.json:
+        print("overrides: " + ", ".join(args.overrides))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
