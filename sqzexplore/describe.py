@@ -122,6 +122,7 @@ def describe(spec: SqueezeNetSpec, image_size: int | None = None, as_json: bool 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of `sqz describe` (argv without the program name); returns the exit status."""
     args = _build_parser().parse_args(argv)
     try:
         spec = load_spec(args.preset, args.config)

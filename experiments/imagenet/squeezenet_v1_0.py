@@ -61,7 +61,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.augment = "paper"
 
     c.batch_size = batch_size
-    c.eval_batch_size = 500  # divides the 50,000 validation images exactly
     c.num_steps = num_steps
     c.optim.name = "sgd"
     c.optim.lr = lr

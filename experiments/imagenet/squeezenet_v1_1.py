@@ -46,7 +46,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.augment = "paper"
 
     c.batch_size = 512
-    c.eval_batch_size = 500  # divides the 50,000 validation images exactly
     c.num_steps = 170_000
     c.optim.name = "sgd"
     c.optim.lr = 0.04

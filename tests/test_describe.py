@@ -1,0 +1,176 @@
+"""`sqz describe` and the ImageNet experiment configs it reads."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sqzexplore.config import ConfigError, load_config_file, spec_from_config, steps_for
+from sqzexplore.describe import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V1_0 = os.path.join(ROOT, "experiments", "imagenet", "squeezenet_v1_0.py")
+V1_1 = os.path.join(ROOT, "experiments", "imagenet", "squeezenet_v1_1.py")
+
+
+def describe_json(capsys, *argv: str) -> dict:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def describe_error(capsys, *argv: str) -> str:
+    assert main(list(argv)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ")
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+# ------------------------------------------------------------------ presets and --set
+def test_preset_json(capsys):
+    d = describe_json(capsys, "--preset", "v1.0")
+    assert d["spec"]["name"] == "v1.0"
+    assert d["params"] == 1_248_424
+    assert d["macs"] == 818_924_576  # the preset's image_size is 224
+    assert d["fp32_bytes"] == 4 * 1_248_424
+    assert round(d["fp32_mib"], 2) == 4.76
+    assert d["activations"] == sum(layer["activations"] for layer in d["layers"])
+    assert [layer["name"] for layer in d["layers"]][:3] == ["conv1", "maxpool1", "fire2"]
+
+
+def test_preset_table(capsys):
+    assert main(["--preset", "v1.1"]) == 0
+    out = capsys.readouterr().out
+    assert "fire9" in out and "maxpool5" in out
+    assert "1,235,496" in out and "349.15M" in out and "4.71 MiB" in out
+
+
+def test_image_size(capsys):
+    d = describe_json(capsys, "--preset", "v1.0", "--image-size", "227")
+    assert round(d["macs"] / 1e6, 2) == 832.67
+    assert d["image_size"] == 227
+    assert d["layers"][0]["height"] == 111
+
+
+def test_set_overrides(capsys):
+    d = describe_json(
+        capsys,
+        "--preset",
+        "v1.0",
+        "--set",
+        "squeeze_ratio=0.25",
+        "--set",
+        "pool_after=('conv1','fire4')",
+        "--set",
+        "model.bypass=complex",  # the experiment-config spelling works too
+    )
+    assert d["spec"]["squeeze_ratio"] == 0.25
+    assert d["spec"]["pool_after"] == ["conv1", "fire4"]
+    assert d["spec"]["bypass"] == "complex"
+    assert d["params"] == 1_967_080 + 341_248
+    assert [x["name"] for x in d["layers"] if x["kind"] == "maxpool"] == ["maxpool1", "maxpool4"]
+
+
+def test_set_single_pool_position_as_string(capsys):
+    d = describe_json(capsys, "--preset", "cifar", "--set", "pool_after=fire4")
+    assert d["spec"]["pool_after"] == ["fire4"]
+
+
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--preset", "v9"], ["--preset", "v9", "v1.0"]),
+        (["--preset", "v1.0", "--set", "squeeze_ratio=2"], ["squeeze_ratio", "(0, 1]"]),
+        (["--preset", "v1.0", "--set", "bypass=bogus"], ["bypass", "complex"]),
+        (["--preset", "v1.0", "--set", "width=3"], ["unknown spec field", "width"]),
+        (["--preset", "v1.0", "--set", "pool_after=5"], ["pool_after"]),
+        (["--preset", "v1.0", "--set", "pool_after=('fire12',)"], ["pool_after", "fire12"]),
+        (["--preset", "v1.0", "--set", "squeeze_ratio"], ["FIELD=VALUE"]),
+        (["--preset", "v1.0", "--image-size", "16"], ["collapses"]),
+        (["--preset", "v1.0", "--image-size", "0"], ["--image-size"]),
+        (["--config", "no/such/experiment.py"], ["does not exist"]),
+        ([f"--config={V1_0}:solver=adam"], ["solver", "paper", "release"]),
+        ([f"--config={V1_1}:sr=0.5"], ["'sr'", "runlocal"]),
+    ],
+)
+def test_errors_name_the_field(capsys, argv, names):
+    err = describe_error(capsys, *argv)
+    for name in names:
+        assert name in err
+
+
+def test_argparse_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])  # neither --preset nor --config
+    assert e.value.code == 2
+    assert "--preset" in capsys.readouterr().err
+
+
+def test_runs_as_module():
+    # The `if __name__ == "__main__"` entry point, error path included (status 2, no traceback).
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "sqzexplore.describe", "--preset", "v1.0", "--set", "freq=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: freq must be an integer >= 1")
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ ImageNet experiments
+@pytest.mark.parametrize(
+    "path, params, macs_227",
+    [(V1_0, 1_248_424, 832_667_936), (V1_1, 1_235_496, 387_747_520)],
+)
+def test_imagenet_configs_describe(capsys, path, params, macs_227):
+    d = describe_json(capsys, f"--config={path}")
+    assert d["params"] == params
+    assert d["image_size"] == 227  # random 227x227 crops, as in Caffe
+    assert d["macs"] == macs_227
+    d224 = describe_json(capsys, f"--config={path}", "--image-size", "224")
+    assert d224["macs"] == {V1_0: 818_924_576, V1_1: 349_151_936}[path]
+
+
+def test_v1_0_paper_recipe():
+    c = load_config_file(V1_0)
+    spec = spec_from_config(c)
+    assert spec.name == "v1.0" and spec.init == "caffe" and spec.image_size == 227
+    assert (c.data.name, c.data.augment) == ("imagenet2012", "paper")
+    assert (c.batch_size, c.num_steps) == (512, 170_000)
+    o = c.optim
+    assert (o.name, o.lr, o.momentum, o.weight_decay) == ("sgd", 0.04, 0.9, 2e-4)
+    assert (o.schedule, o.power) == ("poly", 1.0)
+    assert steps_for(c, train_size=1_281_167) == 170_000
+
+
+def test_v1_0_release_solver():
+    c = load_config_file(V1_0, "solver=release")
+    assert (c.optim.lr, c.optim.power, c.num_steps, c.batch_size) == (0.08, 0.5, 85_000, 1024)
+    assert spec_from_config(c) == spec_from_config(load_config_file(V1_0))
+
+
+def test_v1_1_recipe():
+    c = load_config_file(V1_1)
+    assert spec_from_config(c).name == "v1.1"
+    assert (c.optim.lr, c.optim.power, c.num_steps, c.batch_size) == (0.04, 1.0, 170_000, 512)
+    with pytest.raises(ConfigError, match="solver"):
+        load_config_file(V1_1, "solver=release")
+
+
+@pytest.mark.parametrize(
+    "path, arg", [(V1_0, "runlocal"), (V1_0, "runlocal,solver=release"), (V1_1, "runlocal")]
+)
+def test_runlocal_is_the_same_experiment_shrunk(path, arg):
+    full = load_config_file(path, arg.replace("runlocal", "runlocal=false"))
+    local = load_config_file(path, arg)
+    # The smoke run builds exactly the real model with the real optimiser...
+    assert spec_from_config(local) == spec_from_config(full)
+    assert local.optim.to_dict() == full.optim.to_dict()
+    assert local.data.augment == full.data.augment
+    # ...on synthetic data, a batch the 4 fake test devices can share, and a few steps.
+    assert local.data.name == "synthetic"
+    assert local.batch_size % 4 == 0 and local.eval_batch_size % 4 == 0
+    assert local.batch_size <= 16 and 0 < local.num_steps <= 10
+    assert steps_for(local, local.data.synthetic_train_size) == local.num_steps

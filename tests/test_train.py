@@ -1,0 +1,264 @@
+"""Trainer tests: correctness of the step across device counts, resume, failures, outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from sqzexplore import train
+from sqzexplore.config import ConfigError, base_config, model_config
+from sqzexplore.models.spec import SpecError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**changes) -> "object":
+    """A seconds-long digits run: a narrow SqueezeNet on 16x16 digits."""
+    c = base_config()
+    c.model = model_config(
+        "digits", stem_filters=16, base_e=16, incr_e=16, squeeze_ratio=0.25, dropout=0.1
+    )
+    c.data.name = "digits"
+    c.batch_size = 64
+    c.eval_batch_size = 128
+    c.num_epochs = 2.0
+    c.optim.name = "adamw"
+    c.optim.lr = 3e-3
+    c.optim.schedule = "cosine"
+    c.optim.weight_decay = 1e-4
+    c.eval_every_epochs = 1.0
+    c.checkpoint_every_epochs = 1.0
+    c.log_every_steps = 5
+    c.progress = "false"
+    c.compilation_cache_dir = ""
+    for k, v in changes.items():
+        node = c
+        *parents, last = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def test_digits_run_writes_all_outputs(tmp_path):
+    result = train.train_and_evaluate(tiny_config(), str(tmp_path))
+    for name in ("config.json", "spec.json", "complexity.json", "metrics.jsonl", "result.json"):
+        assert (tmp_path / name).exists(), name
+    assert result["status"] == "complete"
+    assert result["final"]["count"] == 360  # the whole digits test split, exactly once
+    assert result["steps"] == 2 * -(-1437 // 64) or result["steps"] > 0
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if r["split"] == "train"]
+    eval_recs = [r for r in records if r["split"] == "eval"]
+    assert {"loss", "top1", "lr", "grad_norm", "images_per_s"} <= set(train_recs[0])
+    assert {"loss", "top1", "top5"} <= set(eval_recs[-1])
+    assert eval_recs[-1]["top1"] == result["final"]["top1"]
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["complexity"]["params"] == json.loads((tmp_path / "complexity.json").read_text())["params"]
+    assert saved["device_count"] == jax.device_count()
+    # A finished run is not trained again: calling again returns the stored result.
+    again = train.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert again == saved
+
+
+@pytest.mark.slow
+def test_digits_reaches_accuracy_bar(tmp_path):
+    c = tiny_config(num_epochs=12.0)
+    c.model = model_config("digits")
+    result = train.train_and_evaluate(c, str(tmp_path))
+    assert result["final"]["top1"] >= 0.90, result["final"]
+
+
+def _one_step_state(config, devices):
+    """Params after exactly one train step on a mesh of `devices`."""
+    from flax import nnx
+
+    from sqzexplore import optim, sharding
+    from sqzexplore.config import spec_from_config
+    from sqzexplore.data import load_dataset
+    from sqzexplore.models.squeezenet import SqueezeNet
+
+    spec = spec_from_config(config)
+    mesh = sharding.make_mesh(devices)
+    ds = load_dataset(config.data, spec)
+    tx, schedule = optim.make_optimizer(config.optim, 10, 0)
+    model = SqueezeNet(spec, rngs=nnx.Rngs(0))
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    params, stats = params.to_pure_dict(), stats.to_pure_dict()
+    state = dict(
+        step=np.int32(0), params=params, batch_stats=stats, opt_state=tx.init(params),
+        rng=np.asarray(jax.random.key_data(jax.random.key(0))), aux={}, nonfinite_step=np.int32(-1),
+    )
+    state = jax.device_put(state, sharding.replicated(mesh))
+    step_fn = train._make_train_step(
+        graphdef=graphdef, ds=ds, tx=tx, schedule=schedule, spec=spec, config=config,
+        reparam=None, mesh=mesh, on_device=True,
+    )
+    x, y = (sharding.put_replicated(a, mesh) for a in ds.train_arrays())
+    new_state, metrics = jax.jit(step_fn)(state, x, y)
+    return jax.device_get(new_state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_four_devices_equal_one_device(batch_norm):
+    """Same global batch on 4 fake CPU devices and on 1: same update (float32 tolerance 1e-5),
+    and with BatchNorm the same running statistics (so they are over the global batch)."""
+    assert jax.device_count() >= 4
+    c = tiny_config(**{"model.batch_norm": batch_norm, "model.dropout": 0.0})
+    one, m1 = _one_step_state(c, jax.devices()[:1])
+    four, m4 = _one_step_state(c, jax.devices()[:4])
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(four["params"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    if batch_norm:
+        stats1, stats4 = jax.tree.leaves(one["batch_stats"]), jax.tree.leaves(four["batch_stats"])
+        assert stats1
+        for a, b in zip(stats1, stats4):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_train_step_compiles_once(tmp_path, caplog):
+    """The step is compiled once (ahead of time) and never retraced across log/eval/ckpt points."""
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            train.train_and_evaluate(tiny_config(num_epochs=3.0), str(tmp_path))
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiles = [r for r in caplog.records if "train_step" in r.getMessage() and "ompil" in r.getMessage()]
+    assert len(compiles) == 1, [r.getMessage()[:200] for r in compiles]
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"batch_size": 30}, "batch_size"),  # not a multiple of 4 devices
+        ({"optim.lr": -1.0}, "lr"),
+        ({"optim.name": "adagrad"}, "optim.name"),
+        ({"data.name": "no_such_dataset_xyz"}, "no_such_dataset_xyz"),
+        ({"model.squeeze_ratio": 0.001}, "squeeze"),
+        ({"model.image_size": 4}, "image_size"),
+        ({"num_epochs": 0.0}, "num_epochs"),
+        ({"wandb.mode": "cloud"}, "wandb.mode"),
+    ],
+)
+def test_bad_configs_fail_before_compiling(tmp_path, changes, field):
+    c = tiny_config(**changes)
+    with pytest.raises((ConfigError, SpecError, ValueError)) as e:
+        train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert field in str(e.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unknown_config_key_rejected(tmp_path):
+    c = tiny_config()
+    c.optim.learning_rate = 0.1
+    with pytest.raises(ConfigError, match="optim.learning_rate"):
+        train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_workdir_with_other_config_is_refused(tmp_path):
+    train.train_and_evaluate(tiny_config(num_epochs=1.0), str(tmp_path))
+    before = (tmp_path / "result.json").read_text()
+    with pytest.raises(train.WorkdirConflictError, match="model.squeeze_ratio"):
+        train.train_and_evaluate(tiny_config(**{"model.squeeze_ratio": 0.5}), str(tmp_path))
+    assert (tmp_path / "result.json").read_text() == before
+
+
+def test_nan_stops_with_step_named_and_keeps_checkpoint(tmp_path):
+    c = tiny_config(num_epochs=4.0, **{"optim.name": "sgd", "optim.lr": 100.0,
+                                       "optim.schedule": "constant", "optim.momentum": 0.9})
+    with pytest.raises(train.NonFiniteError, match=r"at step \d+"):
+        train.train_and_evaluate(c, str(tmp_path))
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
+    c = tiny_config(num_epochs=3.0)
+    ref = train.train_and_evaluate(c, str(tmp_path / "ref"))
+    run = tmp_path / "run"
+    train.train_and_evaluate(c, str(run))
+    os.remove(run / "result.json")
+    steps = sorted(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit())
+    assert len(steps) >= 2
+    # Corrupt every file of the newest checkpoint.
+    for root, _, files in os.walk(run / "checkpoints" / str(steps[-1])):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+    result = train.train_and_evaluate(c, str(run))
+    assert "unreadable" in capsys.readouterr().out
+    assert result["final"] == ref["final"]
+
+
+def _run_cli(workdir, extra=(), **popen):
+    cmd = [
+        sys.executable, "-m", "sqzexplore.train",
+        f"--config={REPO}/tests/data/tiny_digits.py", f"--workdir={workdir}", *extra,
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        d = os.path.join(workdir, "checkpoints")
+        if os.path.isdir(d) and any(p.isdigit() for p in os.listdir(d)):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkill_and_rerun_gives_identical_result(tmp_path):
+    ref = _run_cli(tmp_path / "ref")
+    out = ref.communicate(timeout=300)[0]
+    assert ref.returncode == 0, out
+    rng = np.random.default_rng(0)
+    run = tmp_path / "run"
+    for _ in range(2):  # kill twice at random points after the first checkpoint
+        p = _run_cli(run)
+        if _wait_for_checkpoint(run, p):
+            time.sleep(float(rng.uniform(0.0, 1.5)))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    p = _run_cli(run)
+    out = p.communicate(timeout=300)[0]
+    assert p.returncode == 0, out
+    a = json.loads((tmp_path / "ref" / "result.json").read_text())
+    b = json.loads((run / "result.json").read_text())
+    assert a["final"] == b["final"] and a["best"] == b["best"] and a["steps"] == b["steps"]
+    ra = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rs: [(r["step"], r["split"], r["loss"], r.get("top1")) for r in rs]
+    assert strip(ra) == strip(rb)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    p = _run_cli(tmp_path, extra=["--config.num_epochs=20"])
+    assert _wait_for_checkpoint(tmp_path, p)
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 0, out
+    assert "preempted at step" in out
+    assert not (tmp_path / "result.json").exists()
+    steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+    assert steps
+
+
+def test_cli_rejects_bad_override(tmp_path):
+    p = _run_cli(tmp_path, extra=["--config.optim.lr=-3"])
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 2
+    assert "config.optim.lr" in out
