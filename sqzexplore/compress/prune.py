@@ -98,6 +98,17 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
+def merge_params(params: Any, updates: Any) -> dict[str, Any]:
+    """`params` (nested dict) with the leaves of `updates` replacing those at the same paths,
+    e.g. kernels rebuilt by `quantize.kernels_from_codebooks`; works on traced arrays."""
+    flat = flatten_params(params)
+    for path, leaf in flatten_params(updates).items():
+        if path not in flat:
+            raise ValueError(f"update for {path!r} has no matching parameter")
+        flat[path] = leaf
+    return unflatten_params(flat)
+
+
 def is_conv_kernel(path: str, leaf: Any) -> bool:
     """Whether a parameter is a conv kernel (prunable and quantizable): `.../kernel`, HWIO."""
     return path.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) == 4

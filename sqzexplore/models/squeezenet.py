@@ -159,7 +159,7 @@ def max_pool_ceil(x: jax.Array, spec: SqueezeNetSpec) -> jax.Array:
     pads.append((0, 0))
     return jax.lax.reduce_window(
         x,
-        jnp.array(-jnp.inf, dtype=x.dtype),
+        -jnp.inf,  # a Python scalar, so JAX uses the differentiable reduce_window_max
         jax.lax.max,
         window_dimensions=(1, k, k, 1),
         window_strides=(1, s, s, 1),

@@ -1,0 +1,21 @@
+"""Input data: sources by name (`digits`, `synthetic`, any TFDS dataset) and the two pipelines
+the trainer drives (device-resident arrays augmented inside the jitted step, or a tf.data stream).
+
+The trainer calls `load_dataset(config.data, spec, process_index=..., process_count=...)` and
+branches on `dataset.on_device`. Importing this package does not import TensorFlow.
+"""
+
+from sqzexplore.data.augment import AUGMENTATIONS, Normalization, Recipe
+from sqzexplore.data.pipeline import Dataset, DeviceDataset, StreamingDataset
+from sqzexplore.data.sources import DataError, load_dataset
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DataError",
+    "Dataset",
+    "DeviceDataset",
+    "Normalization",
+    "Recipe",
+    "StreamingDataset",
+    "load_dataset",
+]
