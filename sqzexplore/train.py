@@ -573,3 +573,63 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------------------------- finished runs
+def load_run(workdir: str) -> dict:
+    """A finished run's config, spec, result and trained weights (from its latest checkpoint).
+
+    Returns {"config", "spec", "result", "params", "batch_stats"} with numpy weights (pure dicts,
+    the model's parameter paths). Raises FileNotFoundError for a workdir without a finished run.
+    """
+    import orbax.checkpoint as ocp
+
+    from sqzexplore.models.spec import SqueezeNetSpec
+
+    workdir = os.path.abspath(workdir)
+    result_path = os.path.join(workdir, "result.json")
+    if not os.path.exists(result_path):
+        raise FileNotFoundError(
+            f"{workdir} holds no finished run (no result.json); train it first with "
+            f"`sqz train --config=... --workdir={workdir}`"
+        )
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    with open(os.path.join(workdir, "spec.json")) as f:
+        spec = SqueezeNetSpec.from_dict(json.load(f))
+    with open(result_path) as f:
+        result = json.load(f)
+    directory = os.path.join(workdir, "checkpoints")
+    with ocp.CheckpointManager(directory) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no checkpoint")
+        restored = manager.restore(step, args=ocp.args.StandardRestore())
+    train_state = restored["train"]
+    return {
+        "config": config,
+        "spec": spec,
+        "result": result,
+        "params": jax.tree.map(np.asarray, train_state["params"]),
+        "batch_stats": jax.tree.map(np.asarray, train_state["batch_stats"]),
+        "aux": jax.tree.map(np.asarray, train_state.get("aux", {})),
+        "step": int(step),
+    }
+
+
+def evaluate_params(config: ml_collections.ConfigDict, params: dict, batch_stats: dict) -> dict:
+    """Exact eval-split metrics (loss, top1, top5) of given weights, e.g. a decoded .sqz model."""
+    from sqzexplore.data import load_dataset
+    from sqzexplore.models.squeezenet import SqueezeNet
+
+    spec = validate_config(config)
+    mesh = sharding.make_mesh()
+    sharding.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
+    ds = load_dataset(
+        config.data, spec, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    abstract_model = nnx.eval_shape(lambda: SqueezeNet(spec, rngs=nnx.Rngs(0)))
+    graphdef, _, _ = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)
+    state = {"params": params, "batch_stats": batch_stats or {}, "aux": {}}
+    state = jax.device_put(jax.tree.map(jnp.asarray, state), sharding.replicated(mesh))
+    return _EvalRunner(ds, config, spec, graphdef, None, mesh)(state)
