@@ -311,7 +311,12 @@ def train_and_evaluate(
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     restored_step, restored = ckpt.restore_latest(abstract_ckpt)
     if restored is None:
-        ckpt_state = jax.jit(lambda: with_best(init_state()), out_shardings=replicated)()
+        # Initialise on one local device and replicate: compiling the initialisers' RNG for a
+        # multi-device SPMD program is several times slower, and each process computes the same
+        # values from the same seed anyway.
+        with jax.default_device(jax.local_devices()[0]):
+            local = jax.device_get(jax.jit(lambda: with_best(init_state()))())
+        ckpt_state = jax.tree.map(lambda a: sharding.put_replicated(a, mesh), local)
         start_step = 0
     else:
         ckpt_state, start_step = restored, int(restored_step)

@@ -6,7 +6,9 @@ are upscaled to 16x16 and split 80/20 (seeded, stratified): 1,437 train / 360 te
 The model is the 'digits' preset: a half-width SqueezeNet (base_e = incr_e = 64, SR 0.125,
 pct_3x3 0.5, 3x3/1 stem with 32 filters, pools after fire3, fire5, fire7) with BatchNorm on:
 without it this small net trained with AdamW stays at chance for many epochs (the ReLU after conv10
-starts nearly dead), which would make every sweep trial a coin toss.
+starts nearly dead), which would make every sweep trial a coin toss. For the same reason the ReLU
+after conv10 is off here (`classifier_relu=False`): with only 10 classes, a class whose conv10
+outputs all turn negative keeps a 0 logit forever (seen here: top-5 stuck at 90%).
 
 Command:
     sqz train --config=experiments/digits/squeezenet.py --workdir=runs/digits
@@ -38,6 +40,7 @@ def get_config(arg=None):
         pct_3x3=a.pct_3x3,
         bypass=a.bypass,
         batch_norm=a.batch_norm,
+        classifier_relu=False,
     )
     c.data.name = "digits"
     c.data.augment = "crop_flip"  # the digits source translates only; it never flips digits

@@ -80,6 +80,10 @@ class SqueezeNetSpec:
     bypass: str = "none"
     # Classifier and regularisation.
     classifier_padding: int = 0  # the Caffe v1.0 prototxt pads conv10 by 1 (REFERENCE.md quirk)
+    # The paper's classifier has a ReLU after conv10. With few classes a class whose conv10
+    # outputs all go negative gets a constant 0 logit and no gradient ever again (a dead class);
+    # small-data experiments may turn it off. On in every paper preset.
+    classifier_relu: bool = True
     dropout: float = 0.5
     batch_norm: bool = False
     init: str = "caffe"

@@ -1,8 +1,9 @@
 """The SqueezeNet model (Flax NNX), built from any valid `SqueezeNetSpec`.
 
 With the same weights it computes the same logits as the Caffe and torchvision SqueezeNets:
-max-pools round up (ceil mode), conv10 is followed by a ReLU and global average pooling, and
-dropout is applied only in training. Layout is NHWC, kernels HWIO.
+max-pools round up (ceil mode), conv10 is followed by a ReLU (`spec.classifier_relu`, on in every
+paper preset) and global average pooling, and dropout is applied only in training. Layout is
+NHWC, kernels HWIO. `features()` returns every layer's output for shape and activation checks.
 
 Parameter paths (`nnx.state(model, nnx.Param)`) follow the paper's layer names:
 
@@ -89,7 +90,7 @@ class _ConvFactory:
         )
 
 
-def _conv_bn_relu(conv: nnx.Conv, bn: nnx.BatchNorm | None, x: jax.Array, train: bool):
+def _conv_bn_relu(conv: nnx.Conv, bn: nnx.BatchNorm | None, x: jax.Array, train: bool) -> jax.Array:
     x = conv(x)
     if bn is not None:
         x = bn(x, use_running_average=not train)
@@ -102,16 +103,25 @@ class Fire(nnx.Module):
     The expand1x1 channels come first, as in Caffe's concat and torchvision's `torch.cat`, so
     weights port across without permuting conv10's (or the next squeeze's) input channels.
     `bypass_kind` is 'none', 'identity' (simple bypass) or 'conv' (complex bypass: a 1x1 conv
-    with bias, no BatchNorm, no ReLU), added to the concatenated output.
+    with bias, no BatchNorm, no ReLU), added to the concatenated output. `spec` supplies the
+    init scheme, BatchNorm and compute dtype.
     """
 
     def __init__(
         self,
         in_channels: int,
         widths: FireWidths,
-        bypass_kind: str,
-        factory: _ConvFactory,
+        *,
+        bypass_kind: str = "none",
+        spec: SqueezeNetSpec,
+        rngs: nnx.Rngs,
     ):
+        if bypass_kind == "identity" and in_channels != widths.expand:
+            raise ValueError(
+                f"identity bypass around {widths.name} needs in_channels == expand, got "
+                f"{in_channels} and {widths.expand}"
+            )
+        factory = _ConvFactory(spec, rngs)
         self.bypass_kind = bypass_kind
         s, e1, e3 = widths.squeeze, widths.expand1x1, widths.expand3x3
         self.squeeze = factory.conv(in_channels, s, 1)
@@ -180,8 +190,7 @@ class SqueezeNet(nnx.Module):
     def __init__(self, spec: SqueezeNetSpec, *, rngs: nnx.Rngs):
         if not isinstance(spec, SqueezeNetSpec):
             raise TypeError(f"spec must be a SqueezeNetSpec, got {type(spec).__name__}")
-        spec.validate()
-        self.spec = spec
+        self.spec = spec  # validated on construction; frozen, so static in the graphdef
         factory = _ConvFactory(spec, rngs)
         self.conv1 = factory.conv(
             spec.in_channels,
@@ -194,7 +203,8 @@ class SqueezeNet(nnx.Module):
         for i, (widths, in_channels) in enumerate(
             zip(spec.fires(), spec.fire_in_channels(), strict=True)
         ):
-            setattr(self, widths.name, Fire(in_channels, widths, spec.bypass_kind(i), factory))
+            fire = Fire(in_channels, widths, bypass_kind=spec.bypass_kind(i), spec=spec, rngs=rngs)
+            setattr(self, widths.name, fire)
         self.conv10 = factory.conv(
             spec.classifier_in_channels,
             spec.num_classes,
@@ -219,6 +229,8 @@ class SqueezeNet(nnx.Module):
                 f"input must be NHWC with {spec.in_channels} channels (spec.in_channels), "
                 f"got shape {tuple(x.shape)}"
             )
+        for side in x.shape[1:3]:
+            spec.feature_sizes(side)  # trace-time only: a clear SpecError if maps would collapse
         if train and spec.dropout > 0 and dropout_key is None:
             raise ValueError(
                 f"train=True with dropout={spec.dropout} needs dropout_key (a jax.random key); "
@@ -241,7 +253,9 @@ class SqueezeNet(nnx.Module):
             keep = 1.0 - spec.dropout
             mask = jax.random.bernoulli(dropout_key, keep, x.shape)
             x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
-        x = jax.nn.relu(self.conv10(x))
+        x = self.conv10(x)
+        if spec.classifier_relu:
+            x = jax.nn.relu(x)
         out["conv10"] = x
         # Average in float32: with bf16 compute, a 13x13 (or larger) mean loses digits otherwise.
         out["logits"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -1,5 +1,7 @@
 """A seconds-long digits experiment for trainer tests (subprocess and multi-process runs)."""
 
+import os
+
 from sqzexplore.config import base_config, model_config, parse_arg
 
 
@@ -20,5 +22,5 @@ def get_config(arg=None):
     c.checkpoint_every_epochs = 1.0
     c.log_every_steps = 5
     c.progress = "false"
-    c.compilation_cache_dir = ""
+    c.compilation_cache_dir = os.environ.get("SQZ_TEST_XLA_CACHE", "")
     return c
