@@ -42,7 +42,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         key = key.strip()
         if key not in defaults:
             raise ConfigError(
-                f"unknown experiment argument {key!r}; allowed: {', '.join(sorted(defaults)) or '(none)'}"
+                f"unknown experiment argument {key!r}; allowed: "
+                f"{', '.join(sorted(defaults)) or '(none)'}"
             )
         default = defaults[key]
         if not sep:
@@ -81,16 +82,20 @@ def _coerce(key: str, raw: str, default: Any) -> Any:
 def model_config(preset: str = "v1.0", **overrides: Any) -> ml_collections.ConfigDict:
     """All SqueezeNetSpec fields of a preset as a ConfigDict (so every field can be overridden)."""
     if preset not in PRESETS:
-        raise ConfigError(f"config.model: unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+        raise ConfigError(
+            f"config.model: unknown preset {preset!r}; available: {', '.join(PRESETS)}"
+        )
     d = PRESETS[preset].to_dict()
     d.update(overrides)
     # fire_widths may be None or a list; ConfigDict needs a placeholder type that accepts both.
     fire_widths = d.pop("fire_widths")
+    # A tuple from the start: a field created as a list stays a list (ConfigDict keeps the first
+    # type), and ml_collections' config_flags cannot override list fields from the command line.
+    d["pool_after"] = tuple(d["pool_after"])
     cfg = ml_collections.ConfigDict(d)
     cfg.fire_widths = ml_collections.FieldReference(
         None if fire_widths is None else tuple(tuple(w) for w in fire_widths), field_type=tuple
     )
-    cfg.pool_after = tuple(d["pool_after"])
     return cfg
 
 
@@ -105,7 +110,8 @@ def base_config() -> ml_collections.ConfigDict:
             train_split="train",
             eval_split="test",
             # train augmentation: 'none' | 'crop_flip' (pad+random crop, flip) | 'inception'
-            # (random-resized crop + flip) | 'paper' (resize 256, random 227 crop, mean-subtract, no flip)
+            # (random-resized crop + flip) | 'paper' (resize 256, random 227 crop, mean-subtract,
+            # no flip)
             augment="crop_flip",
             on_device="auto",  # auto | true | false: keep the whole dataset in device memory
             shuffle_buffer=10_000,

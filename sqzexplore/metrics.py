@@ -83,7 +83,7 @@ class MetricsWriter:
             for r in kept:
                 f.write(json.dumps(r) + "\n")
         os.replace(tmp, self.path)
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a")  # noqa: SIM115 - held open for the run, closed in close()
         if wandb_config is not None and wandb_config.mode != "disabled":
             self._wandb = _start_wandb(workdir, wandb_config, run_config, summary)
 

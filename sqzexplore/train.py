@@ -7,7 +7,8 @@ Every sweep trial, paper ablation and compression retraining runs through this f
 - Small datasets live on the devices and batches are drawn and augmented inside the step, so the
   host only dispatches; the host syncs only at log / eval / checkpoint points.
 - A non-finite loss or gradient is never applied: the step records where it first happened and
-  the run stops at the next log point with an error naming that step; the last good checkpoint stays.
+  the run stops at the next log point with an error naming that step; the last good checkpoint
+  stays.
 - Checkpoints (orbax, async, keep-N) hold the whole state; rerunning the same command resumes, and
   the result equals an uninterrupted run's. SIGTERM saves and exits (preemption).
 - Outputs: config.json, spec.json, complexity.json, metrics.jsonl, result.json (atomic, last).
@@ -78,7 +79,9 @@ def validate_config(config: ml_collections.ConfigDict):
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if config.wandb.mode not in WANDB_MODES:
-        raise ConfigError(f"config.wandb.mode must be one of {WANDB_MODES}, got {config.wandb.mode!r}")
+        raise ConfigError(
+            f"config.wandb.mode must be one of {WANDB_MODES}, got {config.wandb.mode!r}"
+        )
     if str(config.progress).lower() not in ("auto", "true", "false"):
         raise ConfigError(f"config.progress must be auto, true or false, got {config.progress!r}")
     return spec
@@ -259,7 +262,9 @@ def train_and_evaluate(
         config.data, spec, process_index=jax.process_index(), process_count=jax.process_count()
     )
     cplx = analytic_complexity(spec).to_dict()
-    complexity_summary = {k: cplx[k] for k in ("params", "macs", "fp32_bytes", "fp32_mib", "activations")}
+    complexity_summary = {
+        k: cplx[k] for k in ("params", "macs", "fp32_bytes", "fp32_mib", "activations")
+    }
 
     total_steps = steps_for(config, ds.train_size)
     steps_per_epoch = max(1, ds.steps_per_epoch(config.batch_size))
@@ -338,8 +343,15 @@ def train_and_evaluate(
 
     # ---- compile ahead of time (timed); the compiled step can never retrace.
     step_fn = _make_train_step(
-        graphdef=graphdef, ds=ds, tx=tx, schedule=schedule, spec=spec, config=config,
-        reparam=reparam, mesh=mesh, on_device=ds.on_device,
+        graphdef=graphdef,
+        ds=ds,
+        tx=tx,
+        schedule=schedule,
+        spec=spec,
+        config=config,
+        reparam=reparam,
+        mesh=mesh,
+        on_device=ds.on_device,
     )
     t0 = time.perf_counter()
     compiled_step = (
@@ -546,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     config_flags.DEFINE_config_file(
         "config", None, "Experiment file (path.py[:arg]).", flag_values=fv, lock_config=True
     )
-    flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it exists).", flag_values=fv)
+    flags.DEFINE_string(
+        "workdir", None, "Run directory (created; resumed if it exists).", flag_values=fv
+    )
     argv = list(sys.argv if argv is None else ["sqz train", *argv])
     try:
         fv(argv)

@@ -43,7 +43,10 @@ def _launch(workdir, pid, nproc, devices, port):
     cfg = os.path.join(REPO, "tests", "data", "tiny_digits.py")
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, str(workdir), str(pid), str(nproc), str(port), cfg],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

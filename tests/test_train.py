@@ -21,7 +21,7 @@ from sqzexplore.models.spec import SpecError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**changes) -> "object":
+def tiny_config(**changes) -> object:
     """A seconds-long digits run: a narrow SqueezeNet on 16x16 digits."""
     c = base_config()
     c.model = model_config(
@@ -63,7 +63,10 @@ def test_digits_run_writes_all_outputs(tmp_path):
     assert {"loss", "top1", "top5"} <= set(eval_recs[-1])
     assert eval_recs[-1]["top1"] == result["final"]["top1"]
     saved = json.loads((tmp_path / "result.json").read_text())
-    assert saved["complexity"]["params"] == json.loads((tmp_path / "complexity.json").read_text())["params"]
+    assert (
+        saved["complexity"]["params"]
+        == json.loads((tmp_path / "complexity.json").read_text())["params"]
+    )
     assert saved["device_count"] == jax.device_count()
     # A finished run is not trained again: calling again returns the stored result.
     again = train.train_and_evaluate(tiny_config(), str(tmp_path))
@@ -99,13 +102,25 @@ def _one_step_state(config, devices):
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params, stats = params.to_pure_dict(), stats.to_pure_dict()
     state = dict(
-        step=np.int32(0), params=params, batch_stats=stats, opt_state=tx.init(params),
-        rng=np.asarray(jax.random.key_data(jax.random.key(0))), aux={}, nonfinite_step=np.int32(-1),
+        step=np.int32(0),
+        params=params,
+        batch_stats=stats,
+        opt_state=tx.init(params),
+        rng=np.asarray(jax.random.key_data(jax.random.key(0))),
+        aux={},
+        nonfinite_step=np.int32(-1),
     )
     state = jax.device_put(state, sharding.replicated(mesh))
     step_fn = train._make_train_step(
-        graphdef=graphdef, ds=ds, tx=tx, schedule=schedule, spec=spec, config=config,
-        reparam=None, mesh=mesh, on_device=True,
+        graphdef=graphdef,
+        ds=ds,
+        tx=tx,
+        schedule=schedule,
+        spec=spec,
+        config=config,
+        reparam=None,
+        mesh=mesh,
+        on_device=True,
     )
     x, y = (sharding.put_replicated(a, mesh) for a in ds.train_arrays())
     new_state, metrics = jax.jit(step_fn)(state, x, y)
@@ -138,9 +153,7 @@ def test_train_step_compiles_once(tmp_path, caplog):
             train.train_and_evaluate(tiny_config(num_epochs=3.0), str(tmp_path))
     finally:
         jax.config.update("jax_log_compiles", False)
-    compiles = [
-        r for r in caplog.records if r.getMessage().startswith("Compiling jit(train_step)")
-    ]
+    compiles = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(train_step)")]
     assert len(compiles) == 1, [r.getMessage()[:200] for r in compiles]
 
 
@@ -181,8 +194,15 @@ def test_workdir_with_other_config_is_refused(tmp_path):
 
 
 def test_nan_stops_with_step_named_and_keeps_checkpoint(tmp_path):
-    c = tiny_config(num_epochs=4.0, **{"optim.name": "sgd", "optim.lr": 100.0,
-                                       "optim.schedule": "constant", "optim.momentum": 0.9})
+    c = tiny_config(
+        num_epochs=4.0,
+        **{
+            "optim.name": "sgd",
+            "optim.lr": 100.0,
+            "optim.schedule": "constant",
+            "optim.momentum": 0.9,
+        },
+    )
     with pytest.raises(train.NonFiniteError, match=r"at step \d+"):
         train.train_and_evaluate(c, str(tmp_path))
     assert not (tmp_path / "result.json").exists()
@@ -208,11 +228,17 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
 
 def _run_cli(workdir, extra=(), **popen):
     cmd = [
-        sys.executable, "-m", "sqzexplore.train",
-        f"--config={REPO}/tests/data/tiny_digits.py", f"--workdir={workdir}", *extra,
+        sys.executable,
+        "-m",
+        "sqzexplore.train",
+        f"--config={REPO}/tests/data/tiny_digits.py",
+        f"--workdir={workdir}",
+        *extra,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
 
 
 def _wait_for_checkpoint(workdir, proc, timeout=120):

@@ -23,12 +23,23 @@ from sqzexplore.config import base_config, model_config, parse_arg
 
 def get_config(arg=None):
     a = parse_arg(
-        arg, sr=0.125, pct_3x3=0.5, bypass="none", batch_norm=True, epochs=100.0, lr=0.1,
-        data_dir="", runlocal=False,
+        arg,
+        sr=0.125,
+        pct_3x3=0.5,
+        bypass="none",
+        batch_norm=True,
+        epochs=100.0,
+        lr=0.1,
+        data_dir="",
+        runlocal=False,
     )
     c = base_config()
     c.model = model_config(
-        "cifar", squeeze_ratio=a.sr, pct_3x3=a.pct_3x3, bypass=a.bypass, batch_norm=a.batch_norm,
+        "cifar",
+        squeeze_ratio=a.sr,
+        pct_3x3=a.pct_3x3,
+        bypass=a.bypass,
+        batch_norm=a.batch_norm,
         dropout=0.5,
     )
     c.data.name = "cifar10"

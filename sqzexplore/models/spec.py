@@ -161,7 +161,7 @@ class SqueezeNetSpec:
         return out
 
     def feature_sizes(self, image_size: int | None = None) -> dict[str, tuple[int, int]]:
-        """Spatial size after each layer, `(before_pool, after_pool)`; raises SpecError on collapse."""
+        """Spatial size after each layer as `(before_pool, after_pool)`; SpecError on collapse."""
         size = size0 = self.image_size if image_size is None else image_size
         if size < 1:
             raise SpecError(f"image_size must be a positive integer, got {size}")
@@ -274,7 +274,8 @@ class SqueezeNetSpec:
         for i, f in enumerate(self.fires()):
             if self.bypass_kind(i) == "identity" and in_chans[i] != f.expand:
                 raise SpecError(
-                    f"bypass={self.bypass!r} puts an identity shortcut around {f.name}, whose input "
+                    f"bypass={self.bypass!r} puts an identity shortcut around {f.name}, whose "
+                    f"input "
                     f"({in_chans[i]} channels) and output ({f.expand} channels) widths differ; "
                     "use bypass='complex'-compatible widths (e.g. freq=2) or bypass='none'"
                 )

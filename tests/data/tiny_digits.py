@@ -9,7 +9,12 @@ def get_config(arg=None):
     a = parse_arg(arg, epochs=3.0, batch_norm=False)
     c = base_config()
     c.model = model_config(
-        "digits", stem_filters=16, base_e=16, incr_e=16, squeeze_ratio=0.25, dropout=0.1,
+        "digits",
+        stem_filters=16,
+        base_e=16,
+        incr_e=16,
+        squeeze_ratio=0.25,
+        dropout=0.1,
         batch_norm=a.batch_norm,
     )
     c.batch_size = 64
