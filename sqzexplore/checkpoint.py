@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -23,27 +24,35 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"config.keep_checkpoints must be >= 1, got {keep}")
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep,
-                create=True,
-                enable_async_checkpointing=async_save,
-                cleanup_tmp_directories=True,
-            ),
+        self._options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
         )
+        self.manager = self._make_manager()
+
+    def _make_manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(self.directory, options=self._options)
 
     def save(self, step: int, state, *, force: bool = False) -> None:
         self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
     def restore_latest(self, abstract_state):
-        """(step, state) of the newest checkpoint that restores, or (None, None) if none exist."""
+        """(step, state) of the newest checkpoint that restores, or (None, None) if none exist.
+
+        Unreadable checkpoints are moved aside to `checkpoints.unreadable/` (kept for inspection,
+        never deleted) so that the resumed run can write those steps again.
+        """
         steps = sorted(self.manager.all_steps(), reverse=True)
+        found, bad = (None, None), []
         for step in steps:
             try:
                 state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-                return step, state
+                found = (step, state)
+                break
             except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+                bad.append(step)
                 log.warning(
                     "checkpoint at step %d in %s could not be restored (%s: %s); trying the "
                     "previous one",
@@ -54,10 +63,18 @@ class Checkpointer:
                 )
                 print(
                     f"warning: checkpoint at step {step} is unreadable ({type(e).__name__}); "
-                    "using the previous one",
+                    "moving it to checkpoints.unreadable/ and using the previous one",
                     flush=True,
                 )
-        return None, None
+        if bad and jax.process_index() == 0:
+            self.manager.close()
+            aside = self.directory + ".unreadable"
+            os.makedirs(aside, exist_ok=True)
+            for step in bad:
+                target = os.path.join(aside, f"{step}-{int(time.time())}")
+                os.replace(os.path.join(self.directory, str(step)), target)
+            self.manager = self._make_manager()
+        return found
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -224,6 +224,8 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
     result = train.train_and_evaluate(c, str(run))
     assert "unreadable" in capsys.readouterr().out
     assert result["final"] == ref["final"]
+    # The bad checkpoint was kept aside, not deleted.
+    assert os.listdir(run / "checkpoints.unreadable")
 
 
 def _run_cli(workdir, extra=(), **popen):
