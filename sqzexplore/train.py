@@ -414,7 +414,11 @@ def train_and_evaluate(
                 if on_eval is not None and on_eval(step, dict(last_eval)) and step < total_steps:
                     status = "pruned"
             if is_ckpt or status == "pruned":
-                ckpt.save(step, dict(with_best(state, best_top1, best_step)), force=True)
+                best = {
+                    "best_top1": sharding.put_replicated(np.float32(best_top1), mesh),
+                    "best_step": sharding.put_replicated(np.int32(best_step), mesh),
+                }
+                ckpt.save(step, {"train": state, **best}, force=True)
             if stop.requested and step < total_steps:
                 status = "preempted"
             if status != "complete":
@@ -554,14 +558,19 @@ def main(argv: list[str] | None = None) -> int:
     from absl import flags
     from ml_collections import config_flags
 
+    argv = list(sys.argv if argv is None else ["sqz train", *argv])
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file(
-        "config", None, "Experiment file (path.py[:arg]).", flag_values=fv, lock_config=True
+        "config",
+        None,
+        "Experiment file (path.py[:arg]).",
+        flag_values=fv,
+        lock_config=True,
+        sys_argv=argv,  # overrides are read from here, not from the process's sys.argv
     )
     flags.DEFINE_string(
         "workdir", None, "Run directory (created; resumed if it exists).", flag_values=fv
     )
-    argv = list(sys.argv if argv is None else ["sqz train", *argv])
     try:
         fv(argv)
         if fv.config is None or fv.workdir is None:

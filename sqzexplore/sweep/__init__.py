@@ -1,0 +1,44 @@
+"""Sweeps: map the accuracy-vs-size (and -vs-compute) frontier of the SqueezeNet design space.
+
+A sweep (`sweeps/<name>.py`, see `space.py`) is a base experiment, a search space over config
+fields, objectives and a budget. `sqz sweep run` proposes design points with Optuna (grid, random
+or NSGA-II), rejects the ones over the analytic size limits before anything trains, and trains
+each point's seeds as ordinary runs in `DIR/trials/<point>-s<seed>/`; `sqz sweep status` and
+`sqz sweep report` read those run directories (the source of truth) into tables, Pareto fronts,
+figures and a self-contained HTML page.
+
+Modules: space (definitions), design (SqueezeNet pooling ladders shared by sweep files), engine
+(Optuna + scheduling), claims (lock, claims, heartbeats), sweepdir (layout and run states),
+workers (the worker loop), pruning, launch (local processes, GPUs, progress bar), slurm,
+wandb_export, analyze, figures, report, metric_table, fake_runner (a stand-in trainer for
+tests), cli.
+
+The trial runner is injectable (`--runner module:function`); the default is the real trainer,
+`sqzexplore.train.train_and_evaluate(config, workdir, *, on_eval=None)`.
+
+Stop and restart: kill `sqz sweep run` at any moment (even SIGKILL) and run it again. Finished
+trials are recognised by their result.json and never rerun; a trial whose worker died (its claim's
+process is gone, or on another host its heartbeat is older than --stale-after-s) is handed out
+again and resumes from its own checkpoints; the Optuna study is told each design point once. A
+sweep file edited after trials exist is refused (its fingerprint is stored in DIR/sweep.json):
+use --new to archive the old directory, or a new --workdir.
+
+Several processes, one machine: run `sqz sweep run SWEEP --workers N`, or start
+`sqz sweep run SWEEP` again in another shell; they share the work through DIR/sweep.lock.
+
+Many machines, shared filesystem (the simple setup): put DIR on a filesystem all nodes mount with
+working flock (NFSv4, NFSv3 with lockd, Lustre with -o flock, GPFS, BeeGFS) and run workers
+anywhere, e.g. `sqz sweep run SWEEP --workdir /shared/sweeps/x --slurm --array 16`. The Optuna
+study is the journal file DIR/study.journal (Optuna's JournalFileBackend, written under the same
+flock): no database server. Keep --stale-after-s well above clock skew between nodes.
+
+Many machines, a database: pass `--storage postgresql://user@host/db` (or mysql://, or
+sqlite:///path for one machine) the first time; it is stored in DIR/sweep.json and used by every
+later run. The database holds the study and takes the write load of many workers off the journal
+file; DIR (trial directories, claims, lock) must still be on a shared filesystem, because the
+trials' files are what `status` and `report` read.
+
+wandb: trials log to wandb when the base config's wandb.mode is offline/online, grouped by the
+sweep name and tagged; `sqz sweep report` then logs the frontier to a summary run, and
+`sqz sweep export-wandb` writes the sweep as a wandb sweep YAML for teams that use wandb agents.
+"""

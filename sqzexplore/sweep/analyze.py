@@ -1,0 +1,373 @@
+"""Collect a sweep from its files and analyse it: runs, per-point table, Pareto fronts, status.
+
+Everything here reads the sweep directory only (sweep.json, trials/*, claims/, workers/,
+skipped.jsonl), never Optuna or jax, so `sqz sweep status` and `report` are cheap and work on a
+copied directory. Metrics are looked up by name through `metric_table`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqzexplore.sweep import sweepdir as sd
+from sqzexplore.sweep.claims import RunClaims, record_is_live
+from sqzexplore.sweep.metric_table import ACCURACY, RESULT_METRICS, SIZE_METRICS, metric
+from sqzexplore.sweep.space import SweepDefinition, value_label
+
+SKIP_KINDS = ("constraint", "invalid", "duplicate", "interrupted")
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One training run of the sweep, as its files describe it."""
+
+    trial_id: str
+    point: str
+    number: int
+    seed: int
+    overrides: dict[str, Any]
+    design: dict[str, Any]
+    complexity: dict[str, Any]
+    state: str
+    result: dict[str, Any] | None
+    failure: dict[str, Any] | None
+    owner: dict[str, Any] | None  # the live worker running it
+    registered: float | None
+    finished: float | None  # result.json time
+
+
+def collect_runs(sweep_dir: sd.SweepDir, stale_after_s: float = 300.0) -> list[RunRecord]:
+    """Every registered run with its state (complete/pruned/failed/skipped/running/pending)."""
+    claims = RunClaims(sweep_dir.claims, stale_after_s)
+    live = claims.live_claims()
+    runs = []
+    for tid in sweep_dir.trial_ids():
+        trial_dir = sweep_dir.trial_dir(tid)
+        record = sd.read_json(trial_dir / sd.TRIAL_FILE)
+        if record is None:
+            continue
+        state = sd.run_state(trial_dir)
+        if state is None:
+            state = sd.RUNNING if tid in live else sd.PENDING
+        result = sd.read_json(trial_dir / "result.json")
+        finished = None
+        if result is not None:
+            finished = (trial_dir / "result.json").stat().st_mtime
+        runs.append(
+            RunRecord(
+                trial_id=tid,
+                point=record["point"],
+                number=int(record.get("number", -1)),
+                seed=int(record["seed"]),
+                overrides=record.get("overrides", {}),
+                design=record.get("design", {}),
+                complexity=record.get("complexity", {}),
+                state=state,
+                result=result,
+                failure=sd.read_json(trial_dir / sd.FAILED_FILE),
+                owner=live.get(tid),
+                registered=record.get("registered"),
+                finished=finished,
+            )
+        )
+    return runs
+
+
+def skipped_points(sweep_dir: sd.SweepDir) -> list[dict[str, Any]]:
+    """Design points that were never trained, with the reason (one entry per Optuna trial)."""
+    by_number = {}
+    for record in sd.read_jsonl(sweep_dir.skipped):
+        by_number[record.get("number")] = record
+    return [by_number[k] for k in sorted(by_number, key=lambda n: (n is None, n))]
+
+
+# ------------------------------------------------------------------------------ per point
+def _point_state(states: list[str]) -> str:
+    if all(s == sd.COMPLETE for s in states):
+        return sd.COMPLETE
+    if sd.FAILED in states:
+        return sd.FAILED
+    if sd.PRUNED in states and all(s in sd.FINISHED_STATES for s in states):
+        return sd.PRUNED
+    if sd.RUNNING in states:
+        return sd.RUNNING
+    return sd.PENDING
+
+
+def point_rows(runs: Sequence[RunRecord], defn: SweepDefinition) -> list[dict[str, Any]]:
+    """One row per design point: design fields, sizes, metric mean and std over complete seeds."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault(r.point, []).append(r)
+    rows = []
+    for point, group in groups.items():
+        group.sort(key=lambda r: r.seed)
+        first = group[0]
+        complete = [r for r in group if r.state == sd.COMPLETE and r.result is not None]
+        row: dict[str, Any] = {"point": point, "trial_number": first.number}
+        for key in defn.keys:
+            row[key] = first.design.get(key, value_label(first.overrides.get(key)))
+        row["state"] = _point_state([r.state for r in group])
+        row["seeds"] = len(group)
+        row["seeds_complete"] = len(complete)
+        for name in SIZE_METRICS:
+            value = metric(name).value({"complexity": first.complexity})
+            integral = value is not None and name != "complexity.fp32_mib" and value.is_integer()
+            row[name] = int(value) if integral else value
+        for name in RESULT_METRICS:
+            values = [v for v in (metric(name).value(r.result) for r in complete) if v is not None]
+            row[f"{name}.mean"] = statistics.fmean(values) if values else None
+            row[f"{name}.std"] = (
+                statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+            )
+        row["train_time_s.sum"] = sum(
+            metric("train_time_s").value(r.result) or 0.0 for r in group if r.result
+        )
+        row["trials"] = " ".join(r.trial_id for r in group)
+        rows.append(row)
+    rows.sort(key=lambda row: row["trial_number"])
+    return rows
+
+
+def row_value(row: dict[str, Any], name: str) -> float | None:
+    """A metric of a point row: sizes directly, run metrics as their seed mean."""
+    value = row.get(name, row.get(f"{name}.mean"))
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+# ------------------------------------------------------------------------------ Pareto fronts
+def dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) -> bool:
+    """`a` is at least as good as `b` in every objective and better in one."""
+    better = False
+    for x, y, up in zip(a, b, maximize, strict=True):
+        if (x < y) if up else (x > y):
+            return False
+        if x != y:
+            better = True
+    return better
+
+
+def pareto_mask(values: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[bool]:
+    """Non-dominated points among `values` (any number of objectives; O(n^2))."""
+    return [
+        not any(dominates(other, v, maximize) for j, other in enumerate(values) if j != i)
+        for i, v in enumerate(values)
+    ]
+
+
+def pareto_front_2d(accuracy: Sequence[float], size: Sequence[float]) -> list[int]:
+    """Indices of the accuracy-vs-size front (maximise accuracy, minimise size), by size.
+
+    O(n log n): sort by size; a point is on the front when no smaller point is at least as
+    accurate, and no point of the same size is more accurate."""
+    order = sorted(range(len(size)), key=lambda i: (size[i], -accuracy[i]))
+    front, best_smaller = [], -math.inf
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and size[order[j]] == size[order[i]]:
+            j += 1
+        top = accuracy[order[i]]  # the best accuracy at this size (sorted descending)
+        if top > best_smaller:
+            front += [k for k in order[i:j] if accuracy[k] == top]
+            best_smaller = top
+        i = j
+    return front
+
+
+def frontier_rows(
+    rows: Sequence[dict[str, Any]], size_metric: str, accuracy_metric: str = ACCURACY
+) -> list[dict[str, Any]]:
+    """Complete points on the accuracy-vs-`size_metric` Pareto front, smallest first."""
+    candidates = [
+        r
+        for r in rows
+        if r["state"] == sd.COMPLETE
+        and row_value(r, accuracy_metric) is not None
+        and row_value(r, size_metric) is not None
+    ]
+    acc = [row_value(r, accuracy_metric) for r in candidates]
+    size = [row_value(r, size_metric) for r in candidates]
+    return [candidates[i] for i in pareto_front_2d(acc, size)]
+
+
+# ------------------------------------------------------------------------------ time
+def worker_sessions(sweep_dir: sd.SweepDir, stale_after_s: float = 300.0) -> list[dict[str, Any]]:
+    """Each worker's [start, end] (end = its finish time, else its last heartbeat) and liveness."""
+    out = []
+    if not sweep_dir.workers.exists():
+        return out
+    for path in sorted(sweep_dir.workers.glob("*.json")):
+        record = sd.read_json(path)
+        if not record or "started" not in record:
+            continue
+        mtime = path.stat().st_mtime
+        live = "finished" not in record and record_is_live(record, mtime, stale_after_s)
+        end = record.get("finished") or (time.time() if live else mtime)
+        out.append({**record, "end": end, "live": live})
+    return out
+
+
+def union_seconds(intervals: Sequence[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals (time when any worker was working)."""
+    total, current_start, current_end = 0.0, None, None
+    for start, end in sorted(intervals):
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += current_end - current_start
+    return total
+
+
+def sweep_times(sweep_dir: sd.SweepDir, runs: Sequence[RunRecord]) -> dict[str, float]:
+    """Wall time of the sweep, summed train time of its runs and their ratio (efficiency)."""
+    sessions = worker_sessions(sweep_dir)
+    wall = union_seconds([(s["started"], s["end"]) for s in sessions])
+    train = sum(metric("train_time_s").value(r.result) or 0.0 for r in runs if r.result)
+    run_wall = sum(metric("wall_time_s").value(r.result) or 0.0 for r in runs if r.result)
+    return {
+        "wall_time_s": wall,
+        "train_time_s": train,
+        "run_wall_time_s": run_wall,
+        "efficiency": train / wall if wall > 0 else float("nan"),
+        "workers": len(sessions),
+        "max_parallel": _max_parallel(sessions),
+    }
+
+
+def _max_parallel(sessions: Sequence[dict[str, Any]]) -> int:
+    events = sorted([(s["started"], 1) for s in sessions] + [(s["end"], -1) for s in sessions])
+    best = current = 0
+    for _, delta in events:
+        current += delta
+        best = max(best, current)
+    return best
+
+
+# ------------------------------------------------------------------------------ status
+def status(sweep_dir: sd.SweepDir) -> dict[str, Any]:
+    """Counts, best so far, front size and ETA of a sweep (what `sqz sweep status` prints)."""
+    defn = sweep_dir.definition()
+    runs = collect_runs(sweep_dir)
+    rows = point_rows(runs, defn)
+    skipped = skipped_points(sweep_dir)
+    skip_counts = {k: sum(s.get("kind") == k for s in skipped) for k in SKIP_KINDS}
+    registered_points = len(rows)
+    exhausted = (sweep_dir.root / "sampling_exhausted.json").exists()
+    planned_points = defn.planned_points
+    if defn.finite_size is not None:
+        rejected = {s.get("point") for s in skipped if s.get("kind") in ("constraint", "invalid")}
+        interrupted = skip_counts["interrupted"] if defn.sampler == "grid" else 0
+        planned_points = min(planned_points, defn.finite_size - len(rejected) - interrupted)
+    if exhausted:
+        planned_points = registered_points
+    planned_points = max(planned_points, registered_points)
+    counts = {s: 0 for s in (sd.COMPLETE, sd.RUNNING, sd.PENDING, sd.FAILED, sd.PRUNED, sd.SKIPPED)}
+    for r in runs:
+        counts[r.state] += 1
+    unregistered_runs = (planned_points - registered_points) * len(defn.seeds)
+    counts[sd.PENDING] += unregistered_runs
+    total_runs = len(runs) + unregistered_runs
+
+    best = {}
+    complete_rows = [r for r in rows if r["state"] == sd.COMPLETE]
+    for objective in defn.objectives:
+        scored = [r for r in complete_rows if row_value(r, objective.metric) is not None]
+        if scored:
+            pick = (max if objective.maximize else min)(
+                scored, key=lambda r, m=objective.metric: row_value(r, m)
+            )
+            best[objective.metric] = {
+                "value": row_value(pick, objective.metric),
+                "display": metric(objective.metric).format(row_value(pick, objective.metric)),
+                "design": {k: pick[k] for k in defn.keys},
+                "point": pick["point"],
+            }
+    objective_values = [[row_value(r, o.metric) for o in defn.objectives] for r in complete_rows]
+    usable = [v for v in objective_values if all(x is not None for x in v)]
+    front = sum(pareto_mask(usable, [o.maximize for o in defn.objectives])) if usable else 0
+
+    times = sweep_times(sweep_dir, runs)
+    durations = [
+        metric("wall_time_s").value(r.result) for r in runs if r.state == sd.COMPLETE and r.result
+    ]
+    durations = [d for d in durations if d is not None]
+    remaining = counts[sd.PENDING] + counts[sd.RUNNING]
+    active = sum(1 for s in worker_sessions(sweep_dir) if s["live"])
+    eta = None
+    if durations and remaining:
+        parallel = max(1, active, counts[sd.RUNNING])
+        eta = (counts[sd.PENDING] + 0.5 * counts[sd.RUNNING]) * statistics.median(durations)
+        eta /= parallel
+    return {
+        "name": defn.name,
+        "directory": str(sweep_dir.root),
+        "sampler": defn.sampler,
+        "seeds": len(defn.seeds),
+        "planned_points": planned_points,
+        "registered_points": registered_points,
+        "total_runs": total_runs,
+        "counts": counts,
+        "skipped_points": skip_counts,
+        "sampling_exhausted": exhausted,
+        "best": best,
+        "pareto_front_size": front,
+        "active_workers": active,
+        "eta_s": eta,
+        **times,
+    }
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def format_status(st: dict[str, Any]) -> str:
+    c = st["counts"]
+    lines = [
+        f"sweep {st['name']} ({st['sampler']}, {st['planned_points']} points x {st['seeds']} "
+        f"seed(s) = {st['total_runs']} trials) in {st['directory']}",
+        f"trials: {c['complete']} done, {c['running']} running, {c['failed']} failed, "
+        f"{c['pruned']} pruned, {c['skipped']} skipped, {c['pending']} pending",
+    ]
+    sk = {k: v for k, v in st["skipped_points"].items() if v}
+    if sk:
+        lines.append("design points not trained: " + ", ".join(f"{v} {k}" for k, v in sk.items()))
+    if st["sampling_exhausted"]:
+        lines.append("sampling stopped: the search space looks exhausted (sampling_exhausted.json)")
+    for name, b in st["best"].items():
+        design = ", ".join(f"{k}={v}" for k, v in b["design"].items())
+        lines.append(f"best {name} [{metric(name).label}]: {b['display']} ({design})")
+    lines.append(f"Pareto-optimal points so far: {st['pareto_front_size']}")
+    lines.append(
+        f"wall {format_duration(st['wall_time_s'])}, {st['active_workers']} worker(s) active, "
+        f"ETA {format_duration(st['eta_s'])}"
+    )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ text tables
+def format_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, Callable[[dict], str]]]
+) -> str:
+    """A plain aligned text table: `columns` are (header, row -> cell)."""
+    cells = [[header for header, _ in columns]]
+    cells += [[fn(row) for _, fn in columns] for row in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,314 @@
+"""`sqz sweep ...`: run, watch, report and export design-space sweeps.
+
+    sqz sweep run SWEEP_FILE [--workdir DIR] [--arg ARG] [--workers N] [--storage URL] [--new]
+                  [--runner MODULE:FUNCTION] [--slurm [--dry-run] [--array N] ...]
+    sqz sweep status DIR [--json]
+    sqz sweep report DIR [--out DIR] [--wandb-mode MODE]
+    sqz sweep export-wandb SWEEP_FILE [--arg ARG] [--output FILE]
+
+`run` is idempotent: rerun it (after a crash, a kill, or to add workers) and it continues the
+same sweep. The default workdir is runs/sweeps/<name>[-<arg>].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from sqzexplore.config import ConfigError
+from sqzexplore.models.spec import SpecError
+from sqzexplore.sweep.space import SweepError
+
+RUN_DEFAULTS = {"heartbeat_s": 10.0, "stale_after_s": 300.0, "poll_s": 2.0}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sqz sweep", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a sweep with local workers or SLURM")
+    run.add_argument("sweep_file", help="sweeps/<name>.py")
+    run.add_argument("--arg", default=None, help="the sweep's arg, e.g. 'runlocal,dataset=cifar10'")
+    run.add_argument("--workdir", default=None, help="sweep directory (default runs/sweeps/<name>)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local worker processes (default: one per visible GPU, else 1)",
+    )
+    run.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna RDB URL (e.g. postgresql://...); default: a journal file in the sweep dir",
+    )
+    run.add_argument(
+        "--new", action="store_true", help="archive an existing sweep directory and start over"
+    )
+    run.add_argument(
+        "--runner",
+        default=None,
+        help="trial runner MODULE:FUNCTION (default sqzexplore.train:train_and_evaluate); "
+        "for testing and custom trainers, e.g. sqzexplore.sweep.fake_runner:run_fake_trial",
+    )
+    run.add_argument("--max-runs", type=int, default=None, help="stop each worker after N runs")
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit when only other workers' trials remain (instead of standing by)",
+    )
+    run.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="progress bar over trials on stderr (auto: only on a terminal)",
+    )
+    run.add_argument("--heartbeat-s", type=float, default=RUN_DEFAULTS["heartbeat_s"])
+    run.add_argument(
+        "--poll-s",
+        type=float,
+        default=RUN_DEFAULTS["poll_s"],
+        help="how often a worker with nothing to do checks for runs to take over",
+    )
+    run.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=RUN_DEFAULTS["stale_after_s"],
+        help="a claim from another host without heartbeat this long is taken over",
+    )
+    run.add_argument("--worker-name", default=None, help=argparse.SUPPRESS)
+    slurm = run.add_argument_group("SLURM (many machines)")
+    slurm.add_argument("--slurm", action="store_true", help="submit an sbatch array of workers")
+    slurm.add_argument("--dry-run", action="store_true", help="write and print the script only")
+    slurm.add_argument("--array", type=int, default=4, help="number of array tasks (workers)")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--gpus-per-task", type=int, default=1)
+    slurm.add_argument("--cpus-per-task", type=int, default=None)
+    slurm.add_argument("--time", dest="time_limit", default=None, help="e.g. 04:00:00")
+    slurm.add_argument("--mem", default=None)
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=high (repeatable)",
+    )
+
+    status = sub.add_parser("status", help="done/running/failed/pending counts, best, ETA")
+    status.add_argument("workdir")
+    status.add_argument("--json", action="store_true")
+
+    report = sub.add_parser("report", help="results.csv, frontier.csv, figures, report.html")
+    report.add_argument("workdir")
+    report.add_argument("--out", default=None, help="output directory (default DIR/report)")
+    report.add_argument(
+        "--wandb-mode",
+        choices=("disabled", "offline", "online"),
+        default=None,
+        help="log a summary run (default: the base config's wandb.mode)",
+    )
+    report.add_argument("--quiet", action="store_true", help="do not print the frontier tables")
+
+    export = sub.add_parser("export-wandb", help="write the sweep as a wandb sweep YAML")
+    export.add_argument("sweep_file")
+    export.add_argument("--arg", default=None)
+    export.add_argument("--output", default=None, help="default runs/sweeps/<name>.wandb.yaml")
+    export.add_argument(
+        "--runs-root",
+        default=None,
+        help="where wandb agents put run workdirs (default runs/wandb/<name>)",
+    )
+    export.add_argument("--project", default=None, help="wandb project")
+    return p
+
+
+def default_workdir(name: str, arg: str | None) -> str:
+    suffix = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", arg).strip("_") if arg else ""
+    return os.path.join("runs", "sweeps", name + suffix)
+
+
+# ------------------------------------------------------------------------------ run
+def _worker_command(args, workdir: str, *, no_wait: bool) -> list[str]:
+    """The command a child worker (local or SLURM) runs: this sweep, one worker, no bar."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "sqzexplore.sweep.cli",
+        "run",
+        os.path.abspath(args.sweep_file),
+        "--workdir",
+        os.path.abspath(workdir),
+        "--workers",
+        "1",
+        "--progress",
+        "off",
+        "--heartbeat-s",
+        str(args.heartbeat_s),
+        "--stale-after-s",
+        str(args.stale_after_s),
+        "--poll-s",
+        str(args.poll_s),
+    ]
+    if args.arg is not None:
+        cmd += ["--arg", args.arg]
+    if args.storage:
+        cmd += ["--storage", args.storage]
+    if args.runner:
+        cmd += ["--runner", args.runner]
+    if args.max_runs is not None:
+        cmd += ["--max-runs", str(args.max_runs)]
+    if no_wait:
+        cmd.append("--no-wait")
+    return cmd
+
+
+def cmd_run(args) -> int:
+    from sqzexplore.sweep import launch, slurm
+    from sqzexplore.sweep.analyze import format_status, status
+    from sqzexplore.sweep.space import check_against_config, load_base_config, load_sweep
+    from sqzexplore.sweep.sweepdir import init_sweep_dir
+    from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner, run_worker
+
+    defn = load_sweep(args.sweep_file, args.arg)
+    base = load_base_config(defn)
+    check_against_config(defn, base)
+    workdir = args.workdir or default_workdir(defn.name, args.arg)
+    sweep_dir, _ = init_sweep_dir(
+        workdir,
+        defn,
+        base,
+        sweep_file=args.sweep_file,
+        arg=args.arg,
+        storage=args.storage,
+        new=args.new,
+    )
+    runner_spec = args.runner or DEFAULT_RUNNER
+
+    if args.slurm:
+        text = slurm.sbatch_script(
+            name=defn.name,
+            worker_command=_worker_command(args, workdir, no_wait=True),
+            workdir=sweep_dir.root,
+            cwd=Path.cwd(),
+            array=args.array,
+            partition=args.partition,
+            gpus_per_task=args.gpus_per_task,
+            cpus_per_task=args.cpus_per_task,
+            time_limit=args.time_limit,
+            mem=args.mem,
+            account=args.account,
+            extra_sbatch=args.sbatch_arg,
+        )
+        path = slurm.write_script(text, sweep_dir.slurm / "sweep.sbatch")
+        if args.dry_run:
+            print(text)
+            print(f"# wrote {path} (not submitted: --dry-run)")
+            return 0
+        job = slurm.submit(path)
+        print(f"submitted SLURM array job {job} ({args.array} workers) from {path}")
+        print(f"watch it with: sqz sweep status {workdir}")
+        return 0
+
+    load_runner(runner_spec)  # fail now on a bad --runner, not inside every worker
+    gpus = launch.visible_gpus()
+    n_workers = args.workers or launch.default_workers(gpus)
+    progress = launch.SweepProgress(sweep_dir, args.progress)
+    try:
+        if n_workers == 1:
+            worker = args.worker_name or f"{os.uname().nodename}-{os.getpid()}"
+            run_worker(
+                sweep_dir,
+                defn,
+                base,
+                runner=load_runner(runner_spec),
+                worker=worker,
+                heartbeat_s=args.heartbeat_s,
+                stale_after_s=args.stale_after_s,
+                poll_s=args.poll_s,
+                wait_for_others=not args.no_wait,
+                max_runs=args.max_runs,
+                log=progress.write,
+            )
+            rc = 0
+        else:
+            envs = launch.worker_envs(n_workers, gpus)
+            commands = [
+                _worker_command(args, workdir, no_wait=args.no_wait) + ["--worker-name", f"w{k}"]
+                for k in range(n_workers)
+            ]
+            rc = launch.run_local_workers(commands, envs, sweep_dir.logs, progress)
+    finally:
+        progress.close()
+    if args.worker_name is None:  # the top-level process (not a child worker) sums up
+        print(format_status(status(sweep_dir)))
+    return rc
+
+
+# ------------------------------------------------------------------------------ others
+def cmd_status(args) -> int:
+    from sqzexplore.sweep.analyze import format_status, status
+    from sqzexplore.sweep.sweepdir import SweepDir
+
+    st = status(SweepDir(args.workdir))
+    print(json.dumps(st, indent=2, default=str) if args.json else format_status(st))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from sqzexplore.sweep.report import build_report
+    from sqzexplore.sweep.sweepdir import SweepDir
+
+    out = build_report(
+        SweepDir(args.workdir),
+        args.out,
+        wandb_mode=args.wandb_mode,
+        echo=(lambda s: None) if args.quiet else print,
+    )
+    print(f"\nreport: {out['report_html']}  (tables: {out['results_csv']}, {out['frontier_csv']})")
+    return 0
+
+
+def cmd_export_wandb(args) -> int:
+    from sqzexplore.sweep.space import load_sweep
+    from sqzexplore.sweep.wandb_export import wandb_sweep_config, write_wandb_yaml
+
+    defn = load_sweep(args.sweep_file, args.arg)
+    runs_root = args.runs_root or os.path.join("runs", "wandb", defn.name)
+    config = wandb_sweep_config(defn, runs_root=runs_root, wandb_project=args.project)
+    output = Path(args.output or os.path.join("runs", "sweeps", f"{defn.name}.wandb.yaml"))
+    write_wandb_yaml(config, output)
+    print(f"wrote {output}; start it with `wandb sweep {output}` and run `wandb agent ...`")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sqzexplore.sweep.slurm import SlurmError
+    from sqzexplore.sweep.sweepdir import SweepChangedError, SweepDirError
+
+    args = _parser().parse_args(argv)
+    commands = {
+        "run": cmd_run,
+        "status": cmd_status,
+        "report": cmd_report,
+        "export-wandb": cmd_export_wandb,
+    }
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume the sweep", file=sys.stderr)
+        return 130
+    except (SweepError, SweepChangedError, SweepDirError, SlurmError, ConfigError, SpecError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # bad --runner / --workers
+        if args.command == "run" and ("--runner" in str(e) or "--workers" in str(e)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Local worker processes: how many, which GPUs each sees, and a progress bar over trials.
+
+Default worker count: one per visible GPU (each worker sees one GPU through
+CUDA_VISIBLE_DEVICES, and its trials train on it), else one worker on the CPU, whose trials use
+all (fake or real) CPU devices. GPUs are counted without importing jax in this process (jax would
+reserve GPU memory in the parent): JAX_PLATFORMS=cpu means none, else CUDA_VISIBLE_DEVICES, else
+`nvidia-smi`. With --workers N on G GPUs: N <= G splits the GPUs into N groups (each trial is
+data-parallel over its group); N > G shares GPUs round-robin and caps each worker's share of GPU
+memory (XLA_PYTHON_CLIENT_MEM_FRACTION).
+
+Children die with the parent (PR_SET_PDEATHSIG on Linux): killing `sqz sweep run`, even with
+SIGKILL, stops its workers, and a rerun resumes their trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqzexplore.sweep import sweepdir as sd
+
+
+def visible_gpus() -> list[str]:
+    """Ids of the GPUs trials could use, found without initialising jax."""
+    platforms = (
+        os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME") or ""
+    ).lower()
+    if platforms and not any(p in platforms for p in ("cuda", "gpu", "rocm")):
+        return []
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        return [x.strip() for x in cvd.split(",") if x.strip() and x.strip() != "-1"]
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def default_workers(gpus: Sequence[str]) -> int:
+    return max(1, len(gpus))
+
+
+def worker_envs(n_workers: int, gpus: Sequence[str]) -> list[dict[str, str]]:
+    """Environment additions of each of `n_workers` local workers."""
+    if n_workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {n_workers}")
+    if not gpus:
+        return [{} for _ in range(n_workers)]
+    if n_workers <= len(gpus):
+        # Contiguous groups (neighbouring GPUs usually share the fastest links).
+        bounds = [round(i * len(gpus) / n_workers) for i in range(n_workers + 1)]
+        groups = [gpus[bounds[i] : bounds[i + 1]] for i in range(n_workers)]
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(g)} for g in groups]
+    share = math.ceil(n_workers / len(gpus))
+    fraction = f"{0.9 / share:.2f}"
+    return [
+        {
+            "CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)],
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": fraction,
+        }
+        for k in range(n_workers)
+    ]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class SweepProgress:
+    """A tqdm bar over the sweep's trials (on stderr; by default only on a terminal), refreshed
+    from the sweep directory, so it counts every worker's trials, local or not."""
+
+    def __init__(self, sweep_dir: sd.SweepDir, mode: str = "auto", interval_s: float = 2.0):
+        self.sweep_dir = sweep_dir
+        self.interval_s = interval_s
+        enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+        self._bar = None
+        self._stop = threading.Event()
+        self._thread = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=0,
+                unit="trial",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                desc=sweep_dir.definition().name,
+            )
+            self.refresh()
+            self._thread = threading.Thread(target=self._run, daemon=True, name="sweep-progress")
+            self._thread.start()
+
+    def refresh(self) -> None:
+        if self._bar is None:
+            return
+        from sqzexplore.sweep.analyze import status
+
+        with contextlib.suppress(Exception):  # a half-written file: next refresh
+            st = status(self.sweep_dir)
+            c = st["counts"]
+            finished = c["complete"] + c["failed"] + c["pruned"] + c["skipped"]
+            self._bar.total = st["total_runs"]
+            self._bar.n = finished
+            self._bar.set_postfix(
+                running=c["running"], failed=c["failed"], pruned=c["pruned"], refresh=False
+            )
+            self._bar.refresh()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.refresh()
+
+    def write(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.refresh()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def run_local_workers(
+    commands: Sequence[list[str]],
+    envs: Sequence[dict[str, str]],
+    log_dir: Path,
+    progress: SweepProgress,
+) -> int:
+    """Start one child process per command, wait for all; 0 when every child succeeded."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs, logs = [], []
+    for k, (cmd, env) in enumerate(zip(commands, envs, strict=True)):
+        log_path = log_dir / f"worker-{k}.log"
+        handle = open(log_path, "ab")  # noqa: SIM115 - the child writes it; closed after wait
+        logs.append((log_path, handle))
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env={**os.environ, **env},
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        )
+    progress.write(f"started {len(procs)} workers; logs in {log_dir}")
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for _, handle in logs:
+            handle.close()
+    failed = 0
+    for k, p in enumerate(procs):
+        if p.returncode != 0:
+            failed += 1
+            tail = logs[k][0].read_text(errors="replace").splitlines()[-15:]
+            progress.write(f"worker {k} exited with {p.returncode}; last lines of {logs[k][0]}:")
+            for line in tail:
+                progress.write(f"  {line}")
+    return 0 if failed == 0 else 1

@@ -1,0 +1,207 @@
+"""A sweep worker: claim a run, train it in its own workdir, record the outcome, repeat.
+
+The runner is injectable: any `runner(config, workdir, *, on_eval=None) -> result dict` that
+honours the run-directory contract (result.json written last, resuming from its own checkpoints).
+The default is the real trainer, `sqzexplore.train:train_and_evaluate`; `--runner module:function`
+selects another (custom trainers, or `sqzexplore.sweep.fake_runner:run_fake_trial`, which the tests
+use to exercise the sweep machinery in seconds).
+
+A worker keeps going until the sweep is done. When only other workers' runs remain it waits and
+polls (`wait_for_others`), so that a run whose worker dies is picked up again; SLURM array tasks
+turn this off so that finished tasks release their GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import inspect
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from sqzexplore.sweep import sweepdir as sd
+from sqzexplore.sweep.claims import Heartbeat, owner_record
+from sqzexplore.sweep.engine import DONE, WAIT, RunOutcome, RunTicket, SweepEngine, trial_config
+from sqzexplore.sweep.pruning import MedianStopper
+from sqzexplore.sweep.space import SweepDefinition, value_label
+
+DEFAULT_RUNNER = "sqzexplore.train:train_and_evaluate"
+Runner = Callable[..., dict]
+
+
+def load_runner(spec: str) -> Runner:
+    """`module:function` -> the function (a clear error when it is not there)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--runner must be 'module:function', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--runner {spec}: cannot import {module_name!r}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"--runner {spec}: {module_name} has no function {attr!r}")
+    return fn
+
+
+def accepts_on_eval(runner: Runner) -> bool:
+    try:
+        params = inspect.signature(runner).parameters
+    except (TypeError, ValueError):
+        return False
+    return "on_eval" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+@dataclasses.dataclass
+class WorkerSummary:
+    worker: str
+    runs: dict[str, int] = dataclasses.field(default_factory=dict)  # outcome kind -> count
+    trial_ids: list[str] = dataclasses.field(default_factory=list)
+    stopped_by_signal: bool = False
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT between runs end the worker after the current step of its loop (the
+    trainer handles SIGTERM itself during a run: it checkpoints and returns 'preempted')."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+        for sig in (signal.SIGTERM,):
+            with contextlib.suppress(ValueError):  # not the main thread: no handler
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_worker(
+    sweep_dir: sd.SweepDir,
+    defn: SweepDefinition,
+    base_config: ml_collections.ConfigDict,
+    *,
+    runner: Runner,
+    worker: str,
+    heartbeat_s: float = 10.0,
+    stale_after_s: float = 300.0,
+    wait_for_others: bool = True,
+    poll_s: float = 2.0,
+    max_runs: int | None = None,
+    max_consecutive_skips: int = 100,
+    log: Callable[[str], None] = print,
+) -> WorkerSummary:
+    """Run the sweep's runs until it is done (or `max_runs` runs ended here)."""
+    engine = SweepEngine(
+        sweep_dir,
+        defn,
+        base_config,
+        worker=worker,
+        stale_after_s=stale_after_s,
+        max_consecutive_skips=max_consecutive_skips,
+    )
+    summary = WorkerSummary(worker)
+    sweep_dir.workers.mkdir(exist_ok=True)
+    me = owner_record(worker)
+    worker_file = sweep_dir.workers / f"{me['host']}-{me['pid']}-{me['token'][:6]}.json"
+    sd.write_json(worker_file, me)
+    heartbeat = Heartbeat(heartbeat_s)
+    heartbeat.add(worker_file)
+    stop = _StopFlag()
+    try:
+        while max_runs is None or sum(summary.runs.values()) < max_runs:
+            if stop.requested:
+                summary.stopped_by_signal = True
+                break
+            ticket = engine.next_run()
+            if ticket == DONE:
+                break
+            if ticket == WAIT:
+                if not wait_for_others:
+                    break
+                time.sleep(poll_s)
+                continue
+            heartbeat.add(ticket.claim.path, ticket.claim.record["token"])
+            try:
+                outcome = execute_run(ticket, engine, runner, heartbeat, log)
+            except BaseException:
+                engine.finish_run(ticket, RunOutcome("interrupted"))
+                raise
+            finally:
+                heartbeat.discard(ticket.claim.path)
+            engine.finish_run(ticket, outcome)
+            summary.runs[outcome.kind] = summary.runs.get(outcome.kind, 0) + 1
+            summary.trial_ids.append(ticket.trial_id)
+            if outcome.kind == "interrupted":
+                summary.stopped_by_signal = bool(outcome.detail.get("preempted"))
+                break
+    finally:
+        stop.restore()
+        heartbeat.stop()
+        sd.write_json(worker_file, {**me, "finished": time.time()})
+    return summary
+
+
+def execute_run(
+    ticket: RunTicket,
+    engine: SweepEngine,
+    runner: Runner,
+    heartbeat: Heartbeat,
+    log: Callable[[str], None] = print,
+) -> RunOutcome:
+    """Train one run and classify how it ended."""
+    defn = engine.defn
+    config = trial_config(
+        engine.base_config, defn, ticket.overrides, ticket.seed, run_id=ticket.trial_id
+    )
+    stopper = MedianStopper(defn.pruner, engine.dir, ticket.point)
+    lost = {"claim": False}
+
+    def on_eval(step: int, metrics: dict) -> bool:
+        if heartbeat.lost(ticket.claim.path):
+            lost["claim"] = True  # another host took the run over: stop, record nothing
+            return True
+        return stopper.should_stop(step, metrics)
+
+    kwargs: dict[str, Any] = {"on_eval": on_eval} if accepts_on_eval(runner) else {}
+    t0 = time.time()
+    log(f"[{engine.worker}] {ticket.trial_id}: {_describe(ticket)}")
+    try:
+        result = runner(config, str(ticket.workdir), **kwargs)
+    except Exception as e:  # a run's failure is data (e.g. NaN at a design point), not a crash
+        log(f"[{engine.worker}] {ticket.trial_id} failed: {type(e).__name__}: {e}")
+        return RunOutcome(
+            "failed",
+            {
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+                "seconds": time.time() - t0,
+            },
+        )
+    if lost["claim"]:
+        return RunOutcome("interrupted", {"reason": "claim taken over by another worker"})
+    status = (result or {}).get("status")
+    if status == "preempted":
+        return RunOutcome("interrupted", {"preempted": True})
+    if status == "pruned" or stopper.reason is not None:
+        return RunOutcome("pruned", {"reason": stopper.reason or "stopped by on_eval"})
+    if status != "complete":
+        return RunOutcome("failed", {"error": f"runner returned status {status!r}"})
+    if not (ticket.workdir / "result.json").exists():
+        # A runner that only returns its result: keep the contract (result.json written last).
+        sd.write_json(ticket.workdir / "result.json", result)
+    return RunOutcome("complete", {"seconds": time.time() - t0})
+
+
+def _describe(ticket: RunTicket) -> str:
+    design = ", ".join(f"{k.split('.')[-1]}={value_label(v)}" for k, v in ticket.overrides.items())
+    return f"{design}, seed {ticket.seed}"

@@ -1,0 +1,43 @@
+"""Where to downsample: at equal widths, how much accuracy does pooling later buy, and at what
+compute?
+
+The paper's Strategy 3 ("downsample late in the network so that convolution layers have large
+activation maps"). Moves the base experiment's max-pools from early (SqueezeNet v1.1-like: after
+conv1, fire3, fire5) through v1.0-like (conv1, fire4, fire8) to later than either, keeping the
+number of pools and every width fixed: parameters are identical, only activation sizes and MACs
+change. Grid sampler, 2 seeds per option; objectives: maximise final top-1, minimise MACs.
+
+The paper's numbers (REFERENCE.md sections 1 and 3): Strategy 3 is argued from He & Sun (2015)
+(delayed downsampling gives higher accuracy); the paper reports no pooling ablation of its own.
+SqueezeNet v1.1 moved the pools earlier for "2.4x less computation than v1.0, same accuracy"
+(release notes): at 224x224, v1.0 818.92M MACs vs v1.1 349.15M MACs (derived).
+
+Commands:
+    sqz sweep run sweeps/downsampling.py                       # digits (default)
+    sqz sweep run sweeps/downsampling.py --arg runlocal        # smoke: 2 options, 1 seed
+    sqz sweep run sweeps/downsampling.py --arg dataset=cifar10,data_dir=$TFDS_DATA_DIR
+    sqz sweep report runs/sweeps/downsampling
+
+Args: runlocal, dataset, experiment (any experiment file instead), data_dir, seeds.
+"""
+
+from sqzexplore.config import parse_arg
+from sqzexplore.sweep.design import base_pool_count, pool_position_ladder
+from sqzexplore.sweep.space import categorical, dataset_base, dotted
+
+
+def get_sweep(arg=None):
+    a = parse_arg(arg, runlocal=False, dataset="digits", experiment="", data_dir="", seeds=2)
+    base = dataset_base(a.dataset, a.runlocal, a.experiment)
+    ladder = pool_position_ladder(base_pool_count(base))
+    options = (ladder[0], ladder[-1]) if a.runlocal else ladder
+    fixed = {"data.data_dir": a.data_dir} if a.data_dir else {}
+    return dotted(
+        name="downsampling",
+        base=base,
+        fixed=dotted(fixed),
+        space=dotted({"model.pool_after": categorical(*options)}),
+        objectives=[("final.top1", "maximize"), ("complexity.macs", "minimize")],
+        sampler="grid",
+        seeds=1 if a.runlocal else a.seeds,
+    )

@@ -1,0 +1,442 @@
+"""`sqz sweep` from the command line, in real subprocesses: SIGKILL and rerun, concurrent runners
+sharing a sweep, the SLURM script, the wandb sweep YAML, status."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import optuna
+import yaml
+from test_sweep_support import FAKE_RUNNER, REPO, sr_space, study_of, sweep_cli, write_sweep
+
+from sqzexplore.sweep import cli
+from sqzexplore.sweep import sweepdir as sd
+from sqzexplore.sweep.analyze import collect_runs
+
+S = optuna.trial.TrialState
+
+
+def attempts(sweep_dir: sd.SweepDir) -> dict[str, list[dict]]:
+    """trial id -> the fake runner's start records (one per time the run was started)."""
+    return {
+        tid: sd.read_jsonl(sweep_dir.trial_dir(tid) / "fake_attempts.jsonl")
+        for tid in sweep_dir.trial_ids()
+    }
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_mid_sweep_then_rerun_loses_and_repeats_nothing(tmp_path):
+    path = write_sweep(
+        tmp_path / "k.py",
+        space=sr_space(0.125, 0.25, 0.5, 0.75),
+        seeds=2,
+        fixed={"num_steps": 20},
+    )
+    workdir = tmp_path / "w"
+    sweep_dir = sd.SweepDir(workdir)
+    args = [
+        "run",
+        str(path),
+        "--workdir",
+        str(workdir),
+        "--runner",
+        FAKE_RUNNER,
+        "--progress",
+        "off",
+        "--heartbeat-s",
+        "0.5",
+        "--poll-s",
+        "0.2",
+    ]
+    proc = sweep_cli(*args, env={"SQZ_FAKE_STEP_S": "0.04"})  # ~0.8 s per run
+
+    def mid_run():  # two runs finished and a third has checkpointed but not finished
+        done = [t for t in sweep_dir.trial_ids() if sd.run_state(sweep_dir.trial_dir(t))]
+        started = [
+            t
+            for t in sweep_dir.trial_ids()
+            if (sweep_dir.trial_dir(t) / "checkpoints" / "fake_state.json").exists()
+            and sd.run_state(sweep_dir.trial_dir(t)) is None
+        ]
+        return len(done) >= 2 and started
+
+    try:
+        wait_for(mid_run, 60, "a run in progress after two finished")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = {t: sd.run_state(sweep_dir.trial_dir(t)) for t in sweep_dir.trial_ids()}
+    finished_before = {t for t, s in before.items() if s == sd.COMPLETE}
+    interrupted = [
+        t
+        for t, s in before.items()
+        if s is None and (sweep_dir.trial_dir(t) / "checkpoints" / "fake_state.json").exists()
+    ]
+    assert len(finished_before) >= 2 and len(interrupted) == 1
+    assert len(list(sweep_dir.claims.glob("*.claim"))) == 1  # the dead process's claim
+
+    rerun = sweep_cli(*args, env={"SQZ_FAKE_STEP_S": "0.005"})
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert "8 done" in out
+
+    runs = collect_runs(sweep_dir)
+    assert len(runs) == 8 and all(r.state == sd.COMPLETE for r in runs)
+    starts = attempts(sweep_dir)
+    for tid in finished_before:
+        assert len(starts[tid]) == 1  # never rerun
+    (resumed,) = interrupted
+    assert len(starts[resumed]) == 2 and starts[resumed][1]["start_step"] > 0  # resumed
+    for tid in set(starts) - finished_before - {resumed}:
+        assert len(starts[tid]) == 1
+    eval_steps = [
+        r["step"]
+        for r in sd.read_jsonl(sweep_dir.trial_dir(resumed) / "metrics.jsonl")
+        if r["split"] == "eval"
+    ]
+    assert eval_steps == sorted(set(eval_steps)) and eval_steps[-1] == 20  # nothing twice
+    trials = study_of(sweep_dir).get_trials()
+    assert len(trials) == 4 and all(t.state == S.COMPLETE for t in trials)
+    assert len({t.user_attrs["point"] for t in trials}) == 4
+    assert not list(sweep_dir.claims.glob("*.claim"))
+
+
+def test_concurrent_runners_share_the_work_without_repeats(tmp_path):
+    path = write_sweep(
+        tmp_path / "c.py",
+        space=sr_space(0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0),
+        fixed={"num_steps": 10},
+    )
+    workdir = tmp_path / "w"
+    sweep_dir = sd.SweepDir(workdir)
+    gate = tmp_path / "gate"
+    common = [
+        "run",
+        str(path),
+        "--workdir",
+        str(workdir),
+        "--runner",
+        FAKE_RUNNER,
+        "--progress",
+        "off",
+        "--heartbeat-s",
+        "0.5",
+        "--poll-s",
+        "0.2",
+    ]
+    env = {"SQZ_FAKE_STEP_S": "0.02", "SQZ_FAKE_GATE": str(gate)}
+    first = sweep_cli(*common, "--workers", "2", env=env)  # two local worker processes
+    second = sweep_cli(*common, env=env)  # and another `sqz sweep run` on the same sweep
+    try:
+        # Hold every run at its start until all three workers are inside one at the same time.
+        wait_for(lambda: len(list(sweep_dir.claims.glob("*.claim"))) == 3, 90, "three workers")
+    finally:
+        gate.touch()
+    for p in (first, second):
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    starts = attempts(sweep_dir)
+    assert len(starts) == 8 and all(len(s) == 1 for s in starts.values())  # once each
+    assert all(r.state == sd.COMPLETE for r in collect_runs(sweep_dir))
+    pids = Counter(s[0]["pid"] for s in starts.values())
+    assert len(pids) == 3, f"the work was not shared by the three workers: {pids}"
+    trials = study_of(sweep_dir).get_trials()
+    assert len(trials) == 8 and all(t.state == S.COMPLETE for t in trials)
+    logs = sorted(p.name for p in sweep_dir.logs.iterdir())
+    assert logs == ["worker-0.log", "worker-1.log"]
+
+
+def test_slurm_dry_run_writes_an_array_of_workers(tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.py", space=sr_space(0.125, 0.25))
+    workdir = tmp_path / "w"
+    rc = cli.main(
+        [
+            "run",
+            str(path),
+            "--workdir",
+            str(workdir),
+            "--slurm",
+            "--dry-run",
+            "--array",
+            "6",
+            "--partition",
+            "gpu",
+            "--gpus-per-task",
+            "2",
+            "--time",
+            "04:00:00",
+            "--storage",
+            f"sqlite:///{tmp_path}/study.db",
+            "--sbatch-arg=--qos=high",
+            "--runner",
+            FAKE_RUNNER,
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    script = (workdir / "slurm" / "sweep.sbatch").read_text()
+    assert script in out
+    for line in (
+        "#SBATCH --array=0-5",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-task=2",
+        "#SBATCH --time=04:00:00",
+        "#SBATCH --qos=high",
+        "#SBATCH --ntasks=1",
+        f"#SBATCH --output={workdir}/slurm/%x-%A_%a.out",
+    ):
+        assert line in script.splitlines()
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    for piece in (
+        sys.executable,
+        "-m sqzexplore.sweep.cli run",
+        str(path),
+        "--workers 1",
+        f"--workdir {workdir}",
+        "--no-wait",
+        "--progress off",
+        f"--runner {FAKE_RUNNER}",
+        f"--storage sqlite:///{tmp_path}/study.db",
+        '--worker-name "slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+    ):
+        assert piece in srun
+    assert f"cd {os.getcwd()}" in script
+    assert os.stat(workdir / "slurm" / "sweep.sbatch").st_mode & stat.S_IXUSR
+    subprocess.run(["bash", "-n", str(workdir / "slurm" / "sweep.sbatch")], check=True)
+    # The sweep directory exists before any task starts (tasks never race to create it).
+    state = json.loads((workdir / "sweep.json").read_text())
+    assert state["storage"] == f"sqlite:///{tmp_path}/study.db"
+
+
+def test_slurm_storage_rdb_runs_locally_too(tmp_path, capsys):
+    """The RDB storage the SLURM tasks would share also works for a local run."""
+    path = write_sweep(tmp_path / "db.py", space=sr_space(0.125, 0.25))
+    rc = cli.main(
+        [
+            "run",
+            str(path),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--runner",
+            FAKE_RUNNER,
+            "--progress",
+            "off",
+            "--storage",
+            f"sqlite:///{tmp_path}/study.db",
+        ]
+    )
+    assert rc == 0 and "2 done" in capsys.readouterr().out
+    assert not (tmp_path / "w" / "study.journal").exists()
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/study.db")
+    assert [t.state for t in study.trials] == [S.COMPLETE, S.COMPLETE]
+
+
+def test_export_wandb_yaml_drives_sqz_train_with_the_design_overrides(tmp_path, capsys):
+    path = write_sweep(
+        tmp_path / "wb.py",
+        name="wbdemo",
+        base={"experiment": "experiments/digits/squeezenet.py", "arg": "runlocal"},
+        space={
+            "model.squeeze_ratio": {"type": "categorical", "values": [0.125, 0.5]},
+            "model.pool_after": {
+                "type": "categorical",
+                "values": [("fire2", "fire4", "fire6"), ("conv1", "fire4", "fire8")],
+            },
+        },
+        fixed={"model.pct_3x3": 0.25},
+        seeds=2,
+    )
+    output = tmp_path / "wb.yaml"
+    assert (
+        cli.main(["export-wandb", str(path), "--output", str(output), "--runs-root", "/runs/wb"])
+        == 0
+    )
+    config = yaml.safe_load(output.read_text())
+    assert config["name"] == "wbdemo" and config["method"] == "grid"
+    assert config["metric"] == {"name": "final/top1", "goal": "maximize"}
+    params = config["parameters"]
+    assert params["config.model.squeeze_ratio"] == {"values": [0.125, 0.5]}
+    pools = [ast.literal_eval(v) for v in params["config.model.pool_after"]["values"]]
+    assert pools == [("fire2", "fire4", "fire6"), ("conv1", "fire4", "fire8")]
+    assert params["config.seed"] == {"values": [0, 1]}
+    assert params["config.model.pct_3x3"] == {"value": 0.25}
+    assert params["config.wandb.group"] == {"value": "wbdemo"}
+    assert config["command"][0] == "${env}" and config["command"][-1] == "${args}"
+    assert "only the first objective" in config["description"]
+
+    # Expand the command as a wandb agent does and run it against a stand-in `sqz` that parses
+    # the flags exactly like `sqz train` (ml_collections config_flags) and prints the config.
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    run_args = {
+        "config.model.squeeze_ratio": {"value": 0.5},
+        "config.model.pool_after": {"value": params["config.model.pool_after"]["values"][0]},
+        "config.seed": {"value": 1},
+        "config.model.pct_3x3": {"value": 0.25},
+        "config.wandb.group": {"value": "wbdemo"},
+        "config.progress": {"value": "false"},
+    }
+    expanded = sweep_utils.create_sweep_command_args({"args": run_args})
+    argv = []
+    for item in config["command"]:
+        if item == "${env}":
+            argv.append("/usr/bin/env")
+        elif item == "${args}":
+            argv += expanded["args"]
+        else:
+            argv.append(item)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake_sqz = bindir / "sqz"
+    fake_sqz.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        "from absl import flags\n"
+        "from ml_collections import config_flags\n"
+        "assert sys.argv[1] == 'train'\n"
+        "fv = flags.FlagValues()\n"
+        "config_flags.DEFINE_config_file('config', None, '', flag_values=fv, "
+        "sys_argv=sys.argv[1:])\n"
+        "flags.DEFINE_string('workdir', None, '', flag_values=fv)\n"
+        "fv(sys.argv[1:])\n"
+        "c = fv.config\n"
+        "print(json.dumps({'workdir': fv.workdir, 'sr': c.model.squeeze_ratio, "
+        "'pool_after': list(c.model.pool_after), 'seed': c.seed, 'pct': c.model.pct_3x3, "
+        "'group': c.wandb.group, 'epochs': c.num_epochs}))\n"
+    )
+    fake_sqz.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "WANDB_RUN_ID": "abc123"}
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {
+        "workdir": "/runs/wb/abc123",
+        "sr": 0.5,
+        "pool_after": ["fire2", "fire4", "fire6"],
+        "seed": 1,
+        "pct": 0.25,
+        "group": "wbdemo",
+        "epochs": 2.0,  # runlocal experiment
+    }
+
+
+def test_export_wandb_maps_samplers_and_ranges(tmp_path):
+    from sqzexplore.sweep.space import load_sweep
+    from sqzexplore.sweep.wandb_export import wandb_sweep_config
+
+    defn = load_sweep(str(REPO / "sweeps" / "frontier.py"))
+    config = wandb_sweep_config(defn, runs_root="runs/x")
+    assert config["method"] == "bayes"  # NSGA-II has no wandb twin: first objective only
+    assert config["parameters"]["config.model.squeeze_ratio"]["values"][0] == 0.125  # stepped
+    assert config["parameters"]["config.model.bypass"] == {"values": ["none", "simple", "complex"]}
+    path = write_sweep(
+        tmp_path / "r.py",
+        sampler="random",
+        n_trials=5,
+        seeds=1,
+        base={"experiment": "experiments/digits/squeezenet.py", "arg": None},
+        space={
+            "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+            "model.pct_3x3": {"type": "float", "low": 0.1, "high": 0.9},
+            "model.num_fire": {"type": "int", "low": 4, "high": 8},
+        },
+    )
+    config = wandb_sweep_config(load_sweep(str(path)), runs_root="r")
+    p = config["parameters"]
+    assert config["method"] == "random" and config["run_cap"] == 5
+    assert p["config.optim.lr"] == {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.1}
+    assert p["config.model.pct_3x3"] == {"distribution": "uniform", "min": 0.1, "max": 0.9}
+    assert p["config.model.num_fire"] == {"distribution": "int_uniform", "min": 4, "max": 8}
+    assert "--config=experiments/digits/squeezenet.py " in config["command"][3]
+
+
+def test_status_command(tmp_path, capsys):
+    path = write_sweep(tmp_path / "st.py", space=sr_space(0.125, 0.25, 0.5), seeds=2)
+    workdir = tmp_path / "w"
+    assert (
+        cli.main(
+            [
+                "run",
+                str(path),
+                "--workdir",
+                str(workdir),
+                "--runner",
+                FAKE_RUNNER,
+                "--progress",
+                "off",
+                "--max-runs",
+                "3",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert cli.main(["status", str(workdir)]) == 0
+    text = capsys.readouterr().out
+    assert "3 points x 2 seed(s) = 6 trials" in text
+    assert "3 done, 0 running, 0 failed, 0 pruned, 0 skipped, 3 pending" in text
+    assert "best final.top1" in text and "ETA" in text
+    assert cli.main(["status", str(workdir), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["counts"]["complete"] == 3 and st["counts"]["pending"] == 3
+    assert st["eta_s"] is not None and st["eta_s"] >= 0
+    assert cli.main(["status", str(tmp_path / "nothing")]) == 2
+    assert "not a sweep directory" in capsys.readouterr().err
+
+
+def test_progress_bar_counts_trials_on_stderr(tmp_path, capsys):
+    path = write_sweep(tmp_path / "pb.py", space=sr_space(0.125, 0.25), seeds=2)
+    rc = cli.main(
+        [
+            "run",
+            str(path),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--runner",
+            FAKE_RUNNER,
+            "--progress",
+            "on",
+        ]
+    )
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "4/4" in err and "trial" in err
+
+
+def test_workers_default_to_one_per_visible_gpu(monkeypatch):
+    from sqzexplore.sweep.launch import default_workers, visible_gpus, worker_envs
+
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert visible_gpus() == [] and default_workers([]) == 1
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    gpus = visible_gpus()
+    assert gpus == ["0", "1", "2", "3"] and default_workers(gpus) == 4
+    assert worker_envs(4, gpus) == [{"CUDA_VISIBLE_DEVICES": g} for g in gpus]
+    assert worker_envs(2, gpus) == [
+        {"CUDA_VISIBLE_DEVICES": "0,1"},
+        {"CUDA_VISIBLE_DEVICES": "2,3"},
+    ]
+    shared = worker_envs(8, gpus)  # two workers per GPU, each capped to its share of memory
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in shared] == gpus * 2
+    assert {e["XLA_PYTHON_CLIENT_MEM_FRACTION"] for e in shared} == {"0.45"}
+    assert worker_envs(3, []) == [{}, {}, {}]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []

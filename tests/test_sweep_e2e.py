@@ -1,0 +1,81 @@
+"""End to end with the real trainer: a tiny digits sweep from the command line, then its report."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from test_sweep_support import write_sweep
+
+from sqzexplore.config import spec_from_config
+from sqzexplore.models.complexity import complexity
+from sqzexplore.sweep import cli
+from sqzexplore.sweep import sweepdir as sd
+from sqzexplore.sweep.analyze import collect_runs
+from sqzexplore.sweep.engine import trial_config
+from sqzexplore.sweep.space import load_base_config, load_sweep
+
+
+@pytest.mark.slow
+def test_tiny_digits_sweep_with_the_real_trainer(tmp_path, capsys):
+    path = write_sweep(
+        tmp_path / "tiny.py",
+        doc="Tiny digits sweep: does the real trainer run under the sweep engine?",
+        name="tiny_digits",
+        base={"experiment": "experiments/digits/squeezenet.py", "arg": "runlocal"},
+        fixed={
+            "num_steps": 4,
+            "eval_every_epochs": 0.1,  # evals (and on_eval calls) every 2 steps
+            "checkpoint_every_epochs": 0.1,
+            "log_every_steps": 2,
+        },
+        space={"model.squeeze_ratio": {"type": "categorical", "values": [0.125, 0.25]}},
+        pruner={"name": "median", "n_startup_points": 5, "n_warmup_evals": 0},  # never fires
+    )
+    workdir = tmp_path / "w"
+    rc = cli.main(["run", str(path), "--workdir", str(workdir), "--progress", "off"])
+    assert rc == 0
+    assert "2 done, 0 running, 0 failed" in capsys.readouterr().out
+    sweep_dir = sd.SweepDir(workdir)
+    runs = collect_runs(sweep_dir)
+    assert [r.state for r in runs] == [sd.COMPLETE, sd.COMPLETE]
+    defn = load_sweep(str(path))
+    base = load_base_config(defn)
+    for r in runs:
+        trial_dir = sweep_dir.trial_dir(r.trial_id)
+        assert {
+            "config.json",
+            "spec.json",
+            "complexity.json",
+            "metrics.jsonl",
+            "result.json",
+            "checkpoints",
+            "sweep_trial.json",
+        } <= {p.name for p in trial_dir.iterdir()}
+        result = r.result
+        assert result["status"] == "complete" and result["steps"] == 4
+        assert 0.0 <= result["final"]["top1"] <= 1.0
+        assert result["train_time_s"] > 0 and result["compile_time_s"] > 0
+        config = json.loads((trial_dir / "config.json").read_text())
+        assert config["model"]["squeeze_ratio"] == r.overrides["model.squeeze_ratio"]
+        assert config["wandb"]["group"] == "tiny_digits" and config["seed"] == 0
+        expected = complexity(spec_from_config(trial_config(base, defn, r.overrides, 0)))
+        assert result["complexity"]["params"] == expected.params == r.complexity["params"]
+        evals = [m for m in sd.read_jsonl(trial_dir / "metrics.jsonl") if m["split"] == "eval"]
+        assert [m["step"] for m in evals] == [2, 4]
+
+    # Rerunning a finished sweep trains nothing.
+    before = {
+        r.trial_id: (sweep_dir.trial_dir(r.trial_id) / "result.json").stat().st_mtime for r in runs
+    }
+    assert cli.main(["run", str(path), "--workdir", str(workdir), "--progress", "off"]) == 0
+    for tid, mtime in before.items():
+        assert (sweep_dir.trial_dir(tid) / "result.json").stat().st_mtime == mtime
+
+    assert cli.main(["report", str(workdir), "--quiet"]) == 0
+    with open(workdir / "report" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {r["state"] for r in rows} == {"complete"}
+    with open(workdir / "report" / "frontier.csv") as f:
+        assert len(list(csv.DictReader(f))) >= 2  # at least one point on each front

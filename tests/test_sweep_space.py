@@ -1,0 +1,261 @@
+"""Sweep definitions: parsing, validation messages, grids, identities, the shipped sweep files."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from test_sweep_support import REPO, sr_space, write_sweep
+
+from sqzexplore.config import base_config
+from sqzexplore.sweep import cli
+from sqzexplore.sweep.space import (
+    SweepError,
+    categorical,
+    check_against_config,
+    dotted,
+    fingerprint,
+    int_range,
+    load_base_config,
+    load_sweep,
+    log_uniform,
+    parse_sweep,
+    point_key,
+    uniform,
+)
+
+SHIPPED = ("squeeze_ratio", "pct_3x3", "downsampling", "bypass", "frontier")
+
+
+def minimal(**changes):
+    d = {
+        "name": "t",
+        "space": sr_space(0.125, 0.25),
+        "objectives": [("final.top1", "maximize")],
+    }
+    d.update(changes)
+    return d
+
+
+def test_parse_builds_the_definition():
+    d = parse_sweep(
+        dotted(
+            name="demo",
+            space=dotted(
+                {
+                    "model.squeeze_ratio": categorical(0.125, 0.5),
+                    "model.pool_after": categorical(("fire3", "fire5"), ("fire4", "fire8")),
+                    "optim.lr": log_uniform(1e-3, 1e-1, num=3),
+                }
+            ),
+            objectives=[("final.top1", "maximize"), ("complexity.macs", "minimize")],
+            seeds=2,
+            constraints={"max_mib": 3.0},
+        )
+    )
+    assert d.keys == ("model.pool_after", "model.squeeze_ratio", "optim.lr")  # sorted
+    assert d.seeds == (0, 1)
+    assert d.grid_size == 2 * 2 * 3
+    assert d.planned_points == 12
+    pool = d.param("model.pool_after")
+    assert pool.labels == ("fire3,fire5", "fire4,fire8")
+    assert pool.decode("fire4,fire8") == ("fire4", "fire8")
+    assert d.param("optim.lr").grid_values() == pytest.approx((1e-3, 1e-2, 1e-1))
+    assert d.constraints == (("max_mib", 3.0),)
+    # The JSON form parses back to the same definition.
+    assert parse_sweep(d.to_dict()) == d
+
+
+def test_grid_values_of_ranges():
+    d = parse_sweep(
+        minimal(
+            space={
+                "model.squeeze_ratio": uniform(0.25, 1.0, step=0.25),
+                "model.num_fire": int_range(4, 8, step=2),
+                "optim.lr": uniform(0.1, 0.3, num=3),
+            }
+        )
+    )
+    assert d.param("model.squeeze_ratio").grid_values() == (0.25, 0.5, 0.75, 1.0)
+    assert d.param("model.num_fire").grid_values() == (4, 6, 8)
+    assert d.param("optim.lr").grid_values() == pytest.approx((0.1, 0.2, 0.3))
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"space": {}}, ["space is empty"]),
+        ({"objectives": []}, ["objectives are empty"]),
+        ({"objectives": [("final.top2", "maximize")]}, ["final.top2", "unknown", "final.top5"]),
+        ({"objectives": [("final.top1", "up")]}, ["'maximize' or 'minimize'", "'up'"]),
+        ({"sampler": "tpe"}, ["sampler must be one of", "grid", "nsga2", "'tpe'"]),
+        ({"sampler": "random"}, ["n_trials must be >= 1"]),
+        ({"seeds": 0}, ["seeds must be >= 1"]),
+        ({"seeds": [1, 1]}, ["seeds repeat"]),
+        ({"constraints": {"max_flops": 3}}, ["max_flops", "max_macs"]),
+        ({"constraints": {"max_mib": -1}}, ["max_mib", "positive"]),
+        ({"pruner": {"name": "hyperband"}}, ["pruner.name", "median"]),
+        ({"name": "a b"}, ["sweep name"]),
+        ({"spaces": {}}, ["unknown sweep field", "did you mean 'space'"]),
+        ({"space": {"squeeze_ratio": [0.1]}}, ["dotted config path"]),
+        ({"space": {"model.squeeze_ratio": uniform(0.1, 0.5)}}, ["grid sampler", "num="]),
+        ({"space": {"model.squeeze_ratio": uniform(0.5, 0.1)}}, ["low < high"]),
+        ({"space": {"optim.lr": log_uniform(0.0, 0.1, num=2)}}, ["log range needs low > 0"]),
+        ({"space": {"model.bypass": categorical()}}, ["at least one value"]),
+        ({"space": {"model.bypass": categorical("none", "none")}}, ["repeat"]),
+        ({"space": sr_space(0.1), "fixed": {"model.squeeze_ratio": 0.2}}, ["both fixed and"]),
+    ],
+)
+def test_bad_definitions_are_rejected_with_the_field_named(changes, words):
+    with pytest.raises(SweepError) as e:
+        parse_sweep(minimal(**changes))
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_keys_and_values_are_checked_against_the_base_config():
+    config = base_config()
+    bad_key = parse_sweep(minimal(space={"model.squeez_ratio": categorical(0.1)}))
+    with pytest.raises(SweepError) as e:
+        check_against_config(bad_key, config)
+    assert "model.squez_ratio" not in str(e.value)
+    assert "'model.squeez_ratio'" in str(e.value)
+    assert "did you mean 'model.squeeze_ratio'" in str(e.value)
+
+    bad_group = parse_sweep(minimal(space={"optimizer.lr": categorical(0.1)}))
+    with pytest.raises(SweepError, match="keys under the config: .*optim"):
+        check_against_config(bad_group, config)
+
+    bad_type = parse_sweep(minimal(space={"model.bypass": categorical(3)}))
+    with pytest.raises(SweepError, match="model.bypass"):
+        check_against_config(bad_type, config)
+
+    with pytest.raises(SweepError, match="sweep fixed: .*optim.lrr"):
+        load_base_config(parse_sweep(minimal(fixed={"optim.lrr": 0.1})))
+
+
+def test_fingerprint_and_point_key_are_stable():
+    config = base_config()
+    a = parse_sweep(minimal(), question="one")
+    b = parse_sweep(minimal(), question="edited docstring only")
+    assert fingerprint(a, config) == fingerprint(b, config)
+    c = parse_sweep(minimal(space=sr_space(0.125, 0.5)))
+    assert fingerprint(a, config) != fingerprint(c, config)
+    config.optim.lr = 0.123  # the base experiment changed: a different sweep
+    assert fingerprint(a, config) != fingerprint(a, base_config())
+    p = {"model.squeeze_ratio": 0.25, "model.pool_after": ("fire3",)}
+    assert point_key(p) == point_key(dict(reversed(list(p.items()))))
+    assert point_key(p) == point_key({"model.squeeze_ratio": 0.25, "model.pool_after": ["fire3"]})
+    assert point_key(p) != point_key({**p, "model.squeeze_ratio": 0.5})
+
+
+def test_load_sweep_requires_docstring_and_get_sweep(tmp_path):
+    no_doc = tmp_path / "no_doc.py"
+    no_doc.write_text("def get_sweep(arg=None):\n    return {}\n")
+    with pytest.raises(SweepError, match="no docstring"):
+        load_sweep(str(no_doc))
+    no_fn = tmp_path / "no_fn.py"
+    no_fn.write_text('"""A question."""\n')
+    with pytest.raises(SweepError, match="defines no get_sweep"):
+        load_sweep(str(no_fn))
+    with pytest.raises(SweepError, match="does not exist"):
+        load_sweep(str(tmp_path / "missing.py"))
+
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        (dict(space={"model.squeez_ratio": [0.1]}), ["model.squeez_ratio", "did you mean"]),
+        (dict(space={}), ["space is empty"]),
+        (
+            dict(space=sr_space(0.1), objectives=[("final.top11", "maximize")]),
+            ["final.top11", "unknown", "did you mean 'final.top1'"],
+        ),
+        (dict(space=sr_space(0.1), sampler="bayes"), ["sampler must be one of"]),
+    ],
+)
+def test_cli_rejects_bad_sweep_files(tmp_path, capsys, fields, words):
+    path = write_sweep(tmp_path / "bad.py", **fields)
+    rc = cli.main(
+        [
+            "run",
+            str(path),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--runner",
+            "sqzexplore.sweep.fake_runner:run_fake_trial",
+            "--progress",
+            "off",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ")
+    for w in words:
+        assert w in err
+    assert not (tmp_path / "w" / "sweep.json").exists()  # nothing was created
+
+
+def test_cli_rejects_a_bad_runner(tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.py", space=sr_space(0.25))
+    rc = cli.main(["run", str(path), "--workdir", str(tmp_path / "w"), "--runner", "nope"])
+    assert rc == 2
+    assert "module:function" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize(
+    "arg", [None, "runlocal", "dataset=cifar10", "experiment=experiments/cifar10/squeezenet.py"]
+)
+def test_shipped_sweeps_load_and_fit_their_base_experiment(name, arg):
+    path = REPO / "sweeps" / f"{name}.py"
+    defn = load_sweep(str(path), arg)
+    check_against_config(defn, load_base_config(defn))
+    assert defn.name == name
+    assert "paper" in defn.question  # quotes the paper's numbers, labelled as the paper's
+    assert "sqz sweep run sweeps/" in defn.question  # and the command
+    if arg == "runlocal":
+        assert defn.base_arg == "runlocal"
+        full = load_sweep(str(path))
+        assert defn.planned_points * len(defn.seeds) < full.planned_points * len(full.seeds)
+    expected_base = "cifar10" if arg and "cifar10" in arg else "digits"
+    assert Path(defn.base_experiment).parts[1] == expected_base
+
+
+def test_an_unknown_dataset_names_the_ones_that_exist():
+    with pytest.raises(SweepError, match="no experiment for dataset 'mnist'.*digits"):
+        load_sweep(str(REPO / "sweeps" / "bypass.py"), "dataset=mnist")
+
+
+def test_shipped_sweeps_answer_the_papers_questions():
+    sr = load_sweep(str(REPO / "sweeps/squeeze_ratio.py"))
+    assert sr.param("model.squeeze_ratio").values == (0.125, 0.25, 0.5, 0.75, 1.0)
+    assert dict(sr.fixed)["model.pct_3x3"] == 0.5
+    pct = load_sweep(str(REPO / "sweeps/pct_3x3.py"))
+    values = pct.param("model.pct_3x3").values
+    assert values[0] == 0.01 and values[-1] == 0.99 and 0.5 in values
+    assert dict(pct.fixed)["model.squeeze_ratio"] == 0.5
+    down = load_sweep(str(REPO / "sweeps/downsampling.py"))
+    options = down.param("model.pool_after").values
+    assert ("conv1", "fire3", "fire5") in options and ("conv1", "fire4", "fire8") in options
+    assert len({len(o) for o in options}) == 1  # the same number of pools everywhere
+    assert [o.metric for o in down.objectives] == ["final.top1", "complexity.macs"]
+    bypass = load_sweep(str(REPO / "sweeps/bypass.py"))
+    assert bypass.param("model.bypass").values == ("none", "simple", "complex")
+    frontier = load_sweep(str(REPO / "sweeps/frontier.py"))
+    assert frontier.sampler == "nsga2"
+    assert set(frontier.keys) == {
+        "model.squeeze_ratio",
+        "model.pct_3x3",
+        "model.pool_after",
+        "model.bypass",
+    }
+    assert [(o.metric, o.direction) for o in frontier.objectives] == [
+        ("final.top1", "maximize"),
+        ("complexity.params", "minimize"),
+    ]
+    limited = load_sweep(str(REPO / "sweeps/frontier.py"), "max_mib=1.5")
+    assert limited.constraints == (("max_mib", 1.5),)
+    # The tuple literal of a pooling option is what `sqz train --config.model.pool_after=` reads.
+    assert ast.literal_eval(repr(options[0])) == options[0]
