@@ -96,3 +96,19 @@ def check_divisible(batch_size: int, field: str, mesh: Mesh) -> None:
         raise ValueError(
             f"{field}={batch_size} must divide by the process count {jax.process_count()}"
         )
+
+
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+    """Wait until every process reaches `name` (no-op for one process).
+
+    Used after compilation: processes compile at different speeds, and the first collective's
+    Gloo/NCCL set-up times out after ~30 s if one process is still compiling.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the coordination client has no public handle
+
+    client = distributed.global_state.client
+    if client is None:  # pragma: no cover - multi-process without jax.distributed
+        return
+    client.wait_at_barrier(f"sqzexplore_{name}", timeout_in_ms=int(timeout_s * 1000))

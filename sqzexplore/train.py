@@ -360,6 +360,7 @@ def train_and_evaluate(
         .compile()
     )
     compile_time = time.perf_counter() - t0
+    sharding.barrier("compiled")
 
     writer = MetricsWriter(
         workdir,
@@ -506,6 +507,7 @@ class _EvalRunner:
             else:
                 self._compiled = jax.jit(fn)
             self.compile_time += time.perf_counter() - t0
+            sharding.barrier("eval_compiled")
         if self.ds.on_device:
             totals = jax.device_get(self._compiled(*args))
         else:

@@ -239,6 +239,10 @@ def sweep_times(sweep_dir: sd.SweepDir, runs: Sequence[RunRecord]) -> dict[str, 
         "train_time_s": train,
         "run_wall_time_s": run_wall,
         "efficiency": train / wall if wall > 0 else float("nan"),
+        # Several workers train at once, so the plain ratio can pass 1; per worker it cannot.
+        "efficiency_per_worker": (
+            train / (wall * _max_parallel(sessions)) if wall > 0 and sessions else float("nan")
+        ),
         "workers": len(sessions),
         "max_parallel": _max_parallel(sessions),
     }

@@ -267,6 +267,12 @@ def cmd_report(args) -> int:
         wandb_mode=args.wandb_mode,
         echo=(lambda s: None) if args.quiet else print,
     )
+    eff, per_worker = out["efficiency"], out["efficiency_per_worker"]
+    if eff == eff:  # not NaN
+        print(
+            f"\nsweep efficiency (sum of train-step time / sweep wall time): {eff:.2f}; "
+            f"per worker: {per_worker:.2f} ({out['max_parallel_workers']} at once)"
+        )
     print(f"\nreport: {out['report_html']}  (tables: {out['results_csv']}, {out['frontier_csv']})")
     return 0
 

@@ -199,6 +199,8 @@ def build_report(
         "points": len(rows),
         "fronts": {s: len(f) for s, f in front_by_size.items()},
         "efficiency": times["efficiency"],
+        "efficiency_per_worker": times["efficiency_per_worker"],
+        "max_parallel_workers": times["max_parallel"],
         "wandb": wandb_url,
     }
 
@@ -278,6 +280,11 @@ def render_html(state, defn, rows, front_by_size, skipped, times, st, images, ru
         "SWEEP EFFICIENCY (train time / wall time)": f"{times['efficiency']:.3f}"
         if times["efficiency"] == times["efficiency"]
         else "-",
+        "sweep efficiency per worker (train / (wall x workers at once))": (
+            f"{times['efficiency_per_worker']:.3f}"
+            if times["efficiency_per_worker"] == times["efficiency_per_worker"]
+            else "-"
+        ),
         "workers": f"{times['workers']} sessions, at most {times['max_parallel']} at once",
         "sweep directory": state.get("source", {}).get("sweep_file") or "-",
         "report generated": time.strftime("%Y-%m-%d %H:%M:%S"),
