@@ -226,16 +226,26 @@ def kept_count(density: float, size: int) -> int:
     return max(1, min(size, math.floor(density * size + 0.5)))
 
 
-def magnitude_mask(kernel: Any, density: float) -> np.ndarray:
+def magnitude_mask(kernel: Any, density: float, within: Any | None = None) -> np.ndarray:
     """Boolean mask keeping the `kept_count(density, n)` largest-|w| entries of `kernel`.
 
-    Ties in |w| keep the entry with the lower flat C-order index.
+    Ties in |w| keep the entry with the lower flat C-order index. With `within` (a boolean mask
+    of the same shape, e.g. the previous round's in iterative pruning) only its entries are
+    candidates, so the new mask is a subset of it even where a surviving weight is exactly zero;
+    the count is capped at `within.sum()`.
     """
     weights = np.asarray(kernel, dtype=np.float32)
     if not np.all(np.isfinite(weights)):
         raise ValueError("cannot prune a kernel with NaN or infinite weights")
     flat = np.abs(weights).ravel()
     keep = kept_count(density, flat.size)
+    if within is not None:
+        within = np.asarray(within, dtype=bool)
+        if within.shape != weights.shape:
+            raise ValueError(f"within has shape {within.shape}, kernel has {weights.shape}")
+        # Magnitudes are >= 0, so -1 ranks every excluded entry after every candidate.
+        flat = np.where(within.ravel(), flat, np.float32(-1.0))
+        keep = min(keep, int(within.sum()))
     # A stable sort of -|w| ranks equal magnitudes by position: deterministic everywhere.
     order = np.argsort(-flat, kind="stable")
     mask = np.zeros(flat.size, dtype=bool)
@@ -243,11 +253,23 @@ def magnitude_mask(kernel: Any, density: float) -> np.ndarray:
     return mask.reshape(weights.shape)
 
 
-def make_masks(params: Any, densities: Any = "released") -> dict[str, Any]:
-    """Nested dict of boolean masks, one per conv kernel, mirroring `params` (see module doc)."""
+def make_masks(
+    params: Any, densities: Any = "released", within: Any | None = None
+) -> dict[str, Any]:
+    """Nested dict of boolean masks, one per conv kernel, mirroring `params` (see module doc).
+
+    `within` (a mask tree, nested or flat) restricts each kernel's mask to a subset of the given
+    one (iterative pruning); kernels it does not name are unrestricted.
+    """
     kernels = conv_kernels(params)
     resolved = resolve_densities(kernels, densities)
-    return unflatten_params({p: magnitude_mask(kernels[p], resolved[p]) for p in kernels})
+    previous = flatten_params(within) if within is not None else {}
+    unknown = sorted(set(previous) - set(kernels))
+    if unknown:
+        raise ValueError(f"within names {unknown}, which are not conv kernels of the params")
+    return unflatten_params(
+        {p: magnitude_mask(kernels[p], resolved[p], previous.get(p)) for p in kernels}
+    )
 
 
 def apply_masks(params: Any, masks: Any) -> dict[str, Any]:
