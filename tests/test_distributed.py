@@ -74,4 +74,5 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     assert first("single")["step"] == first("multi")["step"]
     assert abs(first("single")["loss"] - first("multi")["loss"]) < 1e-5
     assert abs(a["final"]["loss"] - b["final"]["loss"]) < 2e-3
-    assert abs(a["final"]["top1"] - b["final"]["top1"]) <= 2 / 360 + 1e-9
+    # At ~30% accuracy after 2 epochs a few borderline images flip with that drift: allow 1%.
+    assert abs(a["final"]["top1"] - b["final"]["top1"]) <= 0.01
