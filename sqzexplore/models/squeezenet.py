@@ -19,6 +19,7 @@ conv except conv10 and the bypass convs loses its bias and is followed by a Batc
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -160,21 +161,109 @@ def max_pool_ceil(x: jax.Array, spec: SqueezeNetSpec) -> jax.Array:
 
     Ceil mode (Caffe/torchvision) is a floor-mode pool over an input padded on the bottom/right
     with -inf, just enough for the extra last window; padded cells never win the max.
+
+    The gradient is `_max_pool_vjp`'s slice/pad formulation rather than XLA's select_and_scatter,
+    which XLA:CPU lowers to index tensors plus a scatter (about half of a small model's step).
+    It is bit-identical to `jax.grad` of the plain reduce_window: each window's gradient goes to
+    its first maximal element in row-major order, as select_and_scatter with `ge` does.
     """
     k, s = spec.pool_size, spec.pool_stride
-    pads = [(0, 0)]
-    for size in x.shape[1:3]:
-        out = spec.pool_out(size)
-        pads.append((0, max(0, (out - 1) * s + k - size)))
-    pads.append((0, 0))
+    pad_h, pad_w = (max(0, (spec.pool_out(size) - 1) * s + k - size) for size in x.shape[1:3])
+    return _max_pool(x, k, s, pad_h, pad_w)
+
+
+def _reduce_window_max(x: jax.Array, k: int, s: int, pad_h: int, pad_w: int) -> jax.Array:
     return jax.lax.reduce_window(
         x,
         -jnp.inf,  # a Python scalar, so JAX uses the differentiable reduce_window_max
         jax.lax.max,
         window_dimensions=(1, k, k, 1),
         window_strides=(1, s, s, 1),
-        padding=pads,
+        padding=((0, 0), (0, pad_h), (0, pad_w), (0, 0)),
     )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool(x: jax.Array, k: int, s: int, pad_h: int, pad_w: int) -> jax.Array:
+    return _reduce_window_max(x, k, s, pad_h, pad_w)
+
+
+def _max_pool_fwd(x, k, s, pad_h, pad_w):
+    y = _reduce_window_max(x, k, s, pad_h, pad_w)
+    return y, (x, y)
+
+
+def _max_pool_vjp(k, s, pad_h, pad_w, residuals, grad_y):
+    """Route each window's gradient to its first maximal element, with slices and pads only.
+
+    For window offset (di, dj) the strided slice of the padded input holds, for every window
+    (i, j), the element at (i*s + di, j*s + dj). Offsets are scanned in row-major order and a
+    running `taken` mask keeps only the first one equal to the window max, which is the element
+    XLA's select_and_scatter (select = `ge`, scanning the window row-major) picks on ties.
+
+    Input cell (r*s + a, c*s + b) is reached only by offsets of stride phase (a, b), i.e.
+    di = a + s*mi, dj = b + s*mj, from window (r - mi, c - mj). So each phase's gradient is a sum
+    of shifted masked copies of `grad_y` at output resolution, and the s*s phases are interleaved
+    once into the input grid (rather than k*k full-resolution scatters).
+    """
+    x, y = residuals
+    n, height, width, channels = x.shape
+    _, out_h, out_w, _ = y.shape
+    dtype = grad_y.dtype
+    zero = jnp.zeros((), dtype)
+    padded = jax.lax.pad(
+        x, jnp.array(-jnp.inf, x.dtype), ((0, 0, 0), (0, pad_h, 0), (0, pad_w, 0), (0, 0, 0))
+    )
+    span_h, span_w = (out_h - 1) * s + 1, (out_w - 1) * s + 1
+    taken = jnp.zeros(y.shape, bool)
+    routed = {}
+    for di in range(k):
+        for dj in range(k):
+            seen = jax.lax.slice(
+                padded, (0, di, dj, 0), (n, di + span_h, dj + span_w, channels), (1, s, s, 1)
+            )
+            first = (seen == y) & ~taken
+            taken = taken | first
+            routed[di, dj] = jnp.where(first, grad_y, zero)
+    # Phase grids are rows_p x cols_p cells: enough for the farthest offset of phase 0.
+    rows_p, cols_p = out_h - 1 + -(-k // s), out_w - 1 + -(-k // s)
+    phases = []
+    for a in range(s):
+        for b in range(s):
+            # select_and_scatter adds into a cell in window order (row-major over (i, j)); a
+            # later window reaches the cell through a smaller (mi, mj), so summing offsets in
+            # reverse row-major order keeps the float sums bit-identical.
+            total = None
+            for di in reversed(range(a, k, s)):
+                for dj in reversed(range(b, k, s)):
+                    mi, mj = di // s, dj // s
+                    shifted = jax.lax.pad(
+                        routed[di, dj],
+                        zero,
+                        (
+                            (0, 0, 0),
+                            (mi, rows_p - out_h - mi, 0),
+                            (mj, cols_p - out_w - mj, 0),
+                            (0, 0, 0),
+                        ),
+                    )
+                    total = shifted if total is None else total + shifted
+            if total is None:  # k < s: this phase is never inside a window
+                total = jnp.zeros((n, rows_p, cols_p, channels), dtype)
+            phases.append(total)
+    # Interleave: phase (a, b) cell (r, c) is input cell (r*s + a, c*s + b).
+    grid = jnp.stack(phases, axis=3).reshape(n, rows_p, cols_p, s, s, channels)
+    grid = grid.transpose(0, 1, 3, 2, 4, 5).reshape(n, rows_p * s, cols_p * s, channels)
+    # Crop to the input, or zero-fill floor mode's rows/cols that no window covers.
+    grad_x = jax.lax.pad(
+        grid,
+        zero,
+        ((0, 0, 0), (0, height - rows_p * s, 0), (0, width - cols_p * s, 0), (0, 0, 0)),
+    )
+    return (grad_x,)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_vjp)
 
 
 def _layer_number(name: str) -> int:
