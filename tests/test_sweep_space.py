@@ -259,3 +259,20 @@ def test_shipped_sweeps_answer_the_papers_questions():
     assert limited.constraints == (("max_mib", 1.5),)
     # The tuple literal of a pooling option is what `sqz train --config.model.pool_after=` reads.
     assert ast.literal_eval(repr(options[0])) == options[0]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_sweeps_run_end_to_end_in_runlocal_mode(tmp_path, name, capsys):
+    """Every shipped sweep file runs from the command line with its runlocal setting, through
+    sampling, constraints, scheduling and the report (trials by the fast stand-in runner; the
+    real trainer under the engine is tested in test_sweep_e2e.py)."""
+    workdir = tmp_path / name
+    sweep = str(REPO / "sweeps" / f"{name}.py")
+    common = ["--workdir", str(workdir), "--progress", "off"]
+    runner = ["--runner", "sqzexplore.sweep.fake_runner:run_fake_trial"]
+    assert cli.main(["run", sweep, "--arg", "runlocal", *common, *runner]) == 0
+    out = capsys.readouterr().out
+    assert " 0 failed" in out and " 0 pending" in out
+    assert cli.main(["report", str(workdir), "--quiet"]) == 0
+    assert (workdir / "report" / "report.html").exists()
+    assert (workdir / "report" / "frontier.csv").read_text().count("\n") >= 2
