@@ -1,0 +1,212 @@
+"""The run directory: what a finished or interrupted run leaves on disk, and how it is written.
+
+A run directory (a `sqz train` workdir, a sweep trial, a compression stage) holds
+
+    config.json       the full config (what was asked)
+    spec.json         the design point (SqueezeNetSpec.to_dict())
+    complexity.json   analytic params / MACs / sizes
+    metrics.jsonl     one JSON object per log / eval point
+    checkpoints/      orbax checkpoints (keep-N)
+    result.json       written last, atomically: its presence means the run is finished
+
+Every file is written atomically (temporary file in the same directory, fsync, rename), so a reader
+or a rerun after a kill never sees half a file, and with the mode the process umask gives any
+ordinary file (teammates on a shared sweep filesystem can read results). Train, sweep and compress
+all read and write runs through this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+SPEC_FILE = "spec.json"
+COMPLEXITY_FILE = "complexity.json"
+METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
+CHECKPOINT_DIR = "checkpoints"
+
+# Config keys whose change does not change what a run computes (safe to differ on resume).
+NON_SEMANTIC_KEYS = ("progress", "wandb", "compilation_cache_dir", "distributed", "platform")
+
+
+class WorkdirConflictError(RuntimeError):
+    """The workdir holds a run with a different config."""
+
+
+# ---------------------------------------------------------------------------------- atomic files
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically, with the umask's mode for a new file (not mkstemp's 0600)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _to_builtin(x: Any) -> Any:
+    if hasattr(x, "item") and getattr(x, "ndim", 0) == 0:
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, (set, frozenset)):
+        return sorted(x)
+    return str(x)
+
+
+def dumps(obj: Any, *, indent: int | None = 2) -> str:
+    """The project's JSON: sorted keys; numpy scalars/arrays as Python values."""
+    return json.dumps(obj, indent=indent, sort_keys=True, default=_to_builtin)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to `path` atomically: readers never see half a file."""
+    write_bytes(path, (dumps(obj) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON in `path`, or `default` when it is missing or unparseable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return default
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any], *, fsync: bool = True) -> None:
+    """Append one record as a line (sorted keys), flushed (and fsynced) before returning."""
+    with open(path, "a") as f:
+        f.write(dumps(dict(record), indent=None) + "\n")
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
+    """Replace a JSONL file atomically with `records`."""
+    text = "".join(dumps(dict(r), indent=None) + "\n" for r in records)
+    write_bytes(path, text.encode())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a JSONL file; a line torn by a kill (or a missing file) is skipped."""
+    out = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def finite_or_str(v: Any) -> Any:
+    """A JSON-safe scalar: numpy scalars as Python values, NaN/Inf as strings."""
+    if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+# ---------------------------------------------------------------------------------- config check
+def flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths at which two JSON trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += flat_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def semantic(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a config that decides what a run computes."""
+    return {k: v for k, v in config_dict.items() if k not in NON_SEMANTIC_KEYS}
+
+
+def check_config(workdir: str | os.PathLike, config_dict: Mapping[str, Any]) -> None:
+    """Refuse a workdir whose config.json differs from `config_dict` in anything semantic."""
+    old = read_json(Path(workdir) / CONFIG_FILE)
+    if old is None:
+        return
+    diffs = flat_diff(semantic(old), semantic(json.loads(dumps(config_dict))))
+    if diffs:
+        shown = ", ".join(diffs[:10]) + (f" (+{len(diffs) - 10} more)" if len(diffs) > 10 else "")
+        raise WorkdirConflictError(
+            f"workdir {workdir} already holds a run with a different config (differs in: "
+            f"{shown}); use a new --workdir, or delete it to start over"
+        )
+
+
+def read_result(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The finished run's result.json, or None while the run is unfinished."""
+    result = read_json(Path(workdir) / RESULT_FILE)
+    return result if isinstance(result, dict) else None
+
+
+# ---------------------------------------------------------------------------------- finished runs
+def load_run(workdir: str | os.PathLike) -> dict[str, Any]:
+    """A finished run's config, spec, result and trained weights (from its latest checkpoint).
+
+    Returns {"config", "spec", "result", "params", "batch_stats", "aux", "step"} with numpy
+    weights (pure dicts, the model's parameter paths). Raises FileNotFoundError for a workdir
+    without a finished run.
+    """
+    import jax
+    import ml_collections
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from sqzexplore.models.spec import SqueezeNetSpec
+
+    workdir = os.path.abspath(workdir)
+    result = read_result(workdir)
+    if result is None:
+        raise FileNotFoundError(
+            f"{workdir} holds no finished run (no result.json); train it first with "
+            f"`sqz train --config=... --workdir={workdir}`"
+        )
+    config = ml_collections.ConfigDict(read_json(os.path.join(workdir, CONFIG_FILE)))
+    spec = SqueezeNetSpec.from_dict(read_json(os.path.join(workdir, SPEC_FILE)))
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    with ocp.CheckpointManager(directory) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no checkpoint")
+        restored = manager.restore(step, args=ocp.args.StandardRestore())
+    train_state = restored["train"]
+    return {
+        "config": config,
+        "spec": spec,
+        "result": result,
+        "params": jax.tree.map(np.asarray, train_state["params"]),
+        "batch_stats": jax.tree.map(np.asarray, train_state["batch_stats"]),
+        "aux": jax.tree.map(np.asarray, train_state.get("aux", {})),
+        "step": int(step),
+    }
