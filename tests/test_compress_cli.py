@@ -22,28 +22,25 @@ import optax
 import pytest
 from flax import nnx
 
-from sqzexplore import optim, train
-from sqzexplore.compress import cli as compress_cli
+from sqzexplore import optim, rundir, train
 from sqzexplore.compress import (
+    CompressError,
+    CompressPlan,
     conv_kernels,
     dequantize,
     encode_sqz,
     flatten_params,
     make_masks,
     merge_params,
-    pipeline,
     quantize_params,
     read_sqz,
     unflatten_params,
 )
-from sqzexplore.compress.pipeline import (
-    CompressError,
-    MaskedKernels,
-    SharedWeightKernels,
-    make_plan,
-    model_trees,
-)
-from sqzexplore.config import load_config_file
+from sqzexplore.compress import cli as compress_cli
+from sqzexplore.compress.plan import parse_bits, parse_density
+from sqzexplore.compress.runs import load_sqz_for, model_trees
+from sqzexplore.compress.stages import MaskedKernels, SharedWeightKernels
+from sqzexplore.config import load_config_file, spec_from_config
 from sqzexplore.models import SqueezeNet, SqueezeNetSpec, preset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +100,7 @@ def fake_finished_run(directory, config, *, status: str = "complete") -> str:
     """A run directory's metadata (config, spec, result, a checkpoint step folder) without
     weights: enough for every check that must happen before weights are read."""
     os.makedirs(os.path.join(directory, "checkpoints", "3"))
-    spec = train.validate_config(config)
+    spec = spec_from_config(config)
     files = {
         "config.json": json.loads(config.to_json_best_effort()),
         "spec.json": spec.to_dict(),
@@ -126,8 +123,9 @@ def no_training(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("bad input must be refused before weights are read or compiled")
 
-    for name in ("train_and_evaluate", "load_run", "evaluate_params"):
+    for name in ("train_and_evaluate", "evaluate_params"):
         monkeypatch.setattr(train, name, forbidden)
+    monkeypatch.setattr(rundir, "load_run", forbidden)
 
 
 # ---------------------------------------------------------------------- reparametrisations
@@ -222,7 +220,7 @@ def test_iterative_masks_are_nested_and_reach_their_targets():
     rng = np.random.default_rng(0)
     kernel = rng.normal(size=(3, 3, 4, 8)).astype(np.float32)
     params = {"c": {"kernel": kernel}}
-    plan = make_plan(params, bits=4, density=0.2, rounds=3)
+    plan = CompressPlan(bits=4, density=0.2, rounds=3).for_model(params)
     densities = [plan.round_densities(k)["c/kernel"] for k in (1, 2, 3)]
     np.testing.assert_allclose(densities, [0.2 ** (1 / 3), 0.2 ** (2 / 3), 0.2])
     masks = None
@@ -251,27 +249,35 @@ def test_iterative_masks_are_nested_and_reach_their_targets():
 # ---------------------------------------------------------------------- argument checks
 
 
-def test_parse_bits_and_density():
-    assert compress_cli.parse_bits("6") == 6
-    assert compress_cli.parse_bits("6, conv10=4") == {"default": 6, "conv10": 4}
-    assert compress_cli.parse_density("released") == "released"
-    assert compress_cli.parse_density("0.33") == 0.33
-    assert compress_cli.parse_density("fire2/squeeze=0.5,conv10=0.2") == {
+def test_parse_bits_and_density_and_the_plan_checks_their_ranges():
+    assert parse_bits("6") == 6
+    assert parse_bits("6, conv10=4") == {"default": 6, "conv10": 4}
+    assert parse_density("released") == "released"
+    assert parse_density("0.33") == 0.33
+    assert parse_density("fire2/squeeze=0.5,conv10=0.2") == {
         "fire2/squeeze": 0.5,
         "conv10": 0.2,
     }
     with pytest.raises(CompressError, match=r"bits: must be in \[2, 8\], got 9"):
-        compress_cli.parse_bits("9")
+        CompressPlan(bits=parse_bits("9"))
     with pytest.raises(CompressError, match=r"got 1 \(layer conv1\)"):
-        compress_cli.parse_bits("6,conv1=1")
+        CompressPlan(bits=parse_bits("6,conv1=1"))
     with pytest.raises(CompressError, match="'six' is not an integer"):
-        compress_cli.parse_bits("six")
+        parse_bits("six")
     with pytest.raises(CompressError, match=r"density: must be in \(0, 1\], got 1.5"):
-        compress_cli.parse_density("1.5")
+        CompressPlan(bits=6, density=parse_density("1.5"))
     with pytest.raises(CompressError, match="names conv1 more than once"):
-        compress_cli.parse_density("conv1=0.5,conv1=0.4")
+        parse_density("conv1=0.5,conv1=0.4")
     with pytest.raises(CompressError, match="one number, or layer=density pairs"):
-        compress_cli.parse_density("0.5,conv1=0.4")
+        parse_density("0.5,conv1=0.4")
+    # Resolved against a model, a plan names every conv kernel; unknown layers are refused.
+    params, _ = model_trees(SMALL_SPEC)
+    plan = CompressPlan(bits={"default": 6, "conv10": 4}, density=0.5).for_model(params, 8.0)
+    assert plan.bits["conv10/kernel"] == 4 and set(plan.bits) == set(conv_kernels(params))
+    assert plan.retrain.epochs == 2.0 and plan.finetune.epochs == 1.0
+    assert plan.for_model(params, 8.0) == plan  # resolving is a fixed point
+    with pytest.raises(CompressError, match="density: densities names layer 'conv9'"):
+        CompressPlan(bits=6, density={"conv9": 0.5}).for_model(params)
 
 
 @pytest.mark.parametrize(
@@ -334,7 +340,7 @@ def test_unusable_runs_and_out_dirs_are_refused(tmp_path, capsys, no_training):
 def test_decode_refuses_damaged_and_mismatched_files(tmp_path, capsys, no_training):
     config = tiny_config()
     run = fake_finished_run(tmp_path / "run", config)
-    spec = train.validate_config(config)
+    spec = spec_from_config(config)
     params, stats = random_trees(spec)
     layers = quantize_params(params, make_masks(params, 0.5), 4)
     stored = unflatten_params({**flatten_params(params), **flatten_params(stats)})
@@ -360,10 +366,10 @@ def test_decode_refuses_damaged_and_mismatched_files(tmp_path, capsys, no_traini
         err = capsys.readouterr().err
         assert err.startswith("error: ") and re.search(message, err), (name, err)
     assert compress_cli.main([f"--decode={tmp_path / 'none.sqz'}", f"--workdir={run}"]) == 2
-    assert "is not a file" in capsys.readouterr().err
+    assert "none.sqz does not exist; give a .sqz file" in capsys.readouterr().err
     # The good file passes every check and reaches evaluation (forbidden here).
     (tmp_path / "good.sqz").write_bytes(good)
-    decoded, decoded_stats = pipeline.load_sqz_for(str(tmp_path / "good.sqz"), spec)
+    decoded, decoded_stats = load_sqz_for(str(tmp_path / "good.sqz"), spec)
     expected = flatten_params(merge_params(params, dequantize(layers)))
     for path, value in flatten_params(decoded).items():
         assert value.tobytes() == expected[path].tobytes()
@@ -444,7 +450,7 @@ def test_compress_digits_run_end_to_end(source_run, compressed, capsys):
     size = report["size"]
     assert os.path.getsize(os.path.join(out, "model.sqz")) == size["total"]["file_bytes"]
     assert size["total"]["file_bytes"] < size["total"]["fp32_bytes"] / 2
-    params_abs, _ = model_trees(train.load_run(source_run)["spec"])
+    params_abs, _ = model_trees(rundir.load_run(source_run)["spec"])
     assert len(size["layers"]) == len(conv_kernels(params_abs))
     for row in size["layers"].values():
         assert row["bits"] == 6 and row["density"] == pytest.approx(0.5, abs=0.02)
@@ -462,7 +468,7 @@ def test_compress_digits_run_end_to_end(source_run, compressed, capsys):
 @pytest.mark.slow
 def test_masks_survive_retraining(compressed):
     out = compressed["out"]
-    retrained = train.load_run(os.path.join(out, "prune_round1"))  # the checkpointed state
+    retrained = rundir.load_run(os.path.join(out, "prune_round1"))  # the checkpointed state
     masks = retrained["aux"]
     kernels = conv_kernels(retrained["params"])
     assert flatten_params(masks).keys() == kernels.keys()
@@ -479,9 +485,9 @@ def test_masks_survive_retraining(compressed):
 @pytest.mark.slow
 def test_finetuned_centroids_stay_shared_and_move(compressed):
     out = compressed["out"]
-    retrained = train.load_run(os.path.join(out, "prune_round1"))
+    retrained = rundir.load_run(os.path.join(out, "prune_round1"))
     initial = quantize_params(retrained["params"], retrained["aux"], 6)  # before fine-tuning
-    tuned = train.load_run(os.path.join(out, "finetune"))
+    tuned = rundir.load_run(os.path.join(out, "finetune"))
     trainable = flatten_params(tuned["params"])
     codes = flatten_params(tuned["aux"]["codes_full"])
     _, decoded = read_sqz(os.path.join(out, "model.sqz"))
