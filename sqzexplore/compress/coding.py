@@ -130,7 +130,7 @@ def huffman_decode(data: bytes, lengths: np.ndarray, count: int, where: str) -> 
     width = int(lengths.max())
     codes = canonical_codes(lengths)
     table_symbol = np.full(1 << width, -1, dtype=np.int64)
-    table_length = np.zeros(1 << width, dtype=np.int64)
+    table_length = np.zeros(1 << width, dtype=np.int8)  # code lengths are at most 16
     for symbol in np.flatnonzero(lengths):
         length = int(lengths[symbol])
         start = int(codes[symbol]) << (width - length)
