@@ -14,6 +14,10 @@ import io
 import json
 import os
 import re
+import struct
+import subprocess
+import sys
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -22,28 +26,25 @@ import optax
 import pytest
 from flax import nnx
 
-from sqzexplore import optim, train
-from sqzexplore.compress import cli as compress_cli
+from sqzexplore import optim, rundir, train
 from sqzexplore.compress import (
+    CompressError,
+    CompressPlan,
     conv_kernels,
     dequantize,
     encode_sqz,
     flatten_params,
     make_masks,
     merge_params,
-    pipeline,
     quantize_params,
     read_sqz,
     unflatten_params,
 )
-from sqzexplore.compress.pipeline import (
-    CompressError,
-    MaskedKernels,
-    SharedWeightKernels,
-    make_plan,
-    model_trees,
-)
-from sqzexplore.config import load_config_file
+from sqzexplore.compress import cli as compress_cli
+from sqzexplore.compress.plan import parse_bits, parse_density
+from sqzexplore.compress.runs import load_sqz_for, model_trees
+from sqzexplore.compress.stages import MaskedKernels, SharedWeightKernels
+from sqzexplore.config import load_config_file, spec_from_config
 from sqzexplore.models import SqueezeNet, SqueezeNetSpec, preset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +104,7 @@ def fake_finished_run(directory, config, *, status: str = "complete") -> str:
     """A run directory's metadata (config, spec, result, a checkpoint step folder) without
     weights: enough for every check that must happen before weights are read."""
     os.makedirs(os.path.join(directory, "checkpoints", "3"))
-    spec = train.validate_config(config)
+    spec = spec_from_config(config)
     files = {
         "config.json": json.loads(config.to_json_best_effort()),
         "spec.json": spec.to_dict(),
@@ -126,8 +127,9 @@ def no_training(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("bad input must be refused before weights are read or compiled")
 
-    for name in ("train_and_evaluate", "load_run", "evaluate_params"):
+    for name in ("train_and_evaluate", "evaluate_params"):
         monkeypatch.setattr(train, name, forbidden)
+    monkeypatch.setattr(rundir, "load_run", forbidden)
 
 
 # ---------------------------------------------------------------------- reparametrisations
@@ -222,7 +224,7 @@ def test_iterative_masks_are_nested_and_reach_their_targets():
     rng = np.random.default_rng(0)
     kernel = rng.normal(size=(3, 3, 4, 8)).astype(np.float32)
     params = {"c": {"kernel": kernel}}
-    plan = make_plan(params, bits=4, density=0.2, rounds=3)
+    plan = CompressPlan(bits=4, density=0.2, rounds=3).for_model(params)
     densities = [plan.round_densities(k)["c/kernel"] for k in (1, 2, 3)]
     np.testing.assert_allclose(densities, [0.2 ** (1 / 3), 0.2 ** (2 / 3), 0.2])
     masks = None
@@ -251,123 +253,460 @@ def test_iterative_masks_are_nested_and_reach_their_targets():
 # ---------------------------------------------------------------------- argument checks
 
 
-def test_parse_bits_and_density():
-    assert compress_cli.parse_bits("6") == 6
-    assert compress_cli.parse_bits("6, conv10=4") == {"default": 6, "conv10": 4}
-    assert compress_cli.parse_density("released") == "released"
-    assert compress_cli.parse_density("0.33") == 0.33
-    assert compress_cli.parse_density("fire2/squeeze=0.5,conv10=0.2") == {
+def test_parse_bits_and_density_and_the_plan_checks_their_ranges():
+    assert parse_bits("6") == 6
+    assert parse_bits("6, conv10=4") == {"default": 6, "conv10": 4}
+    assert parse_density("released") == "released"
+    assert parse_density("0.33") == 0.33
+    assert parse_density("fire2/squeeze=0.5,conv10=0.2") == {
         "fire2/squeeze": 0.5,
         "conv10": 0.2,
     }
     with pytest.raises(CompressError, match=r"bits: must be in \[2, 8\], got 9"):
-        compress_cli.parse_bits("9")
+        CompressPlan(bits=parse_bits("9"))
     with pytest.raises(CompressError, match=r"got 1 \(layer conv1\)"):
-        compress_cli.parse_bits("6,conv1=1")
+        CompressPlan(bits=parse_bits("6,conv1=1"))
     with pytest.raises(CompressError, match="'six' is not an integer"):
-        compress_cli.parse_bits("six")
+        parse_bits("six")
     with pytest.raises(CompressError, match=r"density: must be in \(0, 1\], got 1.5"):
-        compress_cli.parse_density("1.5")
+        CompressPlan(bits=6, density=parse_density("1.5"))
     with pytest.raises(CompressError, match="names conv1 more than once"):
-        compress_cli.parse_density("conv1=0.5,conv1=0.4")
+        parse_density("conv1=0.5,conv1=0.4")
     with pytest.raises(CompressError, match="one number, or layer=density pairs"):
-        compress_cli.parse_density("0.5,conv1=0.4")
+        parse_density("0.5,conv1=0.4")
+    # Resolved against a model, a plan names every conv kernel; unknown layers are refused.
+    params, _ = model_trees(SMALL_SPEC)
+    plan = CompressPlan(bits={"default": 6, "conv10": 4}, density=0.5).for_model(params, 8.0)
+    assert plan.bits["conv10/kernel"] == 4 and set(plan.bits) == set(conv_kernels(params))
+    assert plan.retrain.epochs == 2.0 and plan.finetune.epochs == 1.0
+    assert plan.for_model(params, 8.0) == plan  # resolving is a fixed point
+    with pytest.raises(CompressError, match="density: densities names layer 'conv9'"):
+        CompressPlan(bits=6, density={"conv9": 0.5}).for_model(params)
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--bits=9"], r"error: --bits: must be in \[2, 8\], got 9"),
-        (["--bits=6", "--density=1.5"], r"error: --density: must be in \(0, 1\], got 1.5"),
-        (["--bits=6", "--density=0"], r"error: --density: must be in \(0, 1\], got 0"),
-        (
-            ["--bits=6", "--density=fire99/squeeze=0.5"],
-            "error: --density: densities names layer 'fire99/squeeze', which is not a conv layer",
-        ),
-        (["--bits=6,fire99/squeeze=4"], "error: --bits: bits names layer 'fire99/squeeze'"),
-        (["--bits=6", "--gap-bits=0"], r"error: --gap-bits: must be in \[1, 16\], got 0"),
-        (["--bits=6", "--gap-bits=17"], r"error: --gap-bits: must be in \[1, 16\], got 17"),
-        (["--bits=6", "--rounds=0"], r"error: --rounds: must be in \[1, 10\], got 0"),
-        (["--bits=6", "--lr-scale=2"], r"error: --lr-scale: must be in \(0, 1\], got 2"),
-        (["--bits=6", "--retrain-epochs=-1"], r"error: --retrain-epochs: must be in \[0,"),
-        (["--bits=x"], "error: --bits: 'x' is not an integer"),
-        ([], "error: --bits: is required"),
-        (["--bits=6", "--gap-bits=four"], "error: argument --gap-bits: invalid int value"),
-        (["--bits=6", "--preset=v1.0"], "error: --preset: only sizes a preset with --size-only"),
-    ],
-)
-def test_bad_settings_are_refused_before_anything_runs(
-    tmp_path, capsys, no_training, flags, message
-):
-    run = fake_finished_run(tmp_path / "run", tiny_config())
-    before = tree_digest(run)
-    assert compress_cli.main([f"--workdir={run}", *flags]) == 2
-    err = capsys.readouterr().err
-    assert re.search(message, err), err
-    assert not os.path.exists(run + ".sqz-6b")  # nothing was created, nothing trained
-    assert tree_digest(run) == before
+def snapshot(root) -> dict[str, str]:
+    """Every path under `root` (directories too) with its file's sha256 and mode."""
+    out = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(directory, name), root)] = "dir"
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            out[os.path.relpath(path, root)] = f"{digest} {os.stat(path).st_mode:o}"
+    return out
 
 
-def test_unusable_runs_and_out_dirs_are_refused(tmp_path, capsys, no_training):
+def _rebuild(data: bytes, edit) -> bytes:
+    """`data` with its header edited by `edit(header)`, both CRCs consistent again."""
+    (length,) = struct.unpack_from("<I", data, 4)
+    header, payload = json.loads(data[12 : 12 + length]), data[12 + length :]
+    edit(header)
+    header["payload_length"], header["payload_crc32"] = len(payload), zlib.crc32(payload)
+    blob = json.dumps(header).encode()
+    return b"SQZ1" + struct.pack("<II", len(blob), zlib.crc32(blob)) + blob + payload
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> str:
+    """Runs and files that bad input is given against: a finished run (metadata only), broken
+    runs, a plain file, and .sqz files good, damaged and for other models."""
+    root = tmp_path_factory.mktemp("world")
     config = tiny_config()
-    unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    (unfinished / "config.json").write_text(config.to_json_best_effort())
-    cases = [
-        (str(unfinished), [], "--workdir: .*unfinished holds no finished run \\(no result.json\\)"),
-        (str(tmp_path / "missing"), [], "--workdir: .*missing does not exist"),
-        (
-            fake_finished_run(tmp_path / "pruned", config, status="pruned"),
-            [],
-            "ended with status 'pruned', not 'complete'",
-        ),
-    ]
-    run = fake_finished_run(tmp_path / "run", config)
-    cases.append((run, [f"--out={run}/compressed"], "--out: .* is inside the source run"))
-    for workdir, extra, message in cases:
-        assert compress_cli.main([f"--workdir={workdir}", "--bits=6", *extra]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and re.search(message, err), err
-    assert not os.path.exists(os.path.join(run, "compressed"))
-
-
-def test_decode_refuses_damaged_and_mismatched_files(tmp_path, capsys, no_training):
-    config = tiny_config()
-    run = fake_finished_run(tmp_path / "run", config)
-    spec = train.validate_config(config)
+    run = fake_finished_run(root / "run", config)
+    fake_finished_run(root / "pruned", config, status="pruned")
+    fake_finished_run(root / "badresult", config)
+    (root / "badresult" / "result.json").write_text("{not json")
+    fake_finished_run(root / "nockpt", config)
+    os.rmdir(root / "nockpt" / "checkpoints" / "3")
+    (root / "unfinished").mkdir()
+    (root / "unfinished" / "config.json").write_text(config.to_json_best_effort())
+    (root / "afile").write_text("not a directory\n")
+    (root / "adir").mkdir()
+    spec = spec_from_config(config)
     params, stats = random_trees(spec)
     layers = quantize_params(params, make_masks(params, 0.5), 4)
     stored = unflatten_params({**flatten_params(params), **flatten_params(stats)})
     good = encode_sqz(spec.to_dict(), layers, stored)
     other_spec = spec.replace(base_e=32, incr_e=32)
-    other_params, _ = random_trees(other_spec)
-    other = encode_sqz(other_spec.to_dict(), quantize_params(other_params, None, 4), other_params)
-    no_stats = encode_sqz(spec.to_dict(), layers, params)
+    other_params, other_stats = random_trees(other_spec)
+    other_stored = unflatten_params({**flatten_params(other_params), **flatten_params(other_stats)})
+    other = encode_sqz(other_spec.to_dict(), quantize_params(other_params, None, 4), other_stored)
+
+    def huge(header):
+        header["layers"][0]["shape"] = [10**6, 10**6, 3, 3]
+
+    def claim_run_spec(header):
+        header["spec"] = json.loads(json.dumps(spec.to_dict()))
+
     files = {
-        "truncated.sqz": (good[:-10], "truncated .sqz file"),
-        "flipped.sqz": (good[:-5] + bytes([good[-5] ^ 1]) + good[-4:], "payload: CRC32 mismatch"),
-        "foreign.sqz": (b"PK\x03\x04" + good[4:], "not a .sqz file"),
-        "other.sqz": (
-            other,
-            r"--decode: .*other.sqz was written for another model: spec fields differ: "
-            r"base_e \(file 32, run 16\); incr_e \(file 32, run 16\)",
-        ),
-        "no_stats.sqz": (no_stats, "does not hold this model's parameters .*conv1_bn/mean"),
+        "good.sqz": good,
+        "truncated.sqz": good[:-10],
+        "flipped.sqz": good[:-5] + bytes([good[-5] ^ 1]) + good[-4:],
+        "foreign.sqz": b"PK\x03\x04" + good[4:],
+        "empty.sqz": b"",
+        "huge.sqz": _rebuild(good, huge),
+        "other.sqz": other,
+        "othershapes.sqz": _rebuild(other, claim_run_spec),
+        "nostats.sqz": encode_sqz(spec.to_dict(), layers, params),
     }
-    for name, (data, message) in files.items():
-        (tmp_path / name).write_bytes(data)
-        assert compress_cli.main([f"--decode={tmp_path / name}", f"--workdir={run}"]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and re.search(message, err), (name, err)
-    assert compress_cli.main([f"--decode={tmp_path / 'none.sqz'}", f"--workdir={run}"]) == 2
-    assert "is not a file" in capsys.readouterr().err
-    # The good file passes every check and reaches evaluation (forbidden here).
-    (tmp_path / "good.sqz").write_bytes(good)
-    decoded, decoded_stats = pipeline.load_sqz_for(str(tmp_path / "good.sqz"), spec)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    assert run == str(root / "run")
+    return str(root)
+
+
+BITS_RANGE = r"\[2, 8\]"
+DENSITY_RANGE = r"\(0, 1\]"
+# (id, argv with {w} for the world directory, what stderr must say). Every row names the flag or
+# file at fault and, where there is one, the allowed range or the values to choose from.
+BAD_INPUT = [
+    ("bits-high", ["--workdir={w}/run", "--bits=9"], rf"--bits: must be in {BITS_RANGE}, got 9"),
+    ("bits-low", ["--workdir={w}/run", "--bits=1"], rf"--bits: must be in {BITS_RANGE}, got 1"),
+    (
+        "bits-text",
+        ["--workdir={w}/run", "--bits=x"],
+        rf"--bits: 'x' is not an integer in {BITS_RANGE}",
+    ),
+    ("bits-missing", ["--workdir={w}/run"], rf"--bits: is required: a code width in {BITS_RANGE}"),
+    ("bits-empty", ["--workdir={w}/run", "--bits="], "--bits: is empty"),
+    (
+        "bits-layer-range",
+        ["--workdir={w}/run", "--bits=6,conv1=1"],
+        rf"--bits: must be in {BITS_RANGE}, got 1 \(layer conv1\)",
+    ),
+    (
+        "bits-layer-twice",
+        ["--workdir={w}/run", "--bits=6,conv1=4,conv1=5"],
+        "--bits: names conv1 more than once",
+    ),
+    (
+        "bits-layer-unknown",
+        ["--workdir={w}/run", "--bits=6,fire99/squeeze=4"],
+        "--bits: bits names layer 'fire99/squeeze', which is not a conv layer .*conv layers: conv1",
+    ),
+    (
+        "bits-layer-missing",
+        ["--workdir={w}/run", "--bits=conv1=4"],
+        "--bits: bits has no entry for layer 'fire2/squeeze'; name it or add 'default'",
+    ),
+    (
+        "density-high",
+        ["--workdir={w}/run", "--bits=6", "--density=1.5"],
+        rf"--density: must be in {DENSITY_RANGE}, got 1.5",
+    ),
+    (
+        "density-zero",
+        ["--workdir={w}/run", "--bits=6", "--density=0"],
+        rf"--density: must be in {DENSITY_RANGE}, got 0",
+    ),
+    (
+        "density-nan",
+        ["--workdir={w}/run", "--bits=6", "--density=nan"],
+        rf"--density: must be a number in {DENSITY_RANGE}, got nan",
+    ),
+    (
+        "density-text",
+        ["--workdir={w}/run", "--bits=6", "--density=most"],
+        rf"--density: 'most' is not a number in {DENSITY_RANGE} \(or 'released'\)",
+    ),
+    (
+        "density-layer-range",
+        ["--workdir={w}/run", "--bits=6", "--density=conv1=2"],
+        rf"--density: must be in {DENSITY_RANGE}, got 2 \(layer conv1\)",
+    ),
+    (
+        "density-mixed",
+        ["--workdir={w}/run", "--bits=6", "--density=0.5,conv1=0.4"],
+        "--density: give one number, or layer=density pairs only",
+    ),
+    (
+        "density-layer-unknown",
+        ["--workdir={w}/run", "--bits=6", "--density=fire99/squeeze=0.5"],
+        "--density: densities names layer 'fire99/squeeze', which is not a conv layer",
+    ),
+    (
+        "gap-bits-low",
+        ["--workdir={w}/run", "--bits=6", "--gap-bits=0"],
+        r"--gap-bits: must be in \[1, 16\], got 0",
+    ),
+    (
+        "gap-bits-high",
+        ["--workdir={w}/run", "--bits=6", "--gap-bits=17"],
+        r"--gap-bits: must be in \[1, 16\], got 17",
+    ),
+    (
+        "gap-bits-text",
+        ["--workdir={w}/run", "--bits=6", "--gap-bits=four"],
+        "argument --gap-bits: invalid int value: 'four'",
+    ),
+    (
+        "rounds-low",
+        ["--workdir={w}/run", "--bits=6", "--rounds=0"],
+        r"--rounds: must be in \[1, 10\], got 0",
+    ),
+    (
+        "rounds-high",
+        ["--workdir={w}/run", "--bits=6", "--rounds=11"],
+        r"--rounds: must be in \[1, 10\], got 11",
+    ),
+    (
+        "lr-scale-high",
+        ["--workdir={w}/run", "--bits=6", "--lr-scale=2"],
+        rf"--lr-scale: must be in {DENSITY_RANGE}, got 2",
+    ),
+    (
+        "lr-scale-zero",
+        ["--workdir={w}/run", "--bits=6", "--lr-scale=0"],
+        rf"--lr-scale: must be in {DENSITY_RANGE}, got 0",
+    ),
+    (
+        "finetune-lr-negative",
+        ["--workdir={w}/run", "--bits=6", "--finetune-lr-scale=-0.1"],
+        rf"--finetune-lr-scale: must be in {DENSITY_RANGE}, got -0.1",
+    ),
+    (
+        "retrain-epochs-negative",
+        ["--workdir={w}/run", "--bits=6", "--retrain-epochs=-1"],
+        r"--retrain-epochs: must be in \[0, 1e\+06\], got -1",
+    ),
+    (
+        "finetune-epochs-inf",
+        ["--workdir={w}/run", "--bits=6", "--finetune-epochs=inf"],
+        r"--finetune-epochs: must be a number in \[0, 1e\+06\], got inf",
+    ),
+    (
+        "unknown-flag",
+        ["--workdir={w}/run", "--bits=6", "--prune=0.5"],
+        "unrecognized arguments: --prune=0.5",
+    ),
+    ("workdir-missing", ["--bits=6"], "--workdir: is required: the finished run to compress"),
+    ("workdir-absent", ["--workdir={w}/nosuch", "--bits=6"], "--workdir: .*/nosuch does not exist"),
+    (
+        "workdir-is-file",
+        ["--workdir={w}/afile", "--bits=6"],
+        "--workdir: .*/afile is a file, not a run directory",
+    ),
+    (
+        "workdir-unfinished",
+        ["--workdir={w}/unfinished", "--bits=6"],
+        r"--workdir: .*/unfinished holds no finished run \(no result.json\)",
+    ),
+    (
+        "workdir-pruned",
+        ["--workdir={w}/pruned", "--bits=6"],
+        "--workdir: the run in .*/pruned ended with status 'pruned', not 'complete'",
+    ),
+    (
+        "workdir-bad-result",
+        ["--workdir={w}/badresult", "--bits=6"],
+        "--workdir: .*/badresult is not a readable run directory",
+    ),
+    (
+        "workdir-no-checkpoint",
+        ["--workdir={w}/nockpt", "--bits=6"],
+        "--workdir: .*/nockpt has a result.json but no checkpoint",
+    ),
+    (
+        "out-inside-run",
+        ["--workdir={w}/run", "--bits=6", "--out={w}/run/compressed"],
+        "--out: .*/run/compressed is inside the source run",
+    ),
+    (
+        "out-is-file",
+        ["--workdir={w}/run", "--bits=6", "--out={w}/afile"],
+        "--out: .*/afile exists and is not a directory",
+    ),
+    (
+        "out-under-file",
+        ["--workdir={w}/run", "--bits=6", "--out={w}/afile/out"],
+        "--out: .*/afile/out cannot be made: .*/afile exists and is not a directory",
+    ),
+    (
+        "size-only-out-under-file",
+        ["--size-only", "--preset=digits", "--bits=6", "--out={w}/afile/out"],
+        "--out: .*/afile/out cannot be made",
+    ),
+    (
+        "preset-without-size-only",
+        ["--workdir={w}/run", "--bits=6", "--preset=v1.0"],
+        "--preset: only sizes a preset with --size-only",
+    ),
+    (
+        "size-only-two-sources",
+        ["--size-only", "--bits=6", "--preset=v1.0", "--workdir={w}/run"],
+        "--preset: --size-only needs exactly one of --preset and --workdir",
+    ),
+    (
+        "size-only-no-source",
+        ["--size-only", "--bits=6"],
+        "--preset: --size-only needs exactly one of --preset and --workdir",
+    ),
+    (
+        "size-only-unknown-preset",
+        ["--size-only", "--bits=6", "--preset=v9"],
+        r"--preset: unknown preset 'v9'; available: \['v1.0'",
+    ),
+    (
+        "size-only-training-flag",
+        ["--size-only", "--bits=6", "--preset=v1.0", "--rounds=2"],
+        "--rounds: means nothing with --size-only",
+    ),
+    (
+        "size-only-seed-range",
+        ["--size-only", "--bits=6", "--preset=v1.0", "--seed=-1"],
+        r"--seed: must be in \[0, 4294967295\], got -1",
+    ),
+    (
+        "seed-without-preset",
+        ["--workdir={w}/run", "--bits=6", "--seed=3"],
+        "--seed: only seeds a preset's initial weights",
+    ),
+    (
+        "decode-no-workdir",
+        ["--decode={w}/good.sqz"],
+        r"--workdir: --decode needs the run to evaluate on \(--workdir=RUN\)",
+    ),
+    (
+        "decode-with-bits",
+        ["--decode={w}/good.sqz", "--workdir={w}/run", "--bits=6"],
+        "--decode: checks an existing file: give only --workdir .*not --bits",
+    ),
+    (
+        "decode-absent",
+        ["--decode={w}/none.sqz", "--workdir={w}/run"],
+        "--decode: .*/none.sqz does not exist; give a .sqz file",
+    ),
+    (
+        "decode-directory",
+        ["--decode={w}/adir", "--workdir={w}/run"],
+        "--decode: .*/adir is a directory; give a .sqz file",
+    ),
+    (
+        "decode-empty",
+        ["--decode={w}/empty.sqz", "--workdir={w}/run"],
+        r"empty.sqz: truncated .sqz file: 0 bytes",
+    ),
+    (
+        "decode-truncated",
+        ["--decode={w}/truncated.sqz", "--workdir={w}/run"],
+        "truncated.sqz: truncated .sqz file",
+    ),
+    (
+        "decode-flipped",
+        ["--decode={w}/flipped.sqz", "--workdir={w}/run"],
+        "flipped.sqz: corrupted .sqz payload: CRC32 mismatch",
+    ),
+    (
+        "decode-foreign",
+        ["--decode={w}/foreign.sqz", "--workdir={w}/run"],
+        "foreign.sqz: not a .sqz file: magic is b'PK",
+    ),
+    (
+        "decode-huge-shape",
+        ["--decode={w}/huge.sqz", "--workdir={w}/run"],
+        r"huge.sqz: corrupted .sqz header: its shapes hold [\d,]+ weights, more than the 1024 "
+        "per byte",
+    ),
+    (
+        "decode-other-model",
+        ["--decode={w}/other.sqz", "--workdir={w}/run"],
+        r"--decode: .*other.sqz was written for another model: spec fields differ: "
+        r"base_e \(file 32, run 16\); incr_e \(file 32, run 16\)",
+    ),
+    (
+        "decode-other-shapes",
+        ["--decode={w}/othershapes.sqz", "--workdir={w}/run"],
+        r"--decode: .*othershapes.sqz: parameter '.*' is float32\[.*\], the model needs float32\[",
+    ),
+    (
+        "decode-no-stats",
+        ["--decode={w}/nostats.sqz", "--workdir={w}/run"],
+        "--decode: .*does not hold this model's parameters .*conv1_bn/mean",
+    ),
+    (
+        "decode-workdir-is-file",
+        ["--decode={w}/good.sqz", "--workdir={w}/afile"],
+        "--workdir: .*/afile is a file, not a run directory",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, message", [row[1:] for row in BAD_INPUT], ids=[row[0] for row in BAD_INPUT]
+)
+def test_bad_input_is_a_clear_error_and_changes_nothing(world, capsys, no_training, argv, message):
+    before = snapshot(os.path.dirname(world))
+    status = compress_cli.main([arg.format(w=world) for arg in argv])
+    out, err = capsys.readouterr()
+    assert status == 2, (status, err)
+    assert err.startswith("error: ") and len(err.splitlines()) <= 3, err
+    assert "Traceback" not in err and out == ""
+    assert re.search(message, err), err
+    assert snapshot(os.path.dirname(world)) == before  # nothing created, changed or removed
+
+
+def test_bad_input_table_is_large_and_distinct():
+    assert len(BAD_INPUT) >= 15
+    assert len({row[0] for row in BAD_INPUT}) == len({tuple(row[1]) for row in BAD_INPUT})
+
+
+def test_the_model_is_checked_before_the_file_is_decoded(world, monkeypatch, no_training):
+    from sqzexplore.compress.decode import SqzFile
+
+    spec = spec_from_config(tiny_config())
+
+    def no_decoding(self):
+        raise AssertionError("a file for another model must be refused before decoding")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SqzFile, "decode", no_decoding)
+        for name in ("other.sqz", "othershapes.sqz", "nostats.sqz"):
+            with pytest.raises(CompressError, match="decode: "):
+                load_sqz_for(os.path.join(world, name), spec)
+    # The good file decodes to the written parameters, bit for bit.
+    decoded, decoded_stats = load_sqz_for(os.path.join(world, "good.sqz"), spec)
+    params, stats = random_trees(spec)
+    layers = quantize_params(params, make_masks(params, 0.5), 4)
     expected = flatten_params(merge_params(params, dequantize(layers)))
     for path, value in flatten_params(decoded).items():
         assert value.tobytes() == expected[path].tobytes()
     assert flatten_params(decoded_stats).keys() == flatten_params(stats).keys()
+
+
+def test_help_answers_without_importing_jax():
+    code = (
+        "import sys, time\n"
+        "start = time.perf_counter()\n"
+        "from sqzexplore.cli import main\n"
+        "try:\n"
+        "    main(['compress', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "elapsed = time.perf_counter() - start\n"
+        "heavy = sorted(m for m in ('jax', 'flax', 'numpy', 'orbax', 'tensorflow') "
+        "if m in sys.modules)\n"
+        "print(f'{elapsed:.3f}', heavy, file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": REPO}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0 and "--bits BITS" in done.stdout, done.stderr
+    elapsed, heavy = done.stderr.split(" ", 1)
+    assert heavy.strip() == "[]", done.stderr
+    assert float(elapsed) < 1.0, done.stderr
+    # An argument error is as quick, from the real command, with no traceback.
+    done = subprocess.run(
+        [sys.executable, "-m", "sqzexplore.cli", "compress", "--bits=9", "--workdir=x"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr == "error: --bits: must be in [2, 8], got 9\n"
 
 
 def test_size_only_on_a_preset(tmp_path, capsys):
@@ -444,7 +783,7 @@ def test_compress_digits_run_end_to_end(source_run, compressed, capsys):
     size = report["size"]
     assert os.path.getsize(os.path.join(out, "model.sqz")) == size["total"]["file_bytes"]
     assert size["total"]["file_bytes"] < size["total"]["fp32_bytes"] / 2
-    params_abs, _ = model_trees(train.load_run(source_run)["spec"])
+    params_abs, _ = model_trees(rundir.load_run(source_run)["spec"])
     assert len(size["layers"]) == len(conv_kernels(params_abs))
     for row in size["layers"].values():
         assert row["bits"] == 6 and row["density"] == pytest.approx(0.5, abs=0.02)
@@ -462,7 +801,7 @@ def test_compress_digits_run_end_to_end(source_run, compressed, capsys):
 @pytest.mark.slow
 def test_masks_survive_retraining(compressed):
     out = compressed["out"]
-    retrained = train.load_run(os.path.join(out, "prune_round1"))  # the checkpointed state
+    retrained = rundir.load_run(os.path.join(out, "prune_round1"))  # the checkpointed state
     masks = retrained["aux"]
     kernels = conv_kernels(retrained["params"])
     assert flatten_params(masks).keys() == kernels.keys()
@@ -479,9 +818,9 @@ def test_masks_survive_retraining(compressed):
 @pytest.mark.slow
 def test_finetuned_centroids_stay_shared_and_move(compressed):
     out = compressed["out"]
-    retrained = train.load_run(os.path.join(out, "prune_round1"))
+    retrained = rundir.load_run(os.path.join(out, "prune_round1"))
     initial = quantize_params(retrained["params"], retrained["aux"], 6)  # before fine-tuning
-    tuned = train.load_run(os.path.join(out, "finetune"))
+    tuned = rundir.load_run(os.path.join(out, "finetune"))
     trainable = flatten_params(tuned["params"])
     codes = flatten_params(tuned["aux"]["codes_full"])
     _, decoded = read_sqz(os.path.join(out, "model.sqz"))

@@ -46,7 +46,7 @@ from sqzexplore.compress import (
     unflatten_params,
     write_sqz,
 )
-from sqzexplore.compress.encode import (
+from sqzexplore.compress.coding import (
     canonical_codes,
     gap_entries,
     huffman_code_lengths,
@@ -533,14 +533,24 @@ def test_inconsistent_contents_are_rejected(small_file):
         header["layers"][0]["shape"] = [1, 1, 4, 6]  # gaps now run past the last weight
         return header, payload
 
-    with pytest.raises(SqzFormatError, match="past the kernel"):
+    with pytest.raises(SqzFormatError, match=r"survivors \d+ is not an integer in \[0, 24\]"):
         decode_sqz(rebuild(small_file, shrink_kernel))
+
+    def move_last_survivor(header, payload):
+        layer = header["layers"][0]
+        layer["shape"] = [3, 3, 4, 5]  # 180 weights: enough for the survivors, not their gaps
+        return header, payload
+
+    with pytest.raises(SqzFormatError, match="past the kernel's 180 weights"):
+        decode_sqz(rebuild(small_file, move_last_survivor))
 
     def bad_bits(header, payload):
         header["layers"][0]["bits"] = 12
         return header, payload
 
-    with pytest.raises(SqzFormatError, match=r"bits 12 outside \[2, 8\]"):
+    with pytest.raises(
+        SqzFormatError, match=r"layer 'a/kernel': bits 12 is not an integer in \[2, 8\]"
+    ):
         decode_sqz(rebuild(small_file, bad_bits))
 
     def cut_codes(header, payload):
@@ -548,7 +558,7 @@ def test_inconsistent_contents_are_rejected(small_file):
         layer["sections"]["codes"][1] -= 2  # Huffman stream ends early
         return header, payload
 
-    with pytest.raises(SqzFormatError, match="Huffman stream"):
+    with pytest.raises(SqzFormatError, match="Huffman stream|cannot hold"):
         decode_sqz(rebuild(small_file, cut_codes))
 
     def section_outside(header, payload):
@@ -573,7 +583,7 @@ def test_v1_0_eight_bit_fits_the_papers_0_66_mb(v1_params, v1_masks):
     assert len(layers) == 26
     report = size_report(data)
     total = report["total"]
-    # Hand computation (REFERENCE.md section 6): per entry an 8-bit code and a 4-bit gap, where
+    # Hand computation (docs/paper.md): per entry an 8-bit code and a 4-bit gap, where
     # entries are the survivors plus one filler per 15 pruned positions in a row; each stream is
     # padded to a byte; 26 x 256 float32 centroids; 3,976 float32 biases; then the header.
     payload = 26 * 256 * 4 + 3_976 * 4
@@ -598,7 +608,7 @@ def test_v1_0_eight_bit_fits_the_papers_0_66_mb(v1_params, v1_masks):
 def test_v1_0_six_bit_sizes(v1_params, v1_masks):
     plain, _ = v1_file(v1_params, v1_masks, 6)
     plain_mib = len(plain) / MIB
-    # 10 bits per entry: about 0.52 MiB before fillers and header, as REFERENCE.md derives.
+    # 10 bits per entry: about 0.52 MiB before fillers and header, as docs/paper.md derives.
     assert 0.52 < plain_mib < 0.55
     coded, layers = v1_file(v1_params, v1_masks, 6, huffman=True)
     assert len(coded) < 0.5 * MIB  # the paper's 0.47MB needs Huffman coding

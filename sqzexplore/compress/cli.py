@@ -31,23 +31,25 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from sqzexplore.compress.encode import MAX_GAP_BITS, MIN_GAP_BITS, SqzFormatError, format_size_table
-from sqzexplore.compress.pipeline import (
-    DEFAULT_FINETUNE_LR_SCALE,
-    DEFAULT_LR_SCALE,
+# Only jax-free modules at import time: `--help` and argument errors answer before jax loads.
+from sqzexplore.compress.plan import (
     MAX_ROUNDS,
     CompressError,
-    StageInterrupted,
-    check_file,
-    compress_run,
-    size_only,
+    CompressPlan,
+    StagePlan,
+    check_integer,
+    parse_bits,
+    parse_density,
 )
-from sqzexplore.compress.quantize import MAX_BITS, MIN_BITS
-from sqzexplore.config import ConfigError
-from sqzexplore.models.spec import SpecError
+from sqzexplore.compress.sqzformat import MAX_BITS, MAX_GAP_BITS, MIN_BITS, MIN_GAP_BITS
 
 EXIT_USAGE = 2
 EXIT_NONFINITE = 3
+EXIT_IO = 1
+MAX_SEED = 2**32 - 1
+# Flags that only the training stages read, with their plan field names.
+TRAINING_FLAGS = ("rounds", "retrain_epochs", "finetune_epochs", "lr_scale", "finetune_lr_scale")
+ENCODING_FLAGS = ("bits", "density", "huffman", "gap_bits", "out")
 
 
 class _UsageError(Exception):
@@ -60,131 +62,136 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    # Defaults are the plan's (None here), so a flag given where it means nothing is refused.
+    retrain, finetune = CompressPlan.retrain, CompressPlan.finetune
     parser = _Parser(
         prog="sqz compress",
         description="Deep Compression (prune, quantize, encode) of a finished run: a .sqz file.",
     )
-    parser.add_argument("--workdir", metavar="RUN", help="finished run directory (read only)")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--workdir", metavar="RUN", help="finished run directory (read only)")
+    add(
         "--bits",
         help=f"code width in [{MIN_BITS}, {MAX_BITS}], or per layer: 6,conv10=4 or "
         "default=6,conv1=8",
     )
-    parser.add_argument(
+    add(
         "--density",
-        default="released",
         help="fraction of conv weights kept, in (0, 1]: 'released' (the released SqueezeNet's "
         "per-layer densities; default), one number, or per layer: fire2/squeeze=0.5,conv10=0.2 "
         "(unnamed layers stay dense)",
     )
-    parser.add_argument("--huffman", action="store_true", help="Huffman-code codes and gaps")
-    parser.add_argument(
+    add("--huffman", action="store_true", default=None, help="Huffman-code codes and gaps")
+    add(
         "--gap-bits",
         type=int,
-        default=4,
-        help=f"relative index width in [{MIN_GAP_BITS}, "
-        f"{MAX_GAP_BITS}] (default 4, as the released file)",
+        help=f"relative index width in [{MIN_GAP_BITS}, {MAX_GAP_BITS}] "
+        f"(default {CompressPlan.gap_bits}, as the released file)",
     )
-    parser.add_argument(
-        "--rounds", type=int, default=1, help=f"prune-retrain rounds in [1, {MAX_ROUNDS}]"
+    add(
+        "--rounds",
+        type=int,
+        help=f"prune-retrain rounds in [1, {MAX_ROUNDS}] (default {CompressPlan.rounds})",
     )
-    parser.add_argument(
+    add(
         "--retrain-epochs",
         type=float,
-        help="epochs of masked retraining per round "
-        "(default: a quarter of the source run's, at least 1; 0 skips it)",
+        help=f"epochs of masked retraining per round (default: {retrain.default_fraction:g} of "
+        "the source run's, at least 1; 0 skips it)",
     )
-    parser.add_argument(
+    add(
         "--finetune-epochs",
         type=float,
-        help="epochs of centroid fine-tuning (default: a tenth "
-        "of the source run's, at least 1; 0 skips it)",
+        help=f"epochs of centroid fine-tuning (default: {finetune.default_fraction:g} of the "
+        "source run's, at least 1; 0 skips it)",
     )
-    parser.add_argument(
+    add(
         "--lr-scale",
         type=float,
-        default=DEFAULT_LR_SCALE,
-        help="retraining lr as a fraction of the source run's, in (0, 1] (default %(default)s)",
+        help="retraining lr as a fraction of the source run's, in (0, 1] "
+        f"(default {retrain.lr_scale:g})",
     )
-    parser.add_argument(
+    add(
         "--finetune-lr-scale",
         type=float,
-        default=DEFAULT_FINETUNE_LR_SCALE,
-        help="fine-tuning lr as a fraction of the source run's, in (0, 1] (default %(default)s)",
+        help="fine-tuning lr as a fraction of the source run's, in (0, 1] "
+        f"(default {finetune.lr_scale:g})",
     )
-    parser.add_argument("--out", metavar="DIR", help="output directory (default <RUN>.sqz-<b>b)")
-    parser.add_argument("--decode", metavar="FILE", help="check and evaluate a .sqz file on RUN")
-    parser.add_argument(
-        "--size-only", action="store_true", help="file size without training (needs --bits)"
-    )
-    parser.add_argument("--preset", help="with --size-only: size a preset's initial weights")
-    parser.add_argument("--seed", type=int, default=0, help="with --preset: init seed")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add("--out", metavar="DIR", help="output directory (default <RUN>.sqz-<b>b)")
+    add("--decode", metavar="FILE", help="check and evaluate a .sqz file on RUN")
+    add("--size-only", action="store_true", help="file size without training (needs --bits)")
+    add("--preset", help="with --size-only: size a preset's initial weights")
+    add("--seed", type=int, help=f"with --preset: init seed in [0, {MAX_SEED}] (default 0)")
+    add("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
-# ---------------------------------------------------------------------- argument values
+# ---------------------------------------------------------------------- arguments
 
 
-def _items(field: str, text: str) -> list[tuple[str | None, str]]:
-    items = []
-    for raw in text.split(","):
-        raw = raw.strip()
-        if not raw:
-            continue
-        key, sep, value = raw.rpartition("=")
-        items.append((key.strip() if sep else None, value.strip()))
-    if not items:
-        raise CompressError(field, "is empty")
-    keys = [k for k, _ in items]
-    duplicates = sorted({str(k) for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise CompressError(field, f"names {', '.join(duplicates)} more than once")
-    return items
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return ["--" + name.replace("_", "-") for name in names if getattr(args, name) is not None]
 
 
-def parse_bits(text: str) -> int | dict[str, int]:
-    """`"6"` -> 6; `"6,conv10=4"` or `"default=6,conv10=4"` -> per-layer mapping."""
-    out: dict[str, int] = {}
-    for key, value in _items("bits", text):
-        try:
-            width = int(value)
-        except ValueError:
+def plan_from_args(args: argparse.Namespace) -> CompressPlan:
+    """The one CompressPlan of the command line; CompressError names the flag at fault."""
+    if args.bits is None:
+        raise CompressError("bits", f"is required: a code width in [{MIN_BITS}, {MAX_BITS}]")
+    given = {
+        "bits": parse_bits(args.bits),
+        "density": None if args.density is None else parse_density(args.density),
+        "huffman": args.huffman,
+        "gap_bits": args.gap_bits,
+        "rounds": args.rounds,
+    }
+    stages = {
+        "retrain": StagePlan.retrain(
+            args.retrain_epochs,
+            CompressPlan.retrain.lr_scale if args.lr_scale is None else args.lr_scale,
+        ),
+        "finetune": StagePlan.finetune(
+            args.finetune_epochs,
+            CompressPlan.finetune.lr_scale
+            if args.finetune_lr_scale is None
+            else args.finetune_lr_scale,
+        ),
+    }
+    return CompressPlan(**{k: v for k, v in given.items() if v is not None}, **stages)
+
+
+def check_args(args: argparse.Namespace) -> CompressPlan | None:
+    """Every check that needs no file and no model: the mode's flags and the plan (None for
+    --decode, which has none)."""
+    if args.decode is not None:
+        if args.workdir is None:
+            raise CompressError("workdir", "--decode needs the run to evaluate on (--workdir=RUN)")
+        extra = _given(args, (*ENCODING_FLAGS, *TRAINING_FLAGS, "preset", "seed"))
+        if args.size_only or extra:
+            extra = extra or ["--size-only"]
             raise CompressError(
-                "bits", f"{value!r} is not an integer in [{MIN_BITS}, {MAX_BITS}]"
-            ) from None
-        if not MIN_BITS <= width <= MAX_BITS:
-            where = f" (layer {key})" if key not in (None, "default") else ""
-            raise CompressError("bits", f"must be in [{MIN_BITS}, {MAX_BITS}], got {width}{where}")
-        out["default" if key is None else key] = width
-    return out["default"] if list(out) == ["default"] else out
-
-
-def parse_density(text: str) -> str | float | dict[str, float]:
-    """`"released"`, one number, or `"layer=d,..."` (values checked against (0, 1])."""
-    if text.strip() == "released":
-        return "released"
-    items = _items("density", text)
-    out: dict[str, float] = {}
-    for key, value in items:
-        try:
-            number = float(value)
-        except ValueError:
-            raise CompressError(
-                "density", f"{value!r} is not a number in (0, 1] (or 'released')"
-            ) from None
-        if not 0.0 < number <= 1.0:
-            where = f" (layer {key})" if key else ""
-            raise CompressError("density", f"must be in (0, 1], got {number:g}{where}")
-        if key is None:
-            if len(items) > 1:
-                raise CompressError(
-                    "density",
-                    "give one number, or layer=density pairs only (layers not named stay dense)",
-                )
-            return number
-        out[key] = number
-    return out
+                "decode",
+                f"checks an existing file: give only --workdir (and --json), not {extra[0]}",
+            )
+        return None
+    plan = plan_from_args(args)
+    if args.size_only:
+        if (args.preset is None) == (args.workdir is None):
+            raise CompressError("preset", "--size-only needs exactly one of --preset and --workdir")
+        extra = _given(args, TRAINING_FLAGS)
+        if extra:
+            raise CompressError(extra[0][2:], "means nothing with --size-only (nothing is trained)")
+        if args.seed is not None:
+            if args.preset is None:
+                raise CompressError("seed", "only seeds a preset's initial weights (--preset)")
+            check_integer("seed", args.seed, 0, MAX_SEED)
+        return plan
+    if args.preset is not None:
+        raise CompressError("preset", "only sizes a preset with --size-only (nothing to retrain)")
+    if args.seed is not None:
+        raise CompressError("seed", "only seeds a preset's initial weights with --size-only")
+    if args.workdir is None:
+        raise CompressError("workdir", "is required: the finished run to compress")
+    return plan
 
 
 # ---------------------------------------------------------------------- output
@@ -196,6 +203,8 @@ def _top1(metrics: Mapping[str, Any] | None) -> str:
 
 def format_report(report: Mapping[str, Any]) -> str:
     """The per-layer size table and the totals / accuracy lines of a report."""
+    from sqzexplore.compress.size import format_size_table
+
     lines = [format_size_table(report["size"])]
     accuracy = report.get("accuracy")
     if accuracy:
@@ -219,56 +228,42 @@ def format_report(report: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------- entry point
 
 
-def _run(args: argparse.Namespace, log) -> dict[str, Any]:
-    if args.decode is not None:
-        if args.workdir is None:
-            raise CompressError("workdir", "--decode needs the run to evaluate on (--workdir=RUN)")
-        if args.size_only or args.bits is not None or args.preset is not None:
-            raise CompressError("decode", "checks an existing file: give only --workdir (--json)")
-        return check_file(args.decode, args.workdir)
-    if args.bits is None:
-        raise CompressError("bits", f"is required: a code width in [{MIN_BITS}, {MAX_BITS}]")
-    bits, density = parse_bits(args.bits), parse_density(args.density)
+def _run(args: argparse.Namespace, plan: CompressPlan | None, log) -> dict[str, Any]:
+    from sqzexplore.compress import pipeline
+
+    if plan is None:
+        return pipeline.check_file(args.decode, args.workdir)
     if args.size_only:
-        return size_only(
-            bits=bits,
-            density=density,
-            huffman=args.huffman,
-            gap_bits=args.gap_bits,
-            preset=args.preset,
-            workdir=args.workdir,
-            seed=args.seed,
-            out_dir=args.out,
+        seed = 0 if args.seed is None else args.seed
+        return pipeline.size_only(
+            plan, preset=args.preset, workdir=args.workdir, seed=seed, out_dir=args.out
         )
-    if args.preset is not None:
-        raise CompressError("preset", "only sizes a preset with --size-only (nothing to retrain)")
-    if args.workdir is None:
-        raise CompressError("workdir", "is required: the finished run to compress")
-    return compress_run(
-        args.workdir,
-        bits=bits,
-        density=density,
-        huffman=args.huffman,
-        gap_bits=args.gap_bits,
-        rounds=args.rounds,
-        retrain_epochs=args.retrain_epochs,
-        finetune_epochs=args.finetune_epochs,
-        lr_scale=args.lr_scale,
-        finetune_lr_scale=args.finetune_lr_scale,
-        out_dir=args.out,
-        log=log,
-    )
+    return pipeline.compress_run(args.workdir, plan, out_dir=args.out, log=log)
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `sqz compress` (argv without the program name); returns the exit status."""
-    from sqzexplore.train import NonFiniteError, WorkdirConflictError
-
     try:
         args = _build_parser().parse_args(argv)
+        plan = check_args(args)
     except _UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(str(err))
         return EXIT_USAGE
+    except CompressError as err:
+        _error(f"--{err.field.replace('_', '-')}: {err.message}")
+        return EXIT_USAGE
+    # Only now, with the arguments sound, load what the stages need (jax among it).
+    from sqzexplore.compress.sqzformat import SqzFormatError
+    from sqzexplore.compress.stages import StageInterrupted
+    from sqzexplore.config import ConfigError
+    from sqzexplore.models.spec import SpecError
+    from sqzexplore.rundir import WorkdirConflictError
+    from sqzexplore.train import NonFiniteError
+
     # With --json, stdout carries only the report: progress (ours and the trainer's) goes to
     # stderr.
     progress = sys.stderr if args.json else sys.stdout
@@ -278,23 +273,26 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with contextlib.redirect_stdout(progress):
-            report = _run(args, log)
+            report = _run(args, plan, log)
     except CompressError as err:
-        flag = "--" + err.field.replace("_", "-")
-        print(f"error: {flag}: {err.message}", file=sys.stderr)
+        _error(f"--{err.field.replace('_', '-')}: {err.message}")
         return EXIT_USAGE
     except SqzFormatError as err:
-        print(f"error: {args.decode or '.sqz file'}: {err}", file=sys.stderr)
+        _error(f"{args.decode or '.sqz file'}: {err}")
         return EXIT_USAGE
     except (ConfigError, SpecError, WorkdirConflictError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(str(err))
         return EXIT_USAGE
     except NonFiniteError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(str(err))
         return EXIT_NONFINITE
     except StageInterrupted as err:
         print(str(err), file=sys.stderr)
         return 0
+    except OSError as err:
+        # The disk, not the program: say which file and why, without a traceback.
+        _error(f"{err.filename or 'I/O'}: {err.strerror or err}")
+        return EXIT_IO
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:

@@ -1,4 +1,4 @@
-"""Magnitude pruning of conv kernels, stage 1 of Deep Compression (REFERENCE.md section 6).
+"""Magnitude pruning of conv kernels, stage 1 of Deep Compression (docs/paper.md).
 
 Each conv kernel keeps exactly `round(density * n)` of its `n` weights, those of largest
 magnitude (ties go to the lower flat C-order index, so a mask never depends on the sort
@@ -124,6 +124,25 @@ def layer_name(kernel_path: str) -> str:
     return kernel_path.removesuffix("/kernel")
 
 
+def per_layer(kernel_paths: list[str], values: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """`{kernel path: value}` from a mapping keyed by layer (`"fire2/squeeze"`) or kernel path
+    (`"fire2/squeeze/kernel"`); a name that is no conv layer, or one layer named twice, is an
+    error naming `what`."""
+    by_layer = {layer_name(p): p for p in kernel_paths}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        layer = layer_name(str(key))
+        if layer not in by_layer:
+            raise ValueError(
+                f"{what} names layer {key!r}, which is not a conv layer of these params; "
+                f"conv layers: {', '.join(by_layer)}"
+            )
+        if by_layer[layer] in out:
+            raise ValueError(f"{what} names layer {layer!r} twice")
+        out[by_layer[layer]] = value
+    return out
+
+
 # ---------------------------------------------------------------------- released densities
 
 # Per-layer densities of the released compressed SqueezeNet v1.0 (paper Table 2's 8-bit model).
@@ -204,17 +223,8 @@ def resolve_densities(params: Any, densities: Any = "released") -> dict[str, flo
         num_fire = _fire_count(paths)
         return {p: released_density(p, num_fire) for p in paths}
     if isinstance(densities, Mapping):
-        by_layer = {layer_name(p): p for p in paths}
-        resolved = dict.fromkeys(paths, 1.0)
-        for key, value in densities.items():
-            layer = layer_name(str(key))
-            if layer not in by_layer:
-                raise ValueError(
-                    f"densities names layer {key!r}, which is not a conv layer of these params; "
-                    f"conv layers: {', '.join(by_layer)}"
-                )
-            resolved[by_layer[layer]] = _check_density(layer, value)
-        return resolved
+        named = per_layer(paths, densities, "densities")
+        return {p: _check_density(layer_name(p), named.get(p, 1.0)) for p in paths}
     return {p: _check_density(layer_name(p), densities) for p in paths}
 
 

@@ -8,7 +8,7 @@ deep inside the pruned band (-t, t) never attract a weight and stay unused, so f
 occur; Huffman coding (`encode.py`) recovers those bits. Iterations run until no weight changes
 cluster (exact Lloyd convergence) or `max_iter`; an empty cluster keeps its previous centroid.
 The paper used 8-bit codes for conv layers; SqueezeNet compresses to the paper's 0.66MB with
-8-bit codes and 0.47MB with 6-bit codes (REFERENCE.md section 6).
+8-bit codes and 0.47MB with 6-bit codes (docs/paper.md).
 
 In one dimension the clusters of sorted centroids are intervals between neighbouring centroid
 midpoints, so one iteration is `searchsorted` of the 2^b - 1 midpoints in the sorted weights plus
@@ -30,10 +30,14 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from sqzexplore.compress.prune import conv_kernels, flatten_params, layer_name, unflatten_params
-
-MIN_BITS = 2
-MAX_BITS = 8
+from sqzexplore.compress.prune import (
+    conv_kernels,
+    flatten_params,
+    layer_name,
+    per_layer,
+    unflatten_params,
+)
+from sqzexplore.compress.sqzformat import MAX_BITS, MIN_BITS
 
 
 def check_bits(layer: str, bits: Any) -> int:
@@ -187,26 +191,13 @@ def resolve_bits(kernel_paths: list[str], bits: int | Mapping[str, int]) -> dict
     """
     if not isinstance(bits, Mapping):
         return {p: check_bits(layer_name(p), bits) for p in kernel_paths}
-    by_layer = {layer_name(p): p for p in kernel_paths}
-    resolved: dict[str, int] = {}
-    for key, value in bits.items():
-        if key == "default":
-            continue
-        layer = layer_name(str(key))
-        if layer not in by_layer:
-            raise ValueError(
-                f"bits names layer {key!r}, which is not a conv layer of these params; conv "
-                f"layers: {', '.join(by_layer)}"
-            )
-        resolved[by_layer[layer]] = check_bits(layer, value)
+    named = per_layer(kernel_paths, {k: v for k, v in bits.items() if k != "default"}, "bits")
     for path in kernel_paths:
-        if path not in resolved:
-            if "default" not in bits:
-                raise ValueError(
-                    f"bits has no entry for layer {layer_name(path)!r}; name it or add 'default'"
-                )
-            resolved[path] = check_bits(layer_name(path), bits["default"])
-    return {p: resolved[p] for p in kernel_paths}
+        if path not in named and "default" not in bits:
+            raise ValueError(
+                f"bits has no entry for layer {layer_name(path)!r}; name it or add 'default'"
+            )
+    return {p: check_bits(layer_name(p), named.get(p, bits.get("default"))) for p in kernel_paths}
 
 
 def quantize_params(
