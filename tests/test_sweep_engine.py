@@ -19,9 +19,15 @@ from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs, status
 from sqzexplore.sweep.claims import HOST, RunClaims
-from sqzexplore.sweep.engine import constraint_violations, trial_config
+from sqzexplore.sweep.engine import trial_config
 from sqzexplore.sweep.params import categorical, uniform
-from sqzexplore.sweep.space import EarlyStop, SweepDefinition, config_json, point_key
+from sqzexplore.sweep.space import (
+    EarlyStop,
+    SweepDefinition,
+    config_json,
+    constraint_violations,
+    point_key,
+)
 from sqzexplore.sweep.sweepdir import SweepChangedError, init_sweep_dir
 from sqzexplore.sweep.sweepfile import load_base_config, load_sweep
 

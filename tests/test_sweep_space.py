@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from test_sweep_support import FAKE_RUNNER, REPO, sr_space, write_sweep
+from test_sweep_support import FAKE_RUNNER, REPO, TESTS, sr_space, write_sweep
 
 from sqzexplore.config import base_config
 from sqzexplore.sweep import cli
@@ -288,3 +292,28 @@ def test_shipped_sweeps_run_end_to_end_in_runlocal_mode(tmp_path, name, capsys):
     assert cli.main(["report", str(workdir), "--quiet"]) == 0
     assert (workdir / "report" / "report.html").exists()
     assert (workdir / "report" / "frontier.csv").read_text().count("\n") >= 2
+
+
+def test_sweeps_run_from_a_copy_of_the_package_and_another_directory(tmp_path):
+    """As after a non-editable install: the package lives elsewhere (site-packages) and the
+    command runs from another directory; the sweep file still finds its base experiment next to
+    itself, not through the package's own path."""
+    site = tmp_path / "site"
+    shutil.copytree(
+        REPO / "sqzexplore", site / "sqzexplore", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "sqzexplore.sweep.cli", "run", str(REPO / "sweeps/bypass.py")]
+        + ["--arg", "runlocal", "--workdir", "w", "--runner", FAKE_RUNNER, "--progress", "off"],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{TESTS}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 done, 0 running, 0 failed" in done.stdout
+    state = json.loads((elsewhere / "w" / "sweep.json").read_text())
+    assert state["definition"]["base"]["path"] == "experiments/digits/frontier.py"

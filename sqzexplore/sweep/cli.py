@@ -192,8 +192,7 @@ def _worker_command(args, workdir: str, *, no_wait: bool) -> list[str]:
 
 def cmd_run(args) -> int:
     from sqzexplore.sweep import launch, slurm
-    from sqzexplore.sweep.engine import open_storage
-    from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir
+    from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir, open_storage
     from sqzexplore.sweep.sweepfile import check_against_config, load_base_config, load_sweep
     from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
 

@@ -38,10 +38,16 @@ from typing import Any
 from sqzexplore.models.spec import SpecError, SqueezeNetSpec
 from sqzexplore.rundir import append_jsonl, read_json, read_result, write_json
 from sqzexplore.sweep import sweepdir as sd
-from sqzexplore.sweep.claims import Claim, RunClaims, sweep_lock
+from sqzexplore.sweep.claims import Claim, RunClaims
 from sqzexplore.sweep.metric_table import metric
 from sqzexplore.sweep.params import jsonable
-from sqzexplore.sweep.space import SweepDefinition, SweepError, design_labels, point_key, trial_id
+from sqzexplore.sweep.space import (
+    SweepDefinition,
+    constraint_violations,
+    design_labels,
+    point_key,
+    trial_id,
+)
 
 WAIT = "wait"  # nothing to hand out now, but other workers' runs are in flight
 DONE = "done"  # the sweep is finished (or its budget fully handed out and finished)
@@ -67,8 +73,7 @@ class RunTicket:
     workdir: Path
 
     def record(self) -> dict[str, Any]:
-        """The run's trial.json: design point, seed and its full config."""
-        return read_json(self.workdir / sd.TRIAL_FILE)
+        return read_json(self.workdir / sd.TRIAL_FILE)  # design point, seed and full config
 
 
 @dataclasses.dataclass
@@ -104,21 +109,6 @@ def trial_config(
 def _off(current: Any) -> Any:
     # A yes/no setting, whichever form the base config gives it (a boolean or 'auto'/'false').
     return False if isinstance(current, bool) else "false"
-
-
-def constraint_violations(totals: dict[str, Any], constraints: dict[str, float]) -> list[str]:
-    """Human-readable reasons a design point breaks the sweep's size limits."""
-    field = {"max_params": "params", "max_macs": "macs", "max_mib": "fp32_mib"}
-    out = []
-    for name, limit in constraints.items():
-        value = totals[field[name]]
-        if value > limit:
-            out.append(f"{field[name]} {_number(value)} > {name} {_number(limit)}")
-    return out
-
-
-def _number(v: float) -> str:
-    return f"{int(v):,}" if float(v).is_integer() else f"{v:.4g}"
 
 
 def analytic_complexity(config: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +155,7 @@ class SweepEngine:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             # The storage object is kept: its documented BaseStorage methods set attributes and
             # parameters of trials this process did not ask itself.
-            self.storage = open_storage(self.state.get("storage"), self.dir)
+            self.storage = sd.open_storage(self.state.get("storage"), self.dir)
             with self.lock:
                 self._study = optuna.create_study(
                     study_name=self.state["study_name"],
@@ -225,7 +215,7 @@ class SweepEngine:
                         "constraints or repeats: the search space looks exhausted",
                     },
                 )
-            return WAIT if self._in_flight(trials) else DONE
+            return WAIT if self._any(trials, "RUNNING") else DONE
 
     def finish_run(self, ticket: RunTicket, outcome: RunOutcome) -> None:
         """Record a run's end, release its claim and tell Optuna when its point is done."""
@@ -248,18 +238,16 @@ class SweepEngine:
         if sum(self._registered(t) for t in trials) >= d.planned_points:
             return False
         if d.sampler == "grid":
-            return self._waiting(trials) or self._next_grid_point(trials) is not None
+            return self._any(trials, "WAITING") or self._next_grid_point(trials) is not None
         if d.finite_size is not None:
             seen = {t.user_attrs[ATTR_POINT] for t in trials if ATTR_POINT in t.user_attrs}
             if len(seen) >= d.finite_size:  # every distinct point was tried or rejected
                 return False
         return True
 
-    def _in_flight(self, trials) -> bool:
-        return any(t.state.name == "RUNNING" for t in trials)
-
-    def _waiting(self, trials) -> bool:
-        return any(t.state.name == "WAITING" for t in trials)
+    @staticmethod
+    def _any(trials, state: str) -> bool:
+        return any(t.state.name == state for t in trials)
 
     def _next_grid_point(self, trials) -> dict[str, Any] | None:
         """The first grid point (in the sweep's order) that no trial holds yet."""
@@ -280,7 +268,7 @@ class SweepEngine:
 
         study = self.study
         if self.defn.sampler == "grid":
-            if not self._waiting(trials):
+            if not self._any(trials, "WAITING"):
                 point = self._next_grid_point(trials)
                 if point is None:
                     return None
@@ -408,18 +396,9 @@ class SweepEngine:
     def _skip(self, number, point, params, kind, reason, *, values=None, totals=None) -> None:
         import optuna
 
-        append_jsonl(
-            self.dir.skipped,
-            {
-                "number": number,
-                "point": point,
-                "params": {k: jsonable(v) for k, v in params.items()},
-                "kind": kind,
-                "reason": reason,
-                "complexity": totals,
-                "time": time.time(),
-            },
-        )
+        params = {k: jsonable(v) for k, v in params.items()}
+        record = dict(number=number, point=point, params=params, kind=kind, reason=reason)
+        append_jsonl(self.dir.skipped, {**record, "complexity": totals, "time": time.time()})
         attrs = {ATTR_SKIPPED: reason, ATTR_SKIP_KIND: kind}
         if point is not None:
             attrs[ATTR_POINT] = point
@@ -467,23 +446,3 @@ class SweepEngine:
                 return
             values.append(statistics.fmean(per_seed))
         self._tell(number, values=values)
-
-
-def open_storage(url: str | None, sweep_dir: sd.SweepDir):
-    """The sweep's Optuna storage: an RDB at `url`, else the journal file in the sweep dir.
-
-    Raises SweepError naming --storage when `url` cannot be opened."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    if not url:
-        journal = str(sweep_dir.journal)
-        return JournalStorage(JournalFileBackend(journal, lock_obj=sweep_lock(journal + ".lock")))
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as e:  # sqlalchemy raises many kinds: the user's URL is the cause
-        raise SweepError(
-            f"--storage {url}: cannot open it ({type(e).__name__}: {str(e).splitlines()[0]}); "
-            "give a database URL such as postgresql://user@host/db, mysql://user@host/db or "
-            "sqlite:///path/study.db"
-        ) from None

@@ -373,6 +373,22 @@ def _constraints(raw: Any) -> dict[str, float]:
     return out
 
 
+# ------------------------------------------------------------------------------ constraints
+def constraint_violations(totals: dict[str, Any], constraints: dict[str, float]) -> list[str]:
+    """Human-readable reasons a design point breaks the sweep's size limits."""
+    field = {"max_params": "params", "max_macs": "macs", "max_mib": "fp32_mib"}
+    out = []
+    for name, limit in constraints.items():
+        value = totals[field[name]]
+        if value > limit:
+            out.append(f"{field[name]} {_number(value)} > {name} {_number(limit)}")
+    return out
+
+
+def _number(v: float) -> str:
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:.4g}"
+
+
 # ------------------------------------------------------------------------------ files
 def find_experiment(path: str, near: str | None = None) -> str:
     """An experiment file: `path` as given (absolute, or relative to the working directory),

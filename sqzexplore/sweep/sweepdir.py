@@ -28,7 +28,7 @@ import ml_collections
 
 from sqzexplore.rundir import flat_diff, read_json, read_result, write_json
 from sqzexplore.sweep.claims import HOST, sweep_lock
-from sqzexplore.sweep.space import SweepDefinition, config_json, fingerprint
+from sqzexplore.sweep.space import SweepDefinition, SweepError, config_json, fingerprint
 
 FORMAT_VERSION = 2
 
@@ -203,3 +203,23 @@ def _changed_message(
         f"{shown or 'the fingerprint'}). Refusing to mix trials of two different sweeps: rerun "
         f"with --new to archive the old directory and start over, or choose a new --workdir."
     )
+
+
+def open_storage(url: str | None, sweep_dir: SweepDir | None):
+    """The sweep's Optuna storage: an RDB at `url`, else the journal file in the sweep dir.
+
+    Raises SweepError naming --storage when `url` cannot be opened."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if not url:
+        journal = str(sweep_dir.journal)
+        return JournalStorage(JournalFileBackend(journal, lock_obj=sweep_lock(journal + ".lock")))
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # sqlalchemy raises many kinds: the user's URL is the cause
+        raise SweepError(
+            f"--storage {url}: cannot open it ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "give a database URL such as postgresql://user@host/db, mysql://user@host/db or "
+            "sqlite:///path/study.db"
+        ) from None
