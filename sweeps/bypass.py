@@ -6,7 +6,7 @@ shortcuts around fire3, fire5, fire7, fire9) and complex bypass (also 1x1-conv s
 fire2, fire4, fire6, fire8) at the base experiment's widths, grid sampler, 3 seeds each;
 objectives: maximise final top-1, minimise parameters.
 
-The paper's result (ImageNet top-1 / top-5; REFERENCE.md section 5): vanilla SqueezeNet
+The paper's result (ImageNet top-1 / top-5; docs/paper.md): vanilla SqueezeNet
 57.5% / 80.3% (4.8MB); simple bypass 60.4% / 82.5% (4.8MB: identity shortcuts add no
 parameters); complex bypass 58.8% / 82.0% (the paper reports 7.7MB; counting the added 1x1 convs
 gives about 6.1 MiB, +341,248 params, which is what this sweep measures). Simple bypass is the
@@ -22,17 +22,18 @@ Args: runlocal, dataset, experiment (any experiment file instead), data_dir, see
 """
 
 from sqzexplore.config import parse_arg
-from sqzexplore.sweep.space import categorical, dataset_base, dotted
+from sqzexplore.sweep.space import SweepDefinition, categorical
+from sqzexplore.sweep.sweepfile import dataset_base
 
 
 def get_sweep(arg=None):
     a = parse_arg(arg, runlocal=False, dataset="digits", experiment="", data_dir="", seeds=3)
     fixed = {"data.data_dir": a.data_dir} if a.data_dir else {}
-    return dotted(
+    return SweepDefinition(
         name="bypass",
-        base=dataset_base(a.dataset, a.runlocal, a.experiment),
-        fixed=dotted(fixed),
-        space=dotted({"model.bypass": categorical("none", "simple", "complex")}),
+        base=dataset_base(a.dataset, a.runlocal, a.experiment, near=__file__),
+        fixed=fixed,
+        space={"model.bypass": categorical("none", "simple", "complex")},
         objectives=[("final.top1", "maximize"), ("complexity.params", "minimize")],
         sampler="grid",
         seeds=1 if a.runlocal else a.seeds,

@@ -7,7 +7,7 @@ conv1, fire3, fire5) through v1.0-like (conv1, fire4, fire8) to later than eithe
 number of pools and every width fixed: parameters are identical, only activation sizes and MACs
 change. Grid sampler, 2 seeds per option; objectives: maximise final top-1, minimise MACs.
 
-The paper's numbers (REFERENCE.md sections 1 and 3): Strategy 3 is argued from He & Sun (2015)
+The paper's numbers (docs/paper.md): Strategy 3 is argued from He & Sun (2015)
 (delayed downsampling gives higher accuracy); the paper reports no pooling ablation of its own.
 SqueezeNet v1.1 moved the pools earlier for "2.4x less computation than v1.0, same accuracy"
 (release notes): at 224x224, v1.0 818.92M MACs vs v1.1 349.15M MACs (derived).
@@ -23,20 +23,21 @@ Args: runlocal, dataset, experiment (any experiment file instead), data_dir, see
 
 from sqzexplore.config import parse_arg
 from sqzexplore.sweep.design import base_pool_count, pool_position_ladder
-from sqzexplore.sweep.space import categorical, dataset_base, dotted
+from sqzexplore.sweep.space import SweepDefinition, categorical
+from sqzexplore.sweep.sweepfile import dataset_base
 
 
 def get_sweep(arg=None):
     a = parse_arg(arg, runlocal=False, dataset="digits", experiment="", data_dir="", seeds=2)
-    base = dataset_base(a.dataset, a.runlocal, a.experiment)
+    base = dataset_base(a.dataset, a.runlocal, a.experiment, near=__file__)
     ladder = pool_position_ladder(base_pool_count(base))
     options = (ladder[0], ladder[-1]) if a.runlocal else ladder
     fixed = {"data.data_dir": a.data_dir} if a.data_dir else {}
-    return dotted(
+    return SweepDefinition(
         name="downsampling",
         base=base,
-        fixed=dotted(fixed),
-        space=dotted({"model.pool_after": categorical(*options)}),
+        fixed=fixed,
+        space={"model.pool_after": categorical(*options)},
         objectives=[("final.top1", "maximize"), ("complexity.macs", "minimize")],
         sampler="grid",
         seeds=1 if a.runlocal else a.seeds,

@@ -4,7 +4,7 @@ The paper's Fig. 3b (Strategy 1: replace 3x3 filters with 1x1 filters). Sweeps p
 fraction of each Fire module's expand filters that are 3x3) from 1% to 99% at squeeze ratio
 SR = 0.5, grid sampler, 2 seeds per point; objectives: maximise final top-1, minimise parameters.
 
-The paper's result (ImageNet, top-5; REFERENCE.md section 4): top-5 accuracy plateaus at 85.6%
+The paper's result (ImageNet, top-5; docs/paper.md): top-5 accuracy plateaus at 85.6%
 with 50% 3x3 filters (13MB); more 3x3 filters make the model larger without improving it. The
 paper's model sizes at SR = 0.5 (fp32 MiB): 1% 5.6, 12.5% 7.4, 25% 9.2, 37.5% 11.1, 50% 13.0,
 62.5% 14.9, 75% 16.7, 87.5% 18.6, 99% 20.3.
@@ -19,7 +19,8 @@ Args: runlocal, dataset, experiment (any experiment file instead), data_dir, see
 """
 
 from sqzexplore.config import parse_arg
-from sqzexplore.sweep.space import categorical, dataset_base, dotted
+from sqzexplore.sweep.space import SweepDefinition, categorical
+from sqzexplore.sweep.sweepfile import dataset_base
 
 PCT_3X3 = (0.01, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 0.99)
 
@@ -30,11 +31,11 @@ def get_sweep(arg=None):
     if a.data_dir:
         fixed["data.data_dir"] = a.data_dir
     values = (0.125, 0.875) if a.runlocal else PCT_3X3
-    return dotted(
+    return SweepDefinition(
         name="pct_3x3",
-        base=dataset_base(a.dataset, a.runlocal, a.experiment),
-        fixed=dotted(fixed),
-        space=dotted({"model.pct_3x3": categorical(*values)}),
+        base=dataset_base(a.dataset, a.runlocal, a.experiment, near=__file__),
+        fixed=fixed,
+        space={"model.pct_3x3": categorical(*values)},
         objectives=[("final.top1", "maximize"), ("complexity.params", "minimize")],
         sampler="grid",
         seeds=1 if a.runlocal else a.seeds,

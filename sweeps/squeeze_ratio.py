@@ -5,7 +5,7 @@ squeeze ratio SR (squeeze filters / expand filters of every Fire module) over th
 values {0.125, 0.25, 0.5, 0.75, 1.0} at pct_3x3 = 0.5, grid sampler, 3 seeds per point;
 objectives: maximise final top-1, minimise parameters.
 
-The paper's result (ImageNet, top-5, SqueezeNet v1.0 macroarchitecture; REFERENCE.md section 4):
+The paper's result (ImageNet, top-5, SqueezeNet v1.0 macroarchitecture; docs/paper.md):
 80.3% at 4.8MB (SR = 0.125) rising to 86.0% at 19MB; accuracy plateaus at SR = 0.75, and
 SR = 1.0 is larger with no gain. The paper's model sizes (fp32 MiB, from the formula): SR 0.125
 4.8, 0.25 7.5, 0.5 13.0, 0.75 18.5, 1.0 24.0 (1,248,424 to 6,279,016 params).
@@ -27,7 +27,8 @@ instead, e.g. for another TFDS dataset), data_dir (TFDS data_dir), seeds (per po
 """
 
 from sqzexplore.config import parse_arg
-from sqzexplore.sweep.space import categorical, dataset_base, dotted
+from sqzexplore.sweep.space import SweepDefinition, categorical
+from sqzexplore.sweep.sweepfile import dataset_base
 
 
 def get_sweep(arg=None):
@@ -36,11 +37,11 @@ def get_sweep(arg=None):
     if a.data_dir:
         fixed["data.data_dir"] = a.data_dir
     ratios = (0.125, 0.5) if a.runlocal else (0.125, 0.25, 0.5, 0.75, 1.0)
-    return dotted(
+    return SweepDefinition(
         name="squeeze_ratio",
-        base=dataset_base(a.dataset, a.runlocal, a.experiment),
-        fixed=dotted(fixed),
-        space=dotted({"model.squeeze_ratio": categorical(*ratios)}),
+        base=dataset_base(a.dataset, a.runlocal, a.experiment, near=__file__),
+        fixed=fixed,
+        space={"model.squeeze_ratio": categorical(*ratios)},
         objectives=[("final.top1", "maximize"), ("complexity.params", "minimize")],
         sampler="grid",
         seeds=1 if a.runlocal else a.seeds,

@@ -15,11 +15,22 @@ from collections import Counter
 
 import optuna
 import yaml
-from test_sweep_support import FAKE_RUNNER, REPO, sr_space, study_of, sweep_cli, write_sweep
+from test_sweep_support import (
+    DIGITS,
+    FAKE_RUNNER,
+    REPO,
+    sr_space,
+    study_of,
+    sweep_cli,
+    write_sweep,
+)
 
+from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import cli
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
+from sqzexplore.sweep.params import categorical, int_range, log_uniform, uniform
+from sqzexplore.sweep.space import Experiment
 
 S = optuna.trial.TrialState
 
@@ -27,7 +38,7 @@ S = optuna.trial.TrialState
 def attempts(sweep_dir: sd.SweepDir) -> dict[str, list[dict]]:
     """trial id -> the fake runner's start records (one per time the run was started)."""
     return {
-        tid: sd.read_jsonl(sweep_dir.trial_dir(tid) / "fake_attempts.jsonl")
+        tid: read_jsonl(sweep_dir.trial_dir(tid) / "fake_attempts.jsonl")
         for tid in sweep_dir.trial_ids()
     }
 
@@ -108,7 +119,7 @@ def test_sigkill_mid_sweep_then_rerun_loses_and_repeats_nothing(tmp_path):
         assert len(starts[tid]) == 1
     eval_steps = [
         r["step"]
-        for r in sd.read_jsonl(sweep_dir.trial_dir(resumed) / "metrics.jsonl")
+        for r in read_jsonl(sweep_dir.trial_dir(resumed) / "metrics.jsonl")
         if r["split"] == "eval"
     ]
     assert eval_steps == sorted(set(eval_steps)) and eval_steps[-1] == 20  # nothing twice
@@ -206,14 +217,9 @@ def test_slurm_dry_run_writes_an_array_of_workers(tmp_path, capsys):
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
     for piece in (
         sys.executable,
-        "-m sqzexplore.sweep.cli run",
-        str(path),
-        "--workers 1",
-        f"--workdir {workdir}",
+        f"-m sqzexplore.sweep.cli worker {workdir}",  # a worker needs only the sweep directory
         "--no-wait",
-        "--progress off",
         f"--runner {FAKE_RUNNER}",
-        f"--storage sqlite:///{tmp_path}/study.db",
         '--worker-name "slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
     ):
         assert piece in srun
@@ -252,13 +258,12 @@ def test_export_wandb_yaml_drives_sqz_train_with_the_design_overrides(tmp_path, 
     path = write_sweep(
         tmp_path / "wb.py",
         name="wbdemo",
-        base={"experiment": "experiments/digits/squeezenet.py", "arg": "runlocal"},
+        base=Experiment("experiments/digits/squeezenet.py", {"runlocal": True}),
         space={
-            "model.squeeze_ratio": {"type": "categorical", "values": [0.125, 0.5]},
-            "model.pool_after": {
-                "type": "categorical",
-                "values": [("fire2", "fire4", "fire6"), ("conv1", "fire4", "fire8")],
-            },
+            "model.squeeze_ratio": categorical(0.125, 0.5),
+            "model.pool_after": categorical(
+                ("fire2", "fire4", "fire6"), ("conv1", "fire4", "fire8")
+            ),
         },
         fixed={"model.pct_3x3": 0.25},
         seeds=2,
@@ -338,7 +343,7 @@ def test_export_wandb_yaml_drives_sqz_train_with_the_design_overrides(tmp_path, 
 
 
 def test_export_wandb_maps_samplers_and_ranges(tmp_path):
-    from sqzexplore.sweep.space import load_sweep
+    from sqzexplore.sweep.sweepfile import load_sweep
     from sqzexplore.sweep.wandb_export import wandb_sweep_config
 
     defn = load_sweep(str(REPO / "sweeps" / "frontier.py"))
@@ -351,11 +356,11 @@ def test_export_wandb_maps_samplers_and_ranges(tmp_path):
         sampler="random",
         n_trials=5,
         seeds=1,
-        base={"experiment": "experiments/digits/squeezenet.py", "arg": None},
+        base=Experiment(DIGITS),
         space={
-            "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-            "model.pct_3x3": {"type": "float", "low": 0.1, "high": 0.9},
-            "model.num_fire": {"type": "int", "low": 4, "high": 8},
+            "optim.lr": log_uniform(1e-4, 1e-1),
+            "model.pct_3x3": uniform(0.1, 0.9),
+            "model.num_fire": int_range(4, 8),
         },
     )
     config = wandb_sweep_config(load_sweep(str(path)), runs_root="r")
@@ -364,7 +369,7 @@ def test_export_wandb_maps_samplers_and_ranges(tmp_path):
     assert p["config.optim.lr"] == {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.1}
     assert p["config.model.pct_3x3"] == {"distribution": "uniform", "min": 0.1, "max": 0.9}
     assert p["config.model.num_fire"] == {"distribution": "int_uniform", "min": 4, "max": 8}
-    assert "--config=experiments/digits/squeezenet.py " in config["command"][3]
+    assert f"--config={DIGITS} " in config["command"][3]
 
 
 def test_status_command(tmp_path, capsys):
@@ -391,7 +396,7 @@ def test_status_command(tmp_path, capsys):
     assert cli.main(["status", str(workdir)]) == 0
     text = capsys.readouterr().out
     assert "3 points x 2 seed(s) = 6 trials" in text
-    assert "3 done, 0 running, 0 failed, 0 pruned, 0 skipped, 3 pending" in text
+    assert "3 done, 0 running, 0 failed, 0 stopped early, 0 skipped, 3 pending" in text
     assert "best final.top1" in text and "ETA" in text
     assert cli.main(["status", str(workdir), "--json"]) == 0
     st = json.loads(capsys.readouterr().out)

@@ -6,15 +6,16 @@ import csv
 import json
 
 import pytest
-from test_sweep_support import write_sweep
+from test_sweep_support import DIGITS, write_sweep
 
-from sqzexplore.config import spec_from_config
 from sqzexplore.models.complexity import complexity
+from sqzexplore.models.spec import SqueezeNetSpec
+from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import cli
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
-from sqzexplore.sweep.engine import trial_config
-from sqzexplore.sweep.space import load_base_config, load_sweep
+from sqzexplore.sweep.params import categorical
+from sqzexplore.sweep.space import EarlyStop, Experiment
 
 
 @pytest.mark.slow
@@ -23,15 +24,15 @@ def test_tiny_digits_sweep_with_the_real_trainer(tmp_path, capsys):
         tmp_path / "tiny.py",
         doc="Tiny digits sweep: does the real trainer run under the sweep engine?",
         name="tiny_digits",
-        base={"experiment": "experiments/digits/squeezenet.py", "arg": "runlocal"},
+        base=Experiment(DIGITS, {"runlocal": True}),
         fixed={
             "num_steps": 4,
             "eval_every_epochs": 0.1,  # evals (and on_eval calls) every 2 steps
             "checkpoint_every_epochs": 0.1,
             "log_every_steps": 2,
         },
-        space={"model.squeeze_ratio": {"type": "categorical", "values": [0.125, 0.25]}},
-        pruner={"name": "median", "n_startup_points": 5, "n_warmup_evals": 0},  # never fires
+        space={"model.squeeze_ratio": categorical(0.125, 0.25)},
+        early_stop=EarlyStop("median", n_startup_points=5, n_warmup_evals=0),  # never fires
     )
     workdir = tmp_path / "w"
     rc = cli.main(["run", str(path), "--workdir", str(workdir), "--progress", "off"])
@@ -40,8 +41,6 @@ def test_tiny_digits_sweep_with_the_real_trainer(tmp_path, capsys):
     sweep_dir = sd.SweepDir(workdir)
     runs = collect_runs(sweep_dir)
     assert [r.state for r in runs] == [sd.COMPLETE, sd.COMPLETE]
-    defn = load_sweep(str(path))
-    base = load_base_config(defn)
     for r in runs:
         trial_dir = sweep_dir.trial_dir(r.trial_id)
         assert {
@@ -51,18 +50,20 @@ def test_tiny_digits_sweep_with_the_real_trainer(tmp_path, capsys):
             "metrics.jsonl",
             "result.json",
             "checkpoints",
-            "sweep_trial.json",
+            "trial.json",
         } <= {p.name for p in trial_dir.iterdir()}
         result = r.result
         assert result["status"] == "complete" and result["steps"] == 4
         assert 0.0 <= result["final"]["top1"] <= 1.0
         assert result["train_time_s"] > 0 and result["compile_time_s"] > 0
         config = json.loads((trial_dir / "config.json").read_text())
-        assert config["model"]["squeeze_ratio"] == r.overrides["model.squeeze_ratio"]
+        # The trainer ran the config registered in trial.json, built once by the engine.
+        assert config == json.loads((trial_dir / "trial.json").read_text())["config"]
+        assert config["model"]["squeeze_ratio"] == r.params["model.squeeze_ratio"]
         assert config["wandb"]["group"] == "tiny_digits" and config["seed"] == 0
-        expected = complexity(spec_from_config(trial_config(base, defn, r.overrides, 0)))
+        expected = complexity(SqueezeNetSpec.from_dict(config["model"]))
         assert result["complexity"]["params"] == expected.params == r.complexity["params"]
-        evals = [m for m in sd.read_jsonl(trial_dir / "metrics.jsonl") if m["split"] == "eval"]
+        evals = [m for m in read_jsonl(trial_dir / "metrics.jsonl") if m["split"] == "eval"]
         assert [m["step"] for m in evals] == [2, 4]
 
     # Rerunning a finished sweep trains nothing.

@@ -1,5 +1,5 @@
-"""The sweep engine with the fake runner, in process: sampling, constraints, failures, pruning,
-claims, crash repair and refusing an edited sweep."""
+"""The sweep engine with the fake runner, in process: sampling, constraints, failures, early
+stopping, claims and refusing an edited sweep."""
 
 from __future__ import annotations
 
@@ -9,18 +9,27 @@ import time
 
 import optuna
 import pytest
+from fake_runner import run_fake_trial
 from test_sweep_support import run_inprocess, sr_space, study_of, write_sweep
 
 from sqzexplore.config import base_config
 from sqzexplore.models.complexity import complexity
 from sqzexplore.models.spec import preset
+from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs, status
 from sqzexplore.sweep.claims import HOST, RunClaims
-from sqzexplore.sweep.engine import SweepEngine, constraint_violations
-from sqzexplore.sweep.fake_runner import run_fake_trial
-from sqzexplore.sweep.space import load_base_config, load_sweep, parse_sweep, point_key
+from sqzexplore.sweep.engine import trial_config
+from sqzexplore.sweep.params import categorical, uniform
+from sqzexplore.sweep.space import (
+    EarlyStop,
+    SweepDefinition,
+    config_json,
+    constraint_violations,
+    point_key,
+)
 from sqzexplore.sweep.sweepdir import SweepChangedError, init_sweep_dir
+from sqzexplore.sweep.sweepfile import load_base_config, load_sweep
 
 S = optuna.trial.TrialState
 
@@ -59,9 +68,9 @@ def test_grid_runs_every_point_once_in_a_seeded_order(tmp_path):
 @pytest.mark.parametrize("sampler", ["random", "nsga2"])
 def test_random_and_nsga2_are_deterministic(tmp_path, sampler):
     space = {
-        "model.squeeze_ratio": {"type": "float", "low": 0.125, "high": 1.0, "step": 0.0625},
-        "model.pct_3x3": {"type": "float", "low": 0.1, "high": 0.9},
-        "model.bypass": ["none", "simple", "complex"],
+        "model.squeeze_ratio": uniform(0.125, 1.0, step=0.0625),
+        "model.pct_3x3": uniform(0.1, 0.9),
+        "model.bypass": categorical("none", "simple", "complex"),
     }
     path = write_sweep(
         tmp_path / "r.py",
@@ -78,7 +87,7 @@ def test_random_and_nsga2_are_deterministic(tmp_path, sampler):
     assert order == points_in_order(b)
     trained = {r.point for r in collect_runs(a)}
     assert len(trained) == 10  # distinct design points; repeats (NSGA-II copies) were skipped
-    repeats = [s for s in sd.read_jsonl(a.skipped) if s["kind"] == "duplicate"]
+    repeats = [s for s in read_jsonl(a.skipped) if s["kind"] == "duplicate"]
     assert len(order) == 10 + len(repeats)
     for _, _, params in order:
         assert 0.1 <= params["model.pct_3x3"] <= 0.9
@@ -96,13 +105,13 @@ def test_constraints_and_invalid_points_are_skipped_before_training(tmp_path):
     )
     sweep_dir, summary = run_inprocess(path, tmp_path / "w")
     assert summary.runs == {"complete": 2}
-    skipped = {s["overrides"]["model.squeeze_ratio"]: s for s in sd.read_jsonl(sweep_dir.skipped)}
+    skipped = {s["params"]["model.squeeze_ratio"]: s for s in read_jsonl(sweep_dir.skipped)}
     assert set(skipped) == {0.01, 0.75, 1.0}
     assert skipped[0.01]["kind"] == "invalid" and "squeeze" in skipped[0.01]["reason"]
     for sr in (0.75, 1.0):
         assert skipped[sr]["kind"] == "constraint"
         assert f"> max_params {limit:,}" in skipped[sr]["reason"]
-    trained = {r.overrides["model.squeeze_ratio"] for r in collect_runs(sweep_dir)}
+    trained = {r.params["model.squeeze_ratio"] for r in collect_runs(sweep_dir)}
     assert trained == {0.125, 0.5}  # nothing over the limit ever got a trial directory
     states = sorted(t.state.name for t in study_of(sweep_dir).get_trials())
     assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL", "FAIL"]
@@ -113,7 +122,7 @@ def test_constraints_and_invalid_points_are_skipped_before_training(tmp_path):
 
 def test_constraint_violations_name_the_limit():
     totals = {"params": 2_000_000, "macs": 5e8, "fp32_mib": 7.6}
-    limits = (("max_params", 1e6), ("max_macs", 1e9), ("max_mib", 4.8))
+    limits = {"max_params": 1e6, "max_macs": 1e9, "max_mib": 4.8}
     reasons = constraint_violations(totals, limits)
     assert reasons == ["params 2,000,000 > max_params 1,000,000", "fp32_mib 7.6 > max_mib 4.8"]
 
@@ -122,15 +131,15 @@ def test_repeated_proposals_are_not_trained_twice(tmp_path):
     # Three distinct points but ten draws: random sampling repeats itself and then gives up.
     path = write_sweep(
         tmp_path / "d.py",
-        space={"model.bypass": ["none", "simple", "complex"]},
+        space={"model.bypass": categorical("none", "simple", "complex")},
         sampler="random",
         n_trials=10,
     )
     sweep_dir, summary = run_inprocess(path, tmp_path / "w")
     assert summary.runs == {"complete": 3}
-    skipped = sd.read_jsonl(sweep_dir.skipped)
+    skipped = read_jsonl(sweep_dir.skipped)
     assert skipped and all(s["kind"] == "duplicate" for s in skipped)
-    assert not (sweep_dir.root / "sampling_exhausted.json").exists()  # known to be finite
+    assert not sweep_dir.exhausted.exists()  # known to be finite
     complete = [t for t in study_of(sweep_dir).get_trials() if t.state == S.COMPLETE]
     # A repeat of a finished point is told its values (so NSGA-II sees it) but never trains.
     assert len({t.user_attrs["point"] for t in complete}) == 3
@@ -141,15 +150,15 @@ def test_repeated_proposals_are_not_trained_twice(tmp_path):
 def test_sampling_stops_when_every_proposal_is_rejected(tmp_path):
     path = write_sweep(
         tmp_path / "x.py",
-        space={"model.squeeze_ratio": {"type": "float", "low": 0.5, "high": 1.0}},
+        space={"model.squeeze_ratio": uniform(0.5, 1.0)},
         sampler="random",
         n_trials=5,
         constraints={"max_params": 1000},
     )
     sweep_dir, summary = run_inprocess(path, tmp_path / "w", max_consecutive_skips=10)
     assert summary.runs == {}
-    assert len(sd.read_jsonl(sweep_dir.skipped)) == 10
-    assert (sweep_dir.root / "sampling_exhausted.json").exists()
+    assert len(read_jsonl(sweep_dir.skipped)) == 10
+    assert sweep_dir.exhausted.exists()
     st = status(sweep_dir)
     assert st["sampling_exhausted"] and st["counts"]["pending"] == 0
 
@@ -164,7 +173,7 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
     sweep_dir, summary = run_inprocess(path, tmp_path / "w", runner=flaky)
     assert summary.runs == {"complete": 4, "failed": 2}
     failed = [r for r in collect_runs(sweep_dir) if r.state == sd.FAILED]
-    assert {r.overrides["model.squeeze_ratio"] for r in failed} == {0.5}
+    assert {r.params["model.squeeze_ratio"] for r in failed} == {0.5}
     assert "non-finite loss" in failed[0].failure["error"]
     assert "Traceback" in failed[0].failure["traceback"]
     trial = next(t for t in study_of(sweep_dir).get_trials() if t.state == S.FAIL)
@@ -175,36 +184,34 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert status(sweep_dir)["counts"]["failed"] == 2
 
 
-def test_median_pruner_stops_hopeless_runs_and_skips_their_other_seeds(tmp_path):
-    # Seed 0 orders the grid 0.5, 1.0, 0.75, 0.25, 0.125: two points finish first, then the
+def test_median_early_stop_ends_hopeless_runs_and_skips_their_other_seeds(tmp_path):
+    # Seed 38 orders the grid 0.75, 1.0, 0.5, 0.125, 0.25: two points finish first, then the
     # smaller (less accurate, in the fake runner) models fall below their median and stop.
     path = write_sweep(
         tmp_path / "p.py",
         space=sr_space(1.0, 0.75, 0.5, 0.25, 0.125),
         seeds=2,
         fixed={"num_steps": 12},
-        pruner={"name": "median", "n_startup_points": 2, "n_warmup_evals": 1},
-        seed=0,
+        early_stop=EarlyStop("median", n_startup_points=2, n_warmup_evals=1),
+        seed=38,
     )
     sweep_dir, summary = run_inprocess(path, tmp_path / "w")
     runs = collect_runs(sweep_dir)
     by_sr = {}
     for r in runs:
-        by_sr.setdefault(r.overrides["model.squeeze_ratio"], []).append(r)
-    for sr in (0.5, 1.0):  # the first two points: nothing to compare with yet
+        by_sr.setdefault(r.params["model.squeeze_ratio"], []).append(r)
+    for sr in (0.75, 1.0):  # the first two points: nothing to compare with yet
         assert [r.state for r in by_sr[sr]] == [sd.COMPLETE, sd.COMPLETE]
-    for sr in (0.25, 0.125):
+    for sr in (0.5, 0.25, 0.125):
         first, second = sorted(by_sr[sr], key=lambda r: r.seed)
-        assert first.state == sd.PRUNED
-        assert first.result["status"] == "pruned" and first.result["steps"] == 6
-        assert second.state == sd.SKIPPED  # not worth training once its point was pruned
-    assert summary.runs.get("pruned", 0) >= 2
+        assert first.state == sd.STOPPED and first.result["steps"] == 6
+        assert second.state == sd.SKIPPED  # not worth training once its point was stopped
+    assert summary.runs == {"complete": 4, "stopped": 3}
     trials = {t.params["model.squeeze_ratio"]: t for t in study_of(sweep_dir).get_trials()}
-    assert trials[0.125].state == S.PRUNED and trials[0.25].state == S.PRUNED
-    assert trials[0.5].state == S.COMPLETE and trials[1.0].state == S.COMPLETE
+    assert {sr for sr, t in trials.items() if t.state == S.PRUNED} == {0.5, 0.25, 0.125}
+    assert trials[0.75].state == S.COMPLETE and trials[1.0].state == S.COMPLETE
     c = status(sweep_dir)["counts"]
-    assert c["pending"] == 0 and c["running"] == 0
-    assert c["pruned"] == sum(r.state == sd.PRUNED for r in runs) >= 2
+    assert c["pending"] == 0 and c["running"] == 0 and c["stopped"] == 3 and c["skipped"] == 3
 
 
 def test_on_eval_is_only_passed_to_runners_that_take_it(tmp_path):
@@ -217,7 +224,7 @@ def test_on_eval_is_only_passed_to_runners_that_take_it(tmp_path):
     path = write_sweep(
         tmp_path / "o.py",
         space=sr_space(0.25, 0.5),
-        pruner={"name": "median", "n_startup_points": 1, "n_warmup_evals": 0},
+        early_stop=EarlyStop("median", n_startup_points=1, n_warmup_evals=0),
     )
     _, summary = run_inprocess(path, tmp_path / "w", runner=plain)
     assert len(seen) == 2 and summary.runs == {"complete": 2}
@@ -257,23 +264,6 @@ def test_an_edited_sweep_is_refused_and_new_archives(tmp_path):
     init_sweep_dir(tmp_path / "w", defn, base, sweep_file=str(path), arg=None, storage=None)
 
 
-def test_a_proposal_left_unregistered_by_a_kill_is_registered_later(tmp_path):
-    path = write_sweep(tmp_path / "k.py", space=sr_space(0.125, 0.25, 0.5))
-    defn = load_sweep(str(path))
-    base = load_base_config(defn)
-    sweep_dir, _ = init_sweep_dir(
-        tmp_path / "w", defn, base, sweep_file=str(path), arg=None, storage=None
-    )
-    engine = SweepEngine(sweep_dir, defn, base, worker="killed")
-    engine._ask(0)  # asked, then "killed" before registering its runs
-    orphan = study_of(sweep_dir).get_trials()[0]
-    assert orphan.state == S.RUNNING and "point" not in orphan.user_attrs
-    _, summary = run_inprocess(path, tmp_path / "w")
-    assert summary.runs == {"complete": 3}
-    trials = study_of(sweep_dir).get_trials()
-    assert len(trials) == 3 and all(t.state == S.COMPLETE for t in trials)
-
-
 def test_claims_belong_to_live_processes_only(tmp_path):
     claims = RunClaims(tmp_path / "claims", stale_after_s=60)
     mine = claims.try_claim("p1-s0", "w")
@@ -297,22 +287,51 @@ def test_claims_belong_to_live_processes_only(tmp_path):
     assert set(claims.live_claims()) == {"p1-s0", "p2-s0", "p3-s0"}
 
 
-def test_trial_config_carries_design_seed_and_wandb_grouping(tmp_path):
-    from sqzexplore.sweep.engine import trial_config
-
-    defn = parse_sweep(
-        {
-            "name": "grp",
-            "space": {"model.pool_after": [["fire2", "fire4"]]},
-            "objectives": [["final.top1", "maximize"]],
-            "tags": ["ablation"],
-        }
+def test_trial_config_carries_design_seed_and_wandb_grouping():
+    defn = SweepDefinition(
+        name="grp",
+        space={"model.pool_after": categorical(("fire2", "fire4"))},
+        objectives=[("final.top1", "maximize")],
+        tags=["ablation"],
     )
-    c = trial_config(base_config(), defn, {"model.pool_after": ["fire2", "fire4"]}, 3, "p1-s3")
-    assert c.model.pool_after == ("fire2", "fire4") and c.seed == 3
-    assert c.wandb.group == "grp" and c.wandb.name == "grp/p1-s3"
-    assert {"sweep", "grp", "ablation"} <= set(c.wandb.tags)
-    assert c.distributed.initialize == "false" and c.progress == "false"
+    base = config_json(base_config())
+    c = trial_config(base, defn, {"model.pool_after": ("fire2", "fire4")}, 3, "p1-s3")
+    assert c["model"]["pool_after"] == ["fire2", "fire4"] and c["seed"] == 3
+    assert c["wandb"]["group"] == "grp" and c["wandb"]["name"] == "grp/p1-s3"
+    assert {"sweep", "grp", "ablation"} <= set(c["wandb"]["tags"])
+    assert c["distributed"]["initialize"] == "false" and c["progress"] == "false"
+    assert base["seed"] == 0 and base["model"]["pool_after"] != ["fire2", "fire4"]  # a copy
     assert point_key({"model.pool_after": ("fire2", "fire4")}) == point_key(
         {"model.pool_after": ["fire2", "fire4"]}
     )
+
+
+def test_each_run_gets_its_whole_config_at_registration(tmp_path):
+    """trial.json holds the run's full config, and the runner is given exactly that config."""
+    seen = {}
+
+    def recording(config, workdir, *, on_eval=None):
+        seen[os.path.basename(workdir)] = config.to_dict()
+        return run_fake_trial(config, workdir, on_eval=on_eval)
+
+    path = write_sweep(
+        tmp_path / "t.py",
+        space={
+            **sr_space(0.125, 0.25),
+            "model.pool_after": categorical(
+                ("fire3", "fire5", "fire7"), ("fire2", "fire4", "fire6")
+            ),
+        },
+        seeds=[3, 5],
+    )
+    sweep_dir, summary = run_inprocess(path, tmp_path / "w", runner=recording)
+    assert summary.runs == {"complete": 8}
+    for tid in sweep_dir.trial_ids():
+        record = json.loads((sweep_dir.trial_dir(tid) / sd.TRIAL_FILE).read_text())
+        config = record["config"]
+        assert json.loads(json.dumps(seen[tid])) == config
+        assert config["seed"] == record["seed"] and tid.endswith(f"-s{record['seed']}")
+        for key, value in record["params"].items():
+            section, field = key.split(".")
+            assert config[section][field] == value
+        assert config["num_steps"] == 8  # the sweep's fixed overrides

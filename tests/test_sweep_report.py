@@ -8,6 +8,7 @@ import math
 import statistics
 
 import pytest
+from fake_runner import run_fake_trial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sweep_support import run_inprocess, sr_space, write_sweep
@@ -17,12 +18,12 @@ from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import (
     collect_runs,
     dominates,
-    pareto_front_2d,
-    pareto_mask,
+    frontier_rows,
+    pareto_front,
     union_seconds,
 )
-from sqzexplore.sweep.fake_runner import run_fake_trial
 from sqzexplore.sweep.metric_table import METRICS, metric
+from sqzexplore.sweep.params import categorical
 from sqzexplore.sweep.report import build_report
 
 
@@ -44,13 +45,17 @@ small_values = st.integers(0, 6).map(float)  # few distinct values: many ties
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(small_values, small_values), max_size=30))
-def test_pareto_front_2d_matches_brute_force(points):
+def test_frontier_matches_brute_force(points):
     acc = [p[0] for p in points]
     size = [p[1] for p in points]
-    front = pareto_front_2d(acc, size)
+    assert pareto_front(points, [True, False]) == brute_front(acc, size)
+    rows = [
+        {"state": "complete", "i": i, "final.top1.mean": a, "complexity.params": s}
+        for i, (a, s) in enumerate(points)
+    ]
+    front = [r["i"] for r in frontier_rows(rows, "complexity.params")]
     assert sorted(front) == brute_front(acc, size)
     assert [size[i] for i in front] == sorted(size[i] for i in front)  # ordered by size
-    assert pareto_mask(list(points), [True, False]) == [i in front for i in range(len(points))]
 
 
 @settings(max_examples=100, deadline=None)
@@ -58,12 +63,12 @@ def test_pareto_front_2d_matches_brute_force(points):
     st.lists(st.tuples(small_values, small_values, small_values), min_size=1, max_size=20),
     st.tuples(st.booleans(), st.booleans(), st.booleans()),
 )
-def test_pareto_mask_properties(points, maximize):
-    mask = pareto_mask(points, maximize)
-    assert any(mask)  # a non-empty set always has a non-dominated point
-    for i, on_front in enumerate(mask):
+def test_pareto_front_properties(points, maximize):
+    front = pareto_front(points, maximize)
+    assert front  # a non-empty set always has a non-dominated point
+    for i in range(len(points)):
         dominated = any(dominates(points[j], points[i], maximize) for j in range(len(points)))
-        assert on_front == (not dominated)
+        assert (i in front) == (not dominated)
 
 
 def test_union_seconds():
@@ -98,7 +103,10 @@ def recorded_sweep(tmp_path_factory):
     path = write_sweep(
         tmp / "r.py",
         name="report_demo",
-        space={**sr_space(0.125, 0.25, 0.5, 1.0), "model.bypass": ["none", "simple", "complex"]},
+        space={
+            **sr_space(0.125, 0.25, 0.5, 1.0),
+            "model.bypass": categorical("none", "simple", "complex"),
+        },
         seeds=2,
         constraints={"max_mib": 5.6},  # rejects SR 1.0 with complex bypass (5.8 MiB)
     )

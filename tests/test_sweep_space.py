@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from test_sweep_support import REPO, sr_space, write_sweep
+from test_sweep_support import FAKE_RUNNER, REPO, TESTS, sr_space, write_sweep
 
 from sqzexplore.config import base_config
 from sqzexplore.sweep import cli
 from sqzexplore.sweep.space import (
+    EarlyStop,
+    SweepDefinition,
     SweepError,
     categorical,
-    check_against_config,
-    dotted,
     fingerprint,
     int_range,
-    load_base_config,
-    load_sweep,
     log_uniform,
-    parse_sweep,
     point_key,
     uniform,
 )
+from sqzexplore.sweep.sweepfile import check_against_config, load_base_config, load_sweep
 
 SHIPPED = ("squeeze_ratio", "pct_3x3", "downsampling", "bypass", "frontier")
 
@@ -39,37 +42,37 @@ def minimal(**changes):
 
 
 def test_parse_builds_the_definition():
-    d = parse_sweep(
-        dotted(
-            name="demo",
-            space=dotted(
-                {
-                    "model.squeeze_ratio": categorical(0.125, 0.5),
-                    "model.pool_after": categorical(("fire3", "fire5"), ("fire4", "fire8")),
-                    "optim.lr": log_uniform(1e-3, 1e-1, num=3),
-                }
-            ),
-            objectives=[("final.top1", "maximize"), ("complexity.macs", "minimize")],
-            seeds=2,
-            constraints={"max_mib": 3.0},
-        )
+    d = SweepDefinition(
+        name="demo",
+        space={
+            "model.squeeze_ratio": categorical(0.125, 0.5),
+            "model.pool_after": categorical(("fire3", "fire5"), ("fire4", "fire8")),
+            "optim.lr": log_uniform(1e-3, 1e-1, num=3),
+        },
+        objectives=[("final.top1", "maximize"), ("complexity.macs", "minimize")],
+        seeds=2,
+        constraints={"max_mib": 3.0},
     )
     assert d.keys == ("model.pool_after", "model.squeeze_ratio", "optim.lr")  # sorted
     assert d.seeds == (0, 1)
     assert d.grid_size == 2 * 2 * 3
     assert d.planned_points == 12
     pool = d.param("model.pool_after")
-    assert pool.labels == ("fire3,fire5", "fire4,fire8")
+    # One typed value travels; its only other form is the Optuna label, and it decodes back.
+    assert [pool.encode(v) for v in pool.values] == ["fire3,fire5", "fire4,fire8"]
     assert pool.decode("fire4,fire8") == ("fire4", "fire8")
     assert d.param("optim.lr").grid_values() == pytest.approx((1e-3, 1e-2, 1e-1))
-    assert d.constraints == (("max_mib", 3.0),)
-    # The JSON form parses back to the same definition.
-    assert parse_sweep(d.to_dict()) == d
+    assert d.constraints == {"max_mib": 3.0}
+    points = d.grid_points()
+    assert len(points) == 12 and len({point_key(p) for p in points}) == 12
+    assert points == d.grid_points()  # the order is seeded
+    # The JSON form (sweep.json) gives back the same definition.
+    assert SweepDefinition.from_dict(json.loads(json.dumps(d.to_dict()))) == d
 
 
 def test_grid_values_of_ranges():
-    d = parse_sweep(
-        minimal(
+    d = SweepDefinition(
+        **minimal(
             space={
                 "model.squeeze_ratio": uniform(0.25, 1.0, step=0.25),
                 "model.num_fire": int_range(4, 8, step=2),
@@ -95,10 +98,11 @@ def test_grid_values_of_ranges():
         ({"seeds": [1, 1]}, ["seeds repeat"]),
         ({"constraints": {"max_flops": 3}}, ["max_flops", "max_macs"]),
         ({"constraints": {"max_mib": -1}}, ["max_mib", "positive"]),
-        ({"pruner": {"name": "hyperband"}}, ["pruner.name", "median"]),
+        ({"early_stop": EarlyStop("hyperband")}, ["early_stop.rule", "median"]),
+        ({"early_stop": EarlyStop("median", n_warmup_evals=-1)}, ["n_warmup_evals", ">= 0"]),
         ({"name": "a b"}, ["sweep name"]),
-        ({"spaces": {}}, ["unknown sweep field", "did you mean 'space'"]),
-        ({"space": {"squeeze_ratio": [0.1]}}, ["dotted config path"]),
+        ({"space": {"squeeze_ratio": categorical(0.1)}}, ["dotted config path"]),
+        ({"space": {"model.squeeze_ratio": [0.1]}}, ["categorical(...)", "[0.1]"]),
         ({"space": {"model.squeeze_ratio": uniform(0.1, 0.5)}}, ["grid sampler", "num="]),
         ({"space": {"model.squeeze_ratio": uniform(0.5, 0.1)}}, ["low < high"]),
         ({"space": {"optim.lr": log_uniform(0.0, 0.1, num=2)}}, ["log range needs low > 0"]),
@@ -109,38 +113,38 @@ def test_grid_values_of_ranges():
 )
 def test_bad_definitions_are_rejected_with_the_field_named(changes, words):
     with pytest.raises(SweepError) as e:
-        parse_sweep(minimal(**changes))
+        SweepDefinition(**minimal(**changes))
     for w in words:
         assert w in str(e.value)
 
 
 def test_keys_and_values_are_checked_against_the_base_config():
     config = base_config()
-    bad_key = parse_sweep(minimal(space={"model.squeez_ratio": categorical(0.1)}))
+    bad_key = SweepDefinition(**minimal(space={"model.squeez_ratio": categorical(0.1)}))
     with pytest.raises(SweepError) as e:
         check_against_config(bad_key, config)
     assert "model.squez_ratio" not in str(e.value)
     assert "'model.squeez_ratio'" in str(e.value)
     assert "did you mean 'model.squeeze_ratio'" in str(e.value)
 
-    bad_group = parse_sweep(minimal(space={"optimizer.lr": categorical(0.1)}))
+    bad_group = SweepDefinition(**minimal(space={"optimizer.lr": categorical(0.1)}))
     with pytest.raises(SweepError, match="keys under the config: .*optim"):
         check_against_config(bad_group, config)
 
-    bad_type = parse_sweep(minimal(space={"model.bypass": categorical(3)}))
+    bad_type = SweepDefinition(**minimal(space={"model.bypass": categorical(3)}))
     with pytest.raises(SweepError, match="model.bypass"):
         check_against_config(bad_type, config)
 
     with pytest.raises(SweepError, match="sweep fixed: .*optim.lrr"):
-        load_base_config(parse_sweep(minimal(fixed={"optim.lrr": 0.1})))
+        load_base_config(SweepDefinition(**minimal(fixed={"optim.lrr": 0.1})))
 
 
 def test_fingerprint_and_point_key_are_stable():
     config = base_config()
-    a = parse_sweep(minimal(), question="one")
-    b = parse_sweep(minimal(), question="edited docstring only")
+    a = SweepDefinition(**minimal(), question="one")
+    b = SweepDefinition(**minimal(), question="edited docstring only")
     assert fingerprint(a, config) == fingerprint(b, config)
-    c = parse_sweep(minimal(space=sr_space(0.125, 0.5)))
+    c = SweepDefinition(**minimal(space=sr_space(0.125, 0.5)))
     assert fingerprint(a, config) != fingerprint(c, config)
     config.optim.lr = 0.123  # the base experiment changed: a different sweep
     assert fingerprint(a, config) != fingerprint(a, base_config())
@@ -161,13 +165,25 @@ def test_load_sweep_requires_docstring_and_get_sweep(tmp_path):
         load_sweep(str(no_fn))
     with pytest.raises(SweepError, match="does not exist"):
         load_sweep(str(tmp_path / "missing.py"))
+    not_typed = tmp_path / "plain.py"
+    not_typed.write_text('"""A question."""\n\ndef get_sweep(arg=None):\n    return {}\n')
+    with pytest.raises(SweepError, match="must return a SweepDefinition"):
+        load_sweep(str(not_typed))
+    broken = tmp_path / "broken.py"
+    broken.write_text('"""A question."""\n\ndef get_sweep(arg=None)\n    return 1\n')
+    with pytest.raises(SweepError, match="broken.py line 3: syntax error"):
+        load_sweep(str(broken))
 
 
 @pytest.mark.parametrize(
     "fields, words",
     [
-        (dict(space={"model.squeez_ratio": [0.1]}), ["model.squeez_ratio", "did you mean"]),
+        (
+            dict(space={"model.squeez_ratio": categorical(0.1)}),
+            ["model.squeez_ratio", "did you mean"],
+        ),
         (dict(space={}), ["space is empty"]),
+        (dict(spaces={}), ["unknown sweep field 'spaces'", "did you mean 'space'"]),
         (
             dict(space=sr_space(0.1), objectives=[("final.top11", "maximize")]),
             ["final.top11", "unknown", "did you mean 'final.top1'"],
@@ -184,7 +200,7 @@ def test_cli_rejects_bad_sweep_files(tmp_path, capsys, fields, words):
             "--workdir",
             str(tmp_path / "w"),
             "--runner",
-            "sqzexplore.sweep.fake_runner:run_fake_trial",
+            FAKE_RUNNER,
             "--progress",
             "off",
         ]
@@ -216,11 +232,11 @@ def test_shipped_sweeps_load_and_fit_their_base_experiment(name, arg):
     assert "paper" in defn.question  # quotes the paper's numbers, labelled as the paper's
     assert "sqz sweep run sweeps/" in defn.question  # and the command
     if arg == "runlocal":
-        assert defn.base_arg == "runlocal"
+        assert defn.base.arg == {"runlocal": True} and defn.base.arg_string() == "runlocal"
         full = load_sweep(str(path))
         assert defn.planned_points * len(defn.seeds) < full.planned_points * len(full.seeds)
     expected_base = "cifar10" if arg and "cifar10" in arg else "digits"
-    assert Path(defn.base_experiment).parts[1] == expected_base
+    assert Path(defn.base.path).parts[1] == expected_base
 
 
 def test_an_unknown_dataset_names_the_ones_that_exist():
@@ -256,7 +272,7 @@ def test_shipped_sweeps_answer_the_papers_questions():
         ("complexity.params", "minimize"),
     ]
     limited = load_sweep(str(REPO / "sweeps/frontier.py"), "max_mib=1.5")
-    assert limited.constraints == (("max_mib", 1.5),)
+    assert limited.constraints == {"max_mib": 1.5}
     # The tuple literal of a pooling option is what `sqz train --config.model.pool_after=` reads.
     assert ast.literal_eval(repr(options[0])) == options[0]
 
@@ -269,10 +285,35 @@ def test_shipped_sweeps_run_end_to_end_in_runlocal_mode(tmp_path, name, capsys):
     workdir = tmp_path / name
     sweep = str(REPO / "sweeps" / f"{name}.py")
     common = ["--workdir", str(workdir), "--progress", "off"]
-    runner = ["--runner", "sqzexplore.sweep.fake_runner:run_fake_trial"]
+    runner = ["--runner", FAKE_RUNNER]
     assert cli.main(["run", sweep, "--arg", "runlocal", *common, *runner]) == 0
     out = capsys.readouterr().out
     assert " 0 failed" in out and " 0 pending" in out
     assert cli.main(["report", str(workdir), "--quiet"]) == 0
     assert (workdir / "report" / "report.html").exists()
     assert (workdir / "report" / "frontier.csv").read_text().count("\n") >= 2
+
+
+def test_sweeps_run_from_a_copy_of_the_package_and_another_directory(tmp_path):
+    """As after a non-editable install: the package lives elsewhere (site-packages) and the
+    command runs from another directory; the sweep file still finds its base experiment next to
+    itself, not through the package's own path."""
+    site = tmp_path / "site"
+    shutil.copytree(
+        REPO / "sqzexplore", site / "sqzexplore", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "sqzexplore.sweep.cli", "run", str(REPO / "sweeps/bypass.py")]
+        + ["--arg", "runlocal", "--workdir", "w", "--runner", FAKE_RUNNER, "--progress", "off"],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{TESTS}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 done, 0 running, 0 failed" in done.stdout
+    state = json.loads((elsewhere / "w" / "sweep.json").read_text())
+    assert state["definition"]["base"]["path"] == "experiments/digits/frontier.py"

@@ -1,22 +1,27 @@
 """Sweeps: map the accuracy-vs-size (and -vs-compute) frontier of the SqueezeNet design space.
 
-A sweep (`sweeps/<name>.py`, see `space.py`) is a base experiment, a search space over config
-fields, objectives and a budget. `sqz sweep run` proposes design points with Optuna (grid, random
-or NSGA-II), rejects the ones over the analytic size limits before anything trains, and trains
-each point's seeds as ordinary runs in `DIR/trials/<point>-s<seed>/`; `sqz sweep status` and
-`sqz sweep report` read those run directories (the source of truth) into tables, Pareto fronts,
-figures and a self-contained HTML page.
+A sweep (`sweeps/<name>.py`, see `space.py`) is a typed `SweepDefinition`: a base experiment, a
+search space over config fields, objectives and a budget. `sqz sweep run` proposes design points
+with Optuna (grid, random or NSGA-II), rejects the ones over the analytic size limits before
+anything trains, builds each run's full config once and trains each point's seeds as ordinary
+runs in `DIR/trials/<point>-s<seed>/`; `sqz sweep status` and `sqz sweep report` read those run
+directories (the source of truth) into tables, Pareto fronts, figures and a self-contained HTML
+page.
 
-Modules: space (definitions), design (SqueezeNet pooling ladders shared by sweep files), engine
-(Optuna + scheduling), claims (lock, claims, heartbeats), sweepdir (layout and run states),
-workers (the worker loop), pruning, launch (local processes, GPUs, progress bar), slurm,
-wandb_export, analyze, figures, report, metric_table, fake_runner (a stand-in trainer for
-tests), cli.
+A design point is a dict {dotted config key: value} from the sweep file's builders to the run's
+config; its only other form is Optuna's (params.py encodes it at the Optuna boundary).
+
+Modules: params (search parameters), space (the definition), sweepfile (loading sweep files and
+their base experiment), design (SqueezeNet pooling ladders shared by sweep files), engine
+(Optuna + scheduling + registration), claims (lock, claims, heartbeats), sweepdir (layout and
+run states), workers (the worker loop), early_stop (the median rule), launch (local processes,
+GPUs, progress bar), slurm, wandb_export, analyze, figures, report, metric_table, cli.
 
 The trial runner is injectable (`--runner module:function`); the default is the real trainer,
 `sqzexplore.train.train_and_evaluate(config, workdir, *, on_eval=None)`.
 
-Stop and restart: kill `sqz sweep run` at any moment (even SIGKILL) and run it again. Finished
+Stop and restart: kill `sqz sweep run` at any moment (even SIGKILL) and run it again (see
+engine.py for the registration steps a kill can split). Finished
 trials are recognised by their result.json and never rerun; a trial whose worker died (its claim's
 process is gone, or on another host its heartbeat is older than --stale-after-s) is handed out
 again and resumes from its own checkpoints; the Optuna study is told each design point once. A
@@ -24,7 +29,8 @@ sweep file edited after trials exist is refused (its fingerprint is stored in DI
 use --new to archive the old directory, or a new --workdir.
 
 Several processes, one machine: run `sqz sweep run SWEEP --workers N`, or start
-`sqz sweep run SWEEP` again in another shell; they share the work through DIR/sweep.lock.
+`sqz sweep run SWEEP` (or `sqz sweep worker DIR`) again in another shell; they share the work
+through DIR/sweep.lock.
 
 Many machines, shared filesystem (the simple setup): put DIR on a filesystem all nodes mount with
 working flock (NFSv4, NFSv3 with lockd, Lustre with -o flock, GPFS, BeeGFS) and run workers

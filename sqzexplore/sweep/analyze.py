@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sqzexplore.rundir import RESULT_FILE, read_json, read_jsonl, read_result
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import RunClaims, record_is_live
 from sqzexplore.sweep.metric_table import ACCURACY, RESULT_METRICS, SIZE_METRICS, metric
-from sqzexplore.sweep.space import SweepDefinition, value_label
+from sqzexplore.sweep.space import SweepDefinition
 
 SKIP_KINDS = ("constraint", "invalid", "duplicate", "interrupted")
 
@@ -30,8 +31,8 @@ class RunRecord:
     point: str
     number: int
     seed: int
-    overrides: dict[str, Any]
-    design: dict[str, Any]
+    params: dict[str, Any]  # the design point's config values (JSON: tuples as lists)
+    design: dict[str, Any]  # the same as display labels (tuples as 'a,b,c')
     complexity: dict[str, Any]
     state: str
     result: dict[str, Any] | None
@@ -42,34 +43,34 @@ class RunRecord:
 
 
 def collect_runs(sweep_dir: sd.SweepDir, stale_after_s: float = 300.0) -> list[RunRecord]:
-    """Every registered run with its state (complete/pruned/failed/skipped/running/pending)."""
+    """Every registered run with its state (complete/stopped/failed/skipped/running/pending)."""
     claims = RunClaims(sweep_dir.claims, stale_after_s)
     live = claims.live_claims()
     runs = []
     for tid in sweep_dir.trial_ids():
         trial_dir = sweep_dir.trial_dir(tid)
-        record = sd.read_json(trial_dir / sd.TRIAL_FILE)
+        record = read_json(trial_dir / sd.TRIAL_FILE)
         if record is None:
             continue
         state = sd.run_state(trial_dir)
         if state is None:
             state = sd.RUNNING if tid in live else sd.PENDING
-        result = sd.read_json(trial_dir / "result.json")
+        result = read_result(trial_dir)
         finished = None
         if result is not None:
-            finished = (trial_dir / "result.json").stat().st_mtime
+            finished = (trial_dir / RESULT_FILE).stat().st_mtime
         runs.append(
             RunRecord(
                 trial_id=tid,
                 point=record["point"],
                 number=int(record.get("number", -1)),
                 seed=int(record["seed"]),
-                overrides=record.get("overrides", {}),
+                params=record.get("params", {}),
                 design=record.get("design", {}),
                 complexity=record.get("complexity", {}),
                 state=state,
                 result=result,
-                failure=sd.read_json(trial_dir / sd.FAILED_FILE),
+                failure=read_json(trial_dir / sd.FAILED_FILE),
                 owner=live.get(tid),
                 registered=record.get("registered"),
                 finished=finished,
@@ -81,7 +82,7 @@ def collect_runs(sweep_dir: sd.SweepDir, stale_after_s: float = 300.0) -> list[R
 def skipped_points(sweep_dir: sd.SweepDir) -> list[dict[str, Any]]:
     """Design points that were never trained, with the reason (one entry per Optuna trial)."""
     by_number = {}
-    for record in sd.read_jsonl(sweep_dir.skipped):
+    for record in read_jsonl(sweep_dir.skipped):
         by_number[record.get("number")] = record
     return [by_number[k] for k in sorted(by_number, key=lambda n: (n is None, n))]
 
@@ -92,8 +93,8 @@ def _point_state(states: list[str]) -> str:
         return sd.COMPLETE
     if sd.FAILED in states:
         return sd.FAILED
-    if sd.PRUNED in states and all(s in sd.FINISHED_STATES for s in states):
-        return sd.PRUNED
+    if sd.STOPPED in states and all(s in sd.FINISHED_STATES for s in states):
+        return sd.STOPPED
     if sd.RUNNING in states:
         return sd.RUNNING
     return sd.PENDING
@@ -111,7 +112,7 @@ def point_rows(runs: Sequence[RunRecord], defn: SweepDefinition) -> list[dict[st
         complete = [r for r in group if r.state == sd.COMPLETE and r.result is not None]
         row: dict[str, Any] = {"point": point, "trial_number": first.number}
         for key in defn.keys:
-            row[key] = first.design.get(key, value_label(first.overrides.get(key)))
+            row[key] = first.design.get(key)
         row["state"] = _point_state([r.state for r in group])
         row["seeds"] = len(group)
         row["seeds_complete"] = len(complete)
@@ -152,32 +153,14 @@ def dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) 
     return better
 
 
-def pareto_mask(values: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[bool]:
-    """Non-dominated points among `values` (any number of objectives; O(n^2))."""
+def pareto_front(values: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[int]:
+    """Indices of the non-dominated points among `values` (any number of objectives; O(n^2),
+    plenty for the thousands of points a sweep trains)."""
     return [
-        not any(dominates(other, v, maximize) for j, other in enumerate(values) if j != i)
+        i
         for i, v in enumerate(values)
+        if not any(dominates(other, v, maximize) for j, other in enumerate(values) if j != i)
     ]
-
-
-def pareto_front_2d(accuracy: Sequence[float], size: Sequence[float]) -> list[int]:
-    """Indices of the accuracy-vs-size front (maximise accuracy, minimise size), by size.
-
-    O(n log n): sort by size; a point is on the front when no smaller point is at least as
-    accurate, and no point of the same size is more accurate."""
-    order = sorted(range(len(size)), key=lambda i: (size[i], -accuracy[i]))
-    front, best_smaller = [], -math.inf
-    i = 0
-    while i < len(order):
-        j = i
-        while j < len(order) and size[order[j]] == size[order[i]]:
-            j += 1
-        top = accuracy[order[i]]  # the best accuracy at this size (sorted descending)
-        if top > best_smaller:
-            front += [k for k in order[i:j] if accuracy[k] == top]
-            best_smaller = top
-        i = j
-    return front
 
 
 def frontier_rows(
@@ -191,9 +174,10 @@ def frontier_rows(
         and row_value(r, accuracy_metric) is not None
         and row_value(r, size_metric) is not None
     ]
-    acc = [row_value(r, accuracy_metric) for r in candidates]
-    size = [row_value(r, size_metric) for r in candidates]
-    return [candidates[i] for i in pareto_front_2d(acc, size)]
+    points = [(row_value(r, accuracy_metric), row_value(r, size_metric)) for r in candidates]
+    front = pareto_front(points, (True, False))
+    front.sort(key=lambda i: (points[i][1], -points[i][0]))
+    return [candidates[i] for i in front]
 
 
 # ------------------------------------------------------------------------------ time
@@ -203,7 +187,7 @@ def worker_sessions(sweep_dir: sd.SweepDir, stale_after_s: float = 300.0) -> lis
     if not sweep_dir.workers.exists():
         return out
     for path in sorted(sweep_dir.workers.glob("*.json")):
-        record = sd.read_json(path)
+        record = read_json(path)
         if not record or "started" not in record:
             continue
         mtime = path.stat().st_mtime
@@ -266,16 +250,17 @@ def status(sweep_dir: sd.SweepDir) -> dict[str, Any]:
     skipped = skipped_points(sweep_dir)
     skip_counts = {k: sum(s.get("kind") == k for s in skipped) for k in SKIP_KINDS}
     registered_points = len(rows)
-    exhausted = (sweep_dir.root / "sampling_exhausted.json").exists()
+    exhausted = sweep_dir.exhausted.exists()
     planned_points = defn.planned_points
     if defn.finite_size is not None:
         rejected = {s.get("point") for s in skipped if s.get("kind") in ("constraint", "invalid")}
-        interrupted = skip_counts["interrupted"] if defn.sampler == "grid" else 0
-        planned_points = min(planned_points, defn.finite_size - len(rejected) - interrupted)
+        planned_points = min(planned_points, defn.finite_size - len(rejected))
     if exhausted:
         planned_points = registered_points
     planned_points = max(planned_points, registered_points)
-    counts = {s: 0 for s in (sd.COMPLETE, sd.RUNNING, sd.PENDING, sd.FAILED, sd.PRUNED, sd.SKIPPED)}
+    counts = {
+        s: 0 for s in (sd.COMPLETE, sd.RUNNING, sd.PENDING, sd.FAILED, sd.STOPPED, sd.SKIPPED)
+    }
     for r in runs:
         counts[r.state] += 1
     unregistered_runs = (planned_points - registered_points) * len(defn.seeds)
@@ -298,7 +283,7 @@ def status(sweep_dir: sd.SweepDir) -> dict[str, Any]:
             }
     objective_values = [[row_value(r, o.metric) for o in defn.objectives] for r in complete_rows]
     usable = [v for v in objective_values if all(x is not None for x in v)]
-    front = sum(pareto_mask(usable, [o.maximize for o in defn.objectives])) if usable else 0
+    front = len(pareto_front(usable, [o.maximize for o in defn.objectives]))
 
     times = sweep_times(sweep_dir, runs)
     durations = [
@@ -346,7 +331,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"sweep {st['name']} ({st['sampler']}, {st['planned_points']} points x {st['seeds']} "
         f"seed(s) = {st['total_runs']} trials) in {st['directory']}",
         f"trials: {c['complete']} done, {c['running']} running, {c['failed']} failed, "
-        f"{c['pruned']} pruned, {c['skipped']} skipped, {c['pending']} pending",
+        f"{c['stopped']} stopped early, {c['skipped']} skipped, {c['pending']} pending",
     ]
     sk = {k: v for k, v in st["skipped_points"].items() if v}
     if sk:

@@ -1,25 +1,29 @@
 """Who is running what: the sweep lock, per-run claim files with heartbeats, liveness checks.
 
 Every scheduling decision (ask Optuna for a point, register its runs, claim a run, tell Optuna a
-result) happens under one exclusive `SweepLock` on `<sweep>/sweep.lock`, so two `sqz sweep run`
-processes, or SLURM array tasks on several machines, never hand out the same run. The lock is a
-`fcntl.flock`, released by the kernel when its holder dies, even by SIGKILL; the same class locks
-Optuna's journal file. On a shared filesystem flock must work across machines (local disks, NFSv4,
-NFSv3 with lockd, Lustre mounted with `-o flock`; not Lustre `localflock`).
+result) happens under one exclusive lock on `<sweep>/sweep.lock`, so two `sqz sweep run`
+processes, or SLURM array tasks on several machines, never hand out the same run. The lock is
+`filelock.UnixFileLock`: a `flock` on a file that stays in place, released by the kernel when its
+holder dies, even by SIGKILL, so a lock is never left stale; the same kind of lock guards Optuna's
+journal file. Its fallback to a "soft" marker-file lock on filesystems without flock is turned
+off: a marker left by a SIGKILLed process on another host would block the sweep until someone
+deletes it, so such a filesystem is an error instead. On a shared filesystem flock must work
+across machines (NFSv4, NFSv3 with lockd, Lustre mounted with `-o flock`; not `localflock`).
 
-A claim `<sweep>/claims/<trial_id>.claim` (created with O_EXCL) says which process runs a trial:
-host, pid, the pid's start time (so a recycled pid is not mistaken for the owner) and a token.
-Its owner touches it every `heartbeat_s`. A claim is stale, and its trial is handed out again
-(resuming from the trial's own checkpoints), when its process is gone (same host) or its
-heartbeat is older than `stale_after_s` (another host; keep this well above clock skew and NFS
-attribute caching).
+A claim `<sweep>/claims/<trial_id>.claim` says which process runs a trial: host, pid, the pid's
+creation time (so a recycled pid is not mistaken for the owner) and a token. It appears
+atomically, complete (written to a temporary file, then hard-linked into place, which fails if a
+claim exists), so a kill never leaves a torn claim. Its owner touches it every `heartbeat_s`. A
+claim is stale, and its trial is handed out again (resuming from the trial's own checkpoints),
+when its process is gone (same host) or its heartbeat is older than `stale_after_s` (another
+host; keep this well above clock skew and NFS attribute caching).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
+import errno
 import json
 import os
 import socket
@@ -29,82 +33,55 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import filelock
+import psutil
+
 HOST = socket.gethostname()
 
 
-class SweepLock:
-    """An exclusive, process-wide flock on a lock file; usable as a context manager and as
-    Optuna's journal lock (`acquire() -> True`, `release()`). Reentrant within one object."""
+class LockUnsupportedError(RuntimeError):
+    """The sweep directory's filesystem has no working flock."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = str(path)
-        self._fd: int | None = None
-        self._depth = 0
-        self._thread_lock = threading.RLock()
 
-    def acquire(self) -> bool:
-        self._thread_lock.acquire()
-        if self._depth == 0:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except BaseException:
-                os.close(fd)
-                self._thread_lock.release()
+def sweep_lock(path: str | os.PathLike) -> filelock.UnixFileLock:
+    """An exclusive flock on `path`, reentrant within the object; usable as a context manager
+    and as Optuna's journal lock (`acquire()`, `release()`)."""
+    return _CheckedLock(str(path), fallback_to_soft=False, poll_interval=0.01)
+
+
+class _CheckedLock(filelock.UnixFileLock):
+    def acquire(self, *args, **kwargs):
+        try:
+            return super().acquire(*args, **kwargs)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
                 raise
-            self._fd = fd
-        self._depth += 1
-        return True
-
-    def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-        self._thread_lock.release()
-
-    def __enter__(self) -> SweepLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+            raise LockUnsupportedError(
+                f"the filesystem of {self.lock_file} does not support flock, which sweeps need "
+                "to share work safely: use a local disk, or mount the shared filesystem with "
+                "flock support (Lustre: -o flock)"
+            ) from None
 
 
 # ------------------------------------------------------------------------------ processes
-def process_start_ticks(pid: int) -> int | None:
-    """The start time of a process in clock ticks since boot (Linux), None if unknown."""
+def process_created(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), None if unknown."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    try:
-        return int(fields[19])  # field 22 of stat(5), counting from 1
-    except (IndexError, ValueError):
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
 
 
-def process_alive(pid: int, start_ticks: int | None) -> bool:
-    """Whether `pid` is running and is the same process (not a recycled pid)."""
+def process_alive(pid: int, created: float | None) -> bool:
+    """Whether `pid` is running and is the same process (not a recycled pid, not a zombie)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if start_ticks is not None:
-        now_ticks = process_start_ticks(pid)
-        if now_ticks is not None and now_ticks != start_ticks:
+        proc = psutil.Process(pid)
+        if created is not None and abs(proc.create_time() - created) > 0.01:
             return False
-    try:  # a zombie (exited, not yet reaped by its parent) is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-        return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
-    except OSError:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
         return True
 
 
@@ -114,7 +91,7 @@ def owner_record(worker: str) -> dict[str, Any]:
     return {
         "host": HOST,
         "pid": pid,
-        "pid_start_ticks": process_start_ticks(pid),
+        "pid_created": process_created(pid),
         "worker": worker,
         "token": uuid.uuid4().hex,
         "started": time.time(),
@@ -124,7 +101,7 @@ def owner_record(worker: str) -> dict[str, Any]:
 def record_is_live(record: dict[str, Any], mtime: float, stale_after_s: float) -> bool:
     """Liveness of the owner of a claim or worker file."""
     if record.get("host") == HOST and isinstance(record.get("pid"), int):
-        return process_alive(record["pid"], record.get("pid_start_ticks"))
+        return process_alive(record["pid"], record.get("pid_created"))
     return time.time() - mtime < stale_after_s
 
 
@@ -191,14 +168,16 @@ class RunClaims:
             with contextlib.suppress(OSError):
                 os.unlink(aside)
         record = owner_record(worker)
+        # Written whole to a private file, then linked into place: the claim appears complete or
+        # not at all, and the link fails if another worker's claim got there first.
+        tmp = path.with_name(f".{path.name}.{record['token'][:8]}.tmp")
+        tmp.write_text(json.dumps(record))
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             return None
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
+        finally:
+            tmp.unlink()
         return Claim(trial_id, path, record)
 
     def release(self, claim: Claim) -> None:

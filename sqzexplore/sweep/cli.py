@@ -2,18 +2,24 @@
 
     sqz sweep run SWEEP_FILE [--workdir DIR] [--arg ARG] [--workers N] [--storage URL] [--new]
                   [--runner MODULE:FUNCTION] [--slurm [--dry-run] [--array N] ...]
+    sqz sweep worker DIR [--runner MODULE:FUNCTION] [--no-wait] ...
     sqz sweep status DIR [--json]
     sqz sweep report DIR [--out DIR] [--wandb-mode MODE]
-    sqz sweep export-wandb SWEEP_FILE [--arg ARG] [--output FILE]
+    sqz sweep export-wandb SWEEP_FILE [--arg ARG] [--output FILE_OR_DIR]
 
-`run` is idempotent: rerun it (after a crash, a kill, or to add workers) and it continues the
-same sweep. The default workdir is runs/sweeps/<name>[-<arg>].
+`run` checks every argument and the sweep file, creates (or checks) the sweep directory, then
+trains; it is idempotent: rerun it (after a crash, a kill, or to add workers) and it continues
+the same sweep. `worker` adds one worker to an existing sweep directory (what `run --workers N`
+and the SLURM array start); it needs only the directory. The default workdir is
+runs/sweeps/<name>[-<arg>]. `run` exits 1 when the sweep finished without training anything:
+every trial failed, or every design point was rejected before training.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -21,9 +27,62 @@ from pathlib import Path
 
 from sqzexplore.config import ConfigError
 from sqzexplore.models.spec import SpecError
+from sqzexplore.sweep.claims import LockUnsupportedError
 from sqzexplore.sweep.space import SweepError
 
 RUN_DEFAULTS = {"heartbeat_s": 10.0, "stale_after_s": 300.0, "poll_s": 2.0}
+
+
+def _bounded(kind: type, low: float, name: str):
+    """An argparse type: a `kind` number >= `low`, with an error naming the allowed range."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be {'an integer' if kind is int else 'a number'} >= {low}, "
+                f"got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _worker_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runner",
+        default=None,
+        help="trial runner MODULE:FUNCTION (default sqzexplore.train:train_and_evaluate), for "
+        "custom trainers and tests",
+    )
+    p.add_argument(
+        "--max-runs", type=_bounded(int, 0, "--max-runs"), help="stop each worker after N runs"
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit when only other workers' trials remain (instead of standing by)",
+    )
+    p.add_argument(
+        "--heartbeat-s",
+        type=_bounded(float, 0.01, "--heartbeat-s"),
+        default=RUN_DEFAULTS["heartbeat_s"],
+    )
+    p.add_argument(
+        "--poll-s",
+        type=_bounded(float, 0.01, "--poll-s"),
+        default=RUN_DEFAULTS["poll_s"],
+        help="how often a worker with nothing to do checks for runs to take over",
+    )
+    p.add_argument(
+        "--stale-after-s",
+        type=_bounded(float, 1.0, "--stale-after-s"),
+        default=RUN_DEFAULTS["stale_after_s"],
+        help="a claim from another host without heartbeat this long is taken over",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,9 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", default=None, help="sweep directory (default runs/sweeps/<name>)")
     run.add_argument(
         "--workers",
-        type=int,
+        type=_bounded(int, 1, "--workers"),
         default=None,
-        help="local worker processes (default: one per visible GPU, else 1)",
+        help="local worker processes, >= 1 (default: one per visible GPU, else 1)",
     )
     run.add_argument(
         "--storage",
@@ -48,45 +107,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--new", action="store_true", help="archive an existing sweep directory and start over"
     )
-    run.add_argument(
-        "--runner",
-        default=None,
-        help="trial runner MODULE:FUNCTION (default sqzexplore.train:train_and_evaluate); "
-        "for testing and custom trainers, e.g. sqzexplore.sweep.fake_runner:run_fake_trial",
-    )
-    run.add_argument("--max-runs", type=int, default=None, help="stop each worker after N runs")
-    run.add_argument(
-        "--no-wait",
-        action="store_true",
-        help="exit when only other workers' trials remain (instead of standing by)",
-    )
+    _worker_options(run)
     run.add_argument(
         "--progress",
         choices=("auto", "on", "off"),
         default="auto",
         help="progress bar over trials on stderr (auto: only on a terminal)",
     )
-    run.add_argument("--heartbeat-s", type=float, default=RUN_DEFAULTS["heartbeat_s"])
-    run.add_argument(
-        "--poll-s",
-        type=float,
-        default=RUN_DEFAULTS["poll_s"],
-        help="how often a worker with nothing to do checks for runs to take over",
-    )
-    run.add_argument(
-        "--stale-after-s",
-        type=float,
-        default=RUN_DEFAULTS["stale_after_s"],
-        help="a claim from another host without heartbeat this long is taken over",
-    )
-    run.add_argument("--worker-name", default=None, help=argparse.SUPPRESS)
     slurm = run.add_argument_group("SLURM (many machines)")
     slurm.add_argument("--slurm", action="store_true", help="submit an sbatch array of workers")
     slurm.add_argument("--dry-run", action="store_true", help="write and print the script only")
-    slurm.add_argument("--array", type=int, default=4, help="number of array tasks (workers)")
+    slurm.add_argument(
+        "--array", type=_bounded(int, 1, "--array"), default=4, help="array tasks (workers), >= 1"
+    )
     slurm.add_argument("--partition", default=None)
-    slurm.add_argument("--gpus-per-task", type=int, default=1)
-    slurm.add_argument("--cpus-per-task", type=int, default=None)
+    slurm.add_argument("--gpus-per-task", type=_bounded(int, 0, "--gpus-per-task"), default=1)
+    slurm.add_argument("--cpus-per-task", type=_bounded(int, 1, "--cpus-per-task"), default=None)
     slurm.add_argument("--time", dest="time_limit", default=None, help="e.g. 04:00:00")
     slurm.add_argument("--mem", default=None)
     slurm.add_argument("--account", default=None)
@@ -96,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=high (repeatable)",
     )
+
+    worker = sub.add_parser("worker", help="one more worker for an existing sweep directory")
+    worker.add_argument("workdir")
+    _worker_options(worker)
+    worker.add_argument("--worker-name", default=None, help="name in logs and claim files")
 
     status = sub.add_parser("status", help="done/running/failed/pending counts, best, ETA")
     status.add_argument("workdir")
@@ -115,7 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-wandb", help="write the sweep as a wandb sweep YAML")
     export.add_argument("sweep_file")
     export.add_argument("--arg", default=None)
-    export.add_argument("--output", default=None, help="default runs/sweeps/<name>.wandb.yaml")
+    export.add_argument(
+        "--output",
+        default=None,
+        help="a file, or a directory to put <name>.wandb.yaml in (default runs/sweeps/)",
+    )
     export.add_argument(
         "--runs-root",
         default=None,
@@ -132,30 +177,10 @@ def default_workdir(name: str, arg: str | None) -> str:
 
 # ------------------------------------------------------------------------------ run
 def _worker_command(args, workdir: str, *, no_wait: bool) -> list[str]:
-    """The command a child worker (local or SLURM) runs: this sweep, one worker, no bar."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "sqzexplore.sweep.cli",
-        "run",
-        os.path.abspath(args.sweep_file),
-        "--workdir",
-        os.path.abspath(workdir),
-        "--workers",
-        "1",
-        "--progress",
-        "off",
-        "--heartbeat-s",
-        str(args.heartbeat_s),
-        "--stale-after-s",
-        str(args.stale_after_s),
-        "--poll-s",
-        str(args.poll_s),
-    ]
-    if args.arg is not None:
-        cmd += ["--arg", args.arg]
-    if args.storage:
-        cmd += ["--storage", args.storage]
+    """The command a child worker (local or SLURM) runs: `sqz sweep worker DIR`."""
+    cmd = [sys.executable, "-m", "sqzexplore.sweep.cli", "worker", os.path.abspath(workdir)]
+    cmd += ["--heartbeat-s", str(args.heartbeat_s), "--stale-after-s", str(args.stale_after_s)]
+    cmd += ["--poll-s", str(args.poll_s)]
     if args.runner:
         cmd += ["--runner", args.runner]
     if args.max_runs is not None:
@@ -167,15 +192,20 @@ def _worker_command(args, workdir: str, *, no_wait: bool) -> list[str]:
 
 def cmd_run(args) -> int:
     from sqzexplore.sweep import launch, slurm
-    from sqzexplore.sweep.analyze import format_status, status
-    from sqzexplore.sweep.space import check_against_config, load_base_config, load_sweep
-    from sqzexplore.sweep.sweepdir import init_sweep_dir
-    from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner, run_worker
+    from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir, open_storage
+    from sqzexplore.sweep.sweepfile import check_against_config, load_base_config, load_sweep
+    from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
 
+    # Everything the user gave is checked before anything is created on disk.
     defn = load_sweep(args.sweep_file, args.arg)
     base = load_base_config(defn)
     check_against_config(defn, base)
+    load_runner(args.runner or DEFAULT_RUNNER)
+    if args.storage:
+        open_storage(args.storage, None)
     workdir = args.workdir or default_workdir(defn.name, args.arg)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise SweepError(f"--workdir {workdir} is a file, not a directory")
     sweep_dir, _ = init_sweep_dir(
         workdir,
         defn,
@@ -185,8 +215,6 @@ def cmd_run(args) -> int:
         storage=args.storage,
         new=args.new,
     )
-    runner_spec = args.runner or DEFAULT_RUNNER
-
     if args.slurm:
         text = slurm.sbatch_script(
             name=defn.name,
@@ -212,26 +240,12 @@ def cmd_run(args) -> int:
         print(f"watch it with: sqz sweep status {workdir}")
         return 0
 
-    load_runner(runner_spec)  # fail now on a bad --runner, not inside every worker
     gpus = launch.visible_gpus()
     n_workers = args.workers or launch.default_workers(gpus)
     progress = launch.SweepProgress(sweep_dir, args.progress)
     try:
         if n_workers == 1:
-            worker = args.worker_name or f"{os.uname().nodename}-{os.getpid()}"
-            run_worker(
-                sweep_dir,
-                defn,
-                base,
-                runner=load_runner(runner_spec),
-                worker=worker,
-                heartbeat_s=args.heartbeat_s,
-                stale_after_s=args.stale_after_s,
-                poll_s=args.poll_s,
-                wait_for_others=not args.no_wait,
-                max_runs=args.max_runs,
-                log=progress.write,
-            )
+            _run_worker(args, sweep_dir, log=progress.write)
             rc = 0
         else:
             envs = launch.worker_envs(n_workers, gpus)
@@ -242,9 +256,65 @@ def cmd_run(args) -> int:
             rc = launch.run_local_workers(commands, envs, sweep_dir.logs, progress)
     finally:
         progress.close()
-    if args.worker_name is None:  # the top-level process (not a child worker) sums up
-        print(format_status(status(sweep_dir)))
-    return rc
+    return _summarize(SweepDir(workdir)) or rc
+
+
+def _run_worker(args, sweep_dir, log=print) -> None:
+    from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner, run_worker
+
+    run_worker(
+        sweep_dir,
+        runner=load_runner(args.runner or DEFAULT_RUNNER),
+        worker=getattr(args, "worker_name", None) or f"{os.uname().nodename}-{os.getpid()}",
+        heartbeat_s=args.heartbeat_s,
+        stale_after_s=args.stale_after_s,
+        poll_s=args.poll_s,
+        wait_for_others=not args.no_wait,
+        max_runs=args.max_runs,
+        log=log,
+    )
+
+
+def _summarize(sweep_dir) -> int:
+    """Print the sweep's status; 1 (with the reason) when it finished without training anything."""
+    from sqzexplore.sweep.analyze import collect_runs, format_status, status
+
+    st = status(sweep_dir)
+    print(format_status(st))
+    c = st["counts"]
+    if c["pending"] or c["running"] or c["complete"]:
+        return 0
+    skipped = st["skipped_points"]
+    if c["failed"]:
+        failed = [r for r in collect_runs(sweep_dir) if r.failure]
+        first = failed[0] if failed else None
+        error = (first.failure.get("error") or "?") if first else "?"
+        print(
+            f"error: all {c['failed']} trials failed; the first ({first.trial_id if first else '?'}"
+            f"): {error}. Details in each trial's {'sweep_failed.json'}.",
+            file=sys.stderr,
+        )
+        return 1
+    if not st["registered_points"] and (skipped["constraint"] or skipped["invalid"]):
+        print(
+            f"error: every design point was rejected before training ({skipped['constraint']} "
+            f"over the sweep's constraints, {skipped['invalid']} invalid; reasons in "
+            f"{sweep_dir.skipped}): relax the constraints or change the search space",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from sqzexplore.sweep.sweepdir import SweepDir
+    from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
+
+    sweep_dir = SweepDir(args.workdir)
+    sweep_dir.state()  # a clear error when DIR is not a sweep directory
+    load_runner(args.runner or DEFAULT_RUNNER)
+    _run_worker(args, sweep_dir)
+    return 0
 
 
 # ------------------------------------------------------------------------------ others
@@ -278,14 +348,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_export_wandb(args) -> int:
-    from sqzexplore.sweep.space import load_sweep
+    from sqzexplore.sweep.sweepfile import load_sweep
     from sqzexplore.sweep.wandb_export import wandb_sweep_config, write_wandb_yaml
 
     defn = load_sweep(args.sweep_file, args.arg)
     runs_root = args.runs_root or os.path.join("runs", "wandb", defn.name)
     config = wandb_sweep_config(defn, runs_root=runs_root, wandb_project=args.project)
     output = Path(args.output or os.path.join("runs", "sweeps", f"{defn.name}.wandb.yaml"))
-    write_wandb_yaml(config, output)
+    output = write_wandb_yaml(config, output)
     print(f"wrote {output}; start it with `wandb sweep {output}` and run `wandb agent ...`")
     return 0
 
@@ -297,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
         "run": cmd_run,
+        "worker": cmd_worker,
         "status": cmd_status,
         "report": cmd_report,
         "export-wandb": cmd_export_wandb,
@@ -306,14 +377,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume the sweep", file=sys.stderr)
         return 130
-    except (SweepError, SweepChangedError, SweepDirError, SlurmError, ConfigError, SpecError) as e:
+    except (
+        SweepError,
+        SweepChangedError,
+        SweepDirError,
+        SlurmError,
+        ConfigError,
+        SpecError,
+        LockUnsupportedError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # bad --runner / --workers
-        if args.command == "run" and ("--runner" in str(e) or "--workers" in str(e)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ activation sizes and MACs (the paper's Strategy 3, "downsample late").
 
 from __future__ import annotations
 
-from sqzexplore.config import load_config_file
-from sqzexplore.sweep.space import SweepError, experiment_path
+from sqzexplore.sweep.space import Experiment, SweepError
 
 # Ordered early -> late. Names follow the paper's Table 1 (fire2 .. fire9).
 LADDERS: dict[int, tuple[tuple[str, ...], ...]] = {
@@ -42,7 +41,6 @@ def pool_position_ladder(n_pools: int) -> tuple[tuple[str, ...], ...]:
     return LADDERS[n_pools]
 
 
-def base_pool_count(base: dict) -> int:
-    """Number of max-pools in a sweep base's model (`base` as from `space.dataset_base`)."""
-    config = load_config_file(experiment_path(base["experiment"]), base["arg"])
-    return len(config.model.pool_after)
+def base_pool_count(base: Experiment) -> int:
+    """Number of max-pools in a sweep base's model (`base` as from `sweepfile.dataset_base`)."""
+    return len(base.load().model.pool_after)

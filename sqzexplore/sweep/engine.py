@@ -1,20 +1,28 @@
 """The sweep engine: Optuna proposes design points; the sweep directory hands out their runs.
 
-One Optuna trial is one design point (a set of config overrides). Its `seeds` trainings are runs,
-each a normal training workdir `trials/<point>-s<seed>/`, claimed by one worker at a time
-(claims.py). The Optuna trial is told once all its runs have finished: the objectives are the
-means over seeds (pruned: PRUNED; any run failed: FAIL). Design points that break the sweep's
-analytic constraints, or are not a valid SqueezeNetSpec, or repeat an earlier point, are told FAIL
-right away with the reason (also in skipped.jsonl) and never train; they do not use the budget.
+One Optuna trial is one design point (a dict {dotted config key: value}). Its `seeds` trainings
+are runs, each a normal training workdir `trials/<point>-s<seed>/` whose full config is built
+once, when the point is registered, and written to its trial.json; a worker only reads it. A run
+is claimed by one worker at a time (claims.py). The Optuna trial is told once all its runs have
+finished: the objectives are the means over seeds (stopped early: PRUNED; any run failed: FAIL).
+Design points that break the sweep's analytic constraints, or are not a valid SqueezeNetSpec, or
+repeat an earlier point, are told FAIL right away with the reason (also in skipped.jsonl) and
+never train; they do not use the budget.
 
 Every decision happens under the sweep lock, so the budget is exact and no run is handed out
 twice, however many processes or machines share the sweep. Samplers are deterministic: the grid
-order comes from the sweep seed, and random / NSGA-II draws are seeded by (sweep seed, trial
-number), so a sweep asks the same points whichever worker asks.
+order is the definition's seeded shuffle, and random / NSGA-II draws are seeded by (sweep seed,
+trial number), so a sweep asks the same points whichever worker asks.
 
-Crash safety: a trial's registration is idempotent (an Optuna trial left RUNNING without its
-registration by a kill is registered on the next call); a run whose claim is stale is handed out
-again and resumes from its own checkpoints; a finished run is recognised by its files.
+Crash safety (a SIGKILL may land between any two storage writes):
+- a grid point is first enqueued (one write that holds the whole point), then asked, then its
+  parameters are stored; a trial found half-made on restart still carries its enqueued point and
+  is completed and registered, so no grid point is lost and none is asked twice;
+- a random / NSGA-II proposal killed before its parameters were stored is told FAIL and does not
+  count toward the budget (the sampler proposes another point);
+- registration writes the trial directories before marking the Optuna trial registered, and is
+  idempotent; a run whose claim is stale is handed out again and resumes from its checkpoints;
+  a finished run is recognised by its files.
 """
 
 from __future__ import annotations
@@ -27,18 +35,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ml_collections
-
-from sqzexplore.config import ConfigError, apply_overrides, spec_from_config
-from sqzexplore.models.spec import SpecError
+from sqzexplore.models.spec import SpecError, SqueezeNetSpec
+from sqzexplore.rundir import append_jsonl, read_json, read_result, write_json
 from sqzexplore.sweep import sweepdir as sd
-from sqzexplore.sweep.claims import Claim, RunClaims, SweepLock
+from sqzexplore.sweep.claims import Claim, RunClaims
 from sqzexplore.sweep.metric_table import metric
+from sqzexplore.sweep.params import jsonable
 from sqzexplore.sweep.space import (
     SweepDefinition,
-    SweepError,
+    constraint_violations,
     design_labels,
-    param_values,
     point_key,
     trial_id,
 )
@@ -46,13 +52,13 @@ from sqzexplore.sweep.space import (
 WAIT = "wait"  # nothing to hand out now, but other workers' runs are in flight
 DONE = "done"  # the sweep is finished (or its budget fully handed out and finished)
 
-# Optuna user attributes of a registered design point.
-ATTR_POINT = "point"
-ATTR_OVERRIDES = "overrides"
-ATTR_SEEDS = "seeds"
+# Optuna user attributes of a design point.
+ATTR_POINT = "point"  # set last by registration: marks the trial registered (or skipped)
 ATTR_COMPLEXITY = "complexity"
 ATTR_SKIPPED = "skipped"  # reason a point was not trained
 ATTR_SKIP_KIND = "skip_kind"  # constraint | invalid | duplicate | interrupted
+# Optuna's own system attribute holding an enqueued trial's parameters (Study.enqueue_trial).
+FIXED_PARAMS = "fixed_params"
 
 
 @dataclasses.dataclass
@@ -63,62 +69,53 @@ class RunTicket:
     point: str
     number: int  # the Optuna trial number of the design point
     seed: int
-    overrides: dict[str, Any]
     claim: Claim
     workdir: Path
+
+    def record(self) -> dict[str, Any]:
+        return read_json(self.workdir / sd.TRIAL_FILE)  # design point, seed and full config
 
 
 @dataclasses.dataclass
 class RunOutcome:
-    kind: str  # complete | pruned | failed | interrupted
+    kind: str  # complete | stopped | failed | interrupted
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def trial_config(
-    base_config: ml_collections.ConfigDict,
-    defn: SweepDefinition,
-    overrides: dict[str, Any],
-    seed: int,
-    run_id: str | None = None,
-) -> ml_collections.ConfigDict:
-    """The training config of one run: base + design point + seed + sweep bookkeeping.
+    base: dict[str, Any], defn: SweepDefinition, point: dict[str, Any], seed: int, run_id: str
+) -> dict[str, Any]:
+    """The full config of one run, as JSON: base + design point + seed + sweep bookkeeping.
 
     The bookkeeping keys (wandb group/name/tags, progress, distributed) do not change what a run
     computes, so the trainer's resume check ignores them."""
-    config = copy.deepcopy(base_config)
-    apply_overrides(config, overrides)
-    config.seed = int(seed)
-    config.progress = "false"  # the sweep draws one bar over trials instead
-    config.distributed.initialize = "false"  # a sweep worker is one process
-    config.wandb.group = defn.name
-    if run_id is not None:
-        config.wandb.name = f"{defn.name}/{run_id}"
-    config.wandb.tags = tuple(dict.fromkeys((*config.wandb.tags, "sweep", defn.name, *defn.tags)))
+    config = copy.deepcopy(base)
+    for key, value in point.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = jsonable(value)
+    config["seed"] = int(seed)
+    config["progress"] = _off(config["progress"])  # the sweep draws one bar over trials instead
+    config["distributed"]["initialize"] = _off(config["distributed"]["initialize"])
+    wandb = config["wandb"]
+    wandb["group"] = defn.name
+    wandb["name"] = f"{defn.name}/{run_id}"
+    wandb["tags"] = list(dict.fromkeys([*wandb["tags"], "sweep", defn.name, *defn.tags]))
     return config
 
 
-def constraint_violations(
-    complexity_totals: dict[str, Any], constraints: tuple[tuple[str, float], ...]
-) -> list[str]:
-    """Human-readable reasons a design point breaks the sweep's size limits."""
-    field = {"max_params": "params", "max_macs": "macs", "max_mib": "fp32_mib"}
-    out = []
-    for name, limit in constraints:
-        value = complexity_totals[field[name]]
-        if value > limit:
-            out.append(f"{field[name]} {_number(value)} > {name} {_number(limit)}")
-    return out
+def _off(current: Any) -> Any:
+    # A yes/no setting, whichever form the base config gives it (a boolean or 'auto'/'false').
+    return False if isinstance(current, bool) else "false"
 
 
-def _number(v: float) -> str:
-    return f"{int(v):,}" if float(v).is_integer() else f"{v:.4g}"
-
-
-def analytic_complexity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def analytic_complexity(config: dict[str, Any]) -> dict[str, Any]:
     """Params / MACs / MiB / activations of a config's model, without building it."""
     from sqzexplore.models.complexity import complexity
 
-    return complexity(spec_from_config(config)).totals()
+    return complexity(SqueezeNetSpec.from_dict(config["model"])).totals()
 
 
 def _mix_seed(seed: int, number: int) -> int:
@@ -132,22 +129,22 @@ class SweepEngine:
     def __init__(
         self,
         sweep_dir: sd.SweepDir,
-        defn: SweepDefinition,
-        base_config: ml_collections.ConfigDict,
         *,
         worker: str,
         stale_after_s: float = 300.0,
         max_consecutive_skips: int = 100,
     ):
         self.dir = sweep_dir
-        self.defn = defn
-        self.base_config = base_config
-        self.worker = worker
         self.state = sweep_dir.state()
+        self.defn = sweep_dir.definition()
+        self.base = self.state["base_config"]
+        self.worker = worker
         self.claims = RunClaims(sweep_dir.claims, stale_after_s)
         self.lock = sweep_dir.lock()
         self.max_consecutive_skips = max_consecutive_skips
         self._study = None
+        grid = self.defn.sampler == "grid"
+        self.distributions = {k: p.distribution(grid) for k, p in self.defn.space.items()}
 
     # -------------------------------------------------------------------------- optuna
     @property
@@ -156,9 +153,9 @@ class SweepEngine:
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            # The storage object is kept: its documented BaseStorage methods set user attributes
-            # and look up trials by number for trials this process did not ask itself.
-            self.storage = self._storage()
+            # The storage object is kept: its documented BaseStorage methods set attributes and
+            # parameters of trials this process did not ask itself.
+            self.storage = sd.open_storage(self.state.get("storage"), self.dir)
             with self.lock:
                 self._study = optuna.create_study(
                     study_name=self.state["study_name"],
@@ -169,46 +166,24 @@ class SweepEngine:
             self.study_id = self.storage.get_study_id_from_name(self.state["study_name"])
         return self._study
 
-    def _storage(self):
-        import optuna
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        url = self.state.get("storage")
-        if url:
-            return optuna.storages.RDBStorage(url)
-        journal = str(self.dir.journal)
-        return JournalStorage(JournalFileBackend(journal, lock_obj=SweepLock(journal + ".lock")))
-
-    def _sampler(self, number: int):
-        import optuna
-
-        d = self.defn
-        if d.sampler == "grid":
-            space = {p.key: list(p.grid_values()) for p in d.params}
-            return optuna.samplers.GridSampler(space, seed=d.seed)
-        if d.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=_mix_seed(d.seed, number))
-        return optuna.samplers.NSGAIISampler(
-            population_size=d.population_size, seed=_mix_seed(d.seed, number)
-        )
-
     def _tell(self, number: int, *, values=None, state=None, attrs=None) -> None:
         import optuna
 
-        study = self.study
         for k, v in (attrs or {}).items():
-            self.storage.set_trial_user_attr(self._trial_id_of(number), k, v)
-        # Tell through a neutral sampler: GridSampler.after_trial calls study.stop(), which only
-        # works inside study.optimize.
-        study.sampler = optuna.samplers.RandomSampler()
-        study.tell(number, values=values, state=state, skip_if_finished=True)
+            self.storage.set_trial_user_attr(self._storage_id(number), k, v)
+        # Told through a neutral sampler: NSGA-II's after_trial needs nothing from us here.
+        self.study.sampler = optuna.samplers.RandomSampler()
+        self.study.tell(number, values=values, state=state, skip_if_finished=True)
 
-    def _trial_id_of(self, number: int) -> int:
+    def _storage_id(self, number: int) -> int:
         _ = self.study  # opens the storage
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     def _frozen(self, number: int):
-        return self.storage.get_trial(self._trial_id_of(number))
+        return self.storage.get_trial(self._storage_id(number))
+
+    def _trials(self):
+        return self.study.get_trials(deepcopy=False)
 
     # -------------------------------------------------------------------------- scheduling
     def next_run(self) -> RunTicket | str:
@@ -216,66 +191,122 @@ class SweepEngine:
 
         Returns a RunTicket, WAIT (only runs in flight elsewhere remain) or DONE."""
         with self.lock:
-            trials = self._trials()
-            self._repair(trials)
+            self._repair(self._trials())
             trials = self._trials()
             ticket = self._claim_pending(trials)
             if ticket is not None:
                 return ticket
             skips = 0
             while self._budget_left(trials) and skips < self.max_consecutive_skips:
-                number = self._ask(len(trials))
+                number = self._propose(trials)
+                if number is None:
+                    break
                 ticket = self._register(number, claim=True)
                 trials = self._trials()
                 if ticket is not None:
                     return ticket
                 skips += 1
             if skips >= self.max_consecutive_skips:
-                sd.write_json(
-                    self.dir.root / "sampling_exhausted.json",
+                write_json(
+                    self.dir.exhausted,
                     {
                         "time": time.time(),
                         "reason": f"{skips} consecutive proposals were invalid, over the "
                         "constraints or repeats: the search space looks exhausted",
                     },
                 )
-            if self._in_flight(trials):
-                return WAIT
-            return DONE
+            return WAIT if self._any(trials, "RUNNING") else DONE
 
     def finish_run(self, ticket: RunTicket, outcome: RunOutcome) -> None:
         """Record a run's end, release its claim and tell Optuna when its point is done."""
         with self.lock:
             workdir = ticket.workdir
             if outcome.kind == "failed":
-                sd.write_json(workdir / sd.FAILED_FILE, {"time": time.time(), **outcome.detail})
-            elif outcome.kind == "pruned" and sd.run_state(workdir) is None:
-                sd.write_json(workdir / sd.PRUNED_FILE, {"time": time.time(), **outcome.detail})
+                sd.mark(workdir, sd.FAILED_FILE, **outcome.detail)
+            elif outcome.kind == "stopped" and sd.run_state(workdir) is None:
+                sd.mark(workdir, sd.STOPPED_FILE, **outcome.detail)
             self.claims.release(ticket.claim)
             self._finalize(self._frozen(ticket.number))
-
-    def _trials(self):
-        return self.study.get_trials(deepcopy=False)
 
     def _registered(self, t) -> bool:
         return ATTR_POINT in t.user_attrs and ATTR_SKIPPED not in t.user_attrs
 
     def _budget_left(self, trials) -> bool:
-        if (self.dir.root / "sampling_exhausted.json").exists():
+        if self.dir.exhausted.exists():
             return False
         d = self.defn
-        if d.sampler == "grid" and len(trials) >= d.grid_size:
+        if sum(self._registered(t) for t in trials) >= d.planned_points:
             return False
+        if d.sampler == "grid":
+            return self._any(trials, "WAITING") or self._next_grid_point(trials) is not None
         if d.finite_size is not None:
             seen = {t.user_attrs[ATTR_POINT] for t in trials if ATTR_POINT in t.user_attrs}
             if len(seen) >= d.finite_size:  # every distinct point was tried or rejected
                 return False
-        return sum(self._registered(t) for t in trials) < d.planned_points
+        return True
 
-    def _in_flight(self, trials) -> bool:
+    @staticmethod
+    def _any(trials, state: str) -> bool:
+        return any(t.state.name == state for t in trials)
+
+    def _next_grid_point(self, trials) -> dict[str, Any] | None:
+        """The first grid point (in the sweep's order) that no trial holds yet."""
+        taken = set()
+        for t in trials:
+            point = t.user_attrs.get(ATTR_POINT)
+            if point is None and FIXED_PARAMS in t.system_attrs:
+                point = point_key(self._decode(t.system_attrs[FIXED_PARAMS]))
+            taken.add(point)
+        for point in self.defn.grid_points():
+            if point_key(point) not in taken:
+                return point
+        return None
+
+    def _propose(self, trials) -> int | None:
+        """Create the Optuna trial of the next design point; its number (None: grid done)."""
         import optuna
 
-        return any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+        study = self.study
+        if self.defn.sampler == "grid":
+            if not self._any(trials, "WAITING"):
+                point = self._next_grid_point(trials)
+                if point is None:
+                    return None
+                # The intent, in one storage write that holds the whole point: a kill at any
+                # later moment leaves a trial that still knows its point (see _point_of).
+                study.enqueue_trial(self._encode(point))
+            study.sampler = optuna.samplers.RandomSampler()  # the enqueued values are used
+        elif self.defn.sampler == "random":
+            study.sampler = optuna.samplers.RandomSampler(
+                seed=_mix_seed(self.defn.seed, len(trials))
+            )
+        else:
+            study.sampler = optuna.samplers.NSGAIISampler(
+                population_size=self.defn.population_size,
+                seed=_mix_seed(self.defn.seed, len(trials)),
+            )
+        return study.ask(self.distributions).number
+
+    def _encode(self, point: dict[str, Any]) -> dict[str, Any]:
+        return {k: self.defn.param(k).encode(v) for k, v in point.items()}
+
+    def _decode(self, stored: dict[str, Any]) -> dict[str, Any]:
+        return {k: self.defn.param(k).decode(stored[k]) for k in self.defn.keys}
+
+    def _point_of(self, frozen) -> dict[str, Any] | None:
+        """A trial's design point from its stored parameters, completing those a kill left
+        unstored from its enqueued values; None when the trial never got a whole point."""
+        stored = dict(frozen.params)
+        fixed = frozen.system_attrs.get(FIXED_PARAMS) or {}
+        missing = [k for k in self.defn.keys if k not in stored]
+        if any(k not in fixed for k in missing):
+            return None
+        for k in missing:
+            dist = self.distributions[k]
+            storage_id = self._storage_id(frozen.number)
+            self.storage.set_trial_param(storage_id, k, dist.to_internal_repr(fixed[k]), dist)
+            stored[k] = fixed[k]
+        return self._decode(stored)
 
     def _repair(self, trials) -> None:
         """Register RUNNING trials a killed process left unregistered; tell finished points."""
@@ -295,104 +326,79 @@ class SweepEngine:
         for t in sorted(trials, key=lambda t: t.number):
             if t.state != optuna.trial.TrialState.RUNNING or not self._registered(t):
                 continue
-            overrides = t.user_attrs[ATTR_OVERRIDES]
-            for seed in t.user_attrs[ATTR_SEEDS]:
-                tid = trial_id(t.user_attrs[ATTR_POINT], seed)
-                workdir = self.dir.trial_dir(tid)
-                if sd.run_state(workdir) is not None:
-                    continue
-                claim = self.claims.try_claim(tid, self.worker)
-                if claim is not None:
-                    return RunTicket(
-                        tid, t.user_attrs[ATTR_POINT], t.number, seed, overrides, claim, workdir
-                    )
+            for seed in self.defn.seeds:
+                ticket = self._try_claim(t.user_attrs[ATTR_POINT], t.number, seed)
+                if ticket is not None:
+                    return ticket
         return None
 
-    def _ask(self, number: int) -> int:
-        study = self.study
-        study.sampler = self._sampler(number)
-        grid = self.defn.sampler == "grid"
-        trial = study.ask({p.key: p.distribution(grid) for p in self.defn.params})
-        return trial.number
+    def _try_claim(self, point: str, number: int, seed: int) -> RunTicket | None:
+        tid = trial_id(point, seed)
+        workdir = self.dir.trial_dir(tid)
+        if sd.run_state(workdir) is not None:
+            return None
+        claim = self.claims.try_claim(tid, self.worker)
+        if claim is None:
+            return None
+        return RunTicket(tid, point, number, seed, claim, workdir)
 
     def _register(self, number: int, *, claim: bool) -> RunTicket | None:
         """Validate a proposed point and create its runs; skip (tell FAIL) a bad or repeated one."""
         import optuna
 
         d = self.defn
-        frozen = self._frozen(number)
-        try:
-            overrides = param_values(d.params, frozen.params)
-        except SweepError as e:
-            self._skip(
-                number, None, {}, "interrupted", f"proposal interrupted before sampling: {e}"
-            )
+        point = self._point_of(self._frozen(number))
+        if point is None:
+            reason = "proposal interrupted before its parameters were stored"
+            self._skip(number, None, {}, "interrupted", reason)
             return None
-        point = point_key(overrides)
+        key = point_key(point)
         for t in self._trials():
-            if t.number != number and t.user_attrs.get(ATTR_POINT) == point and self._registered(t):
-                reason = f"repeats design point {point} (trial #{t.number})"
+            if t.number != number and t.user_attrs.get(ATTR_POINT) == key and self._registered(t):
+                reason = f"repeats design point {key} (trial #{t.number})"
                 values = t.values if t.state == optuna.trial.TrialState.COMPLETE else None
-                self._skip(number, point, overrides, "duplicate", reason, values=values)
+                self._skip(number, key, point, "duplicate", reason, values=values)
                 return None
-        config = trial_config(self.base_config, d, overrides, d.seeds[0])
+        configs = {s: trial_config(self.base, d, point, s, trial_id(key, s)) for s in d.seeds}
         try:
-            totals = analytic_complexity(config)
-        except (SpecError, ConfigError) as e:
-            self._skip(number, point, overrides, "invalid", f"invalid design point: {e}")
+            totals = analytic_complexity(configs[d.seeds[0]])
+        except (SpecError, TypeError) as e:
+            self._skip(number, key, point, "invalid", f"invalid design point: {e}")
             return None
         violations = constraint_violations(totals, d.constraints)
         if violations:
-            self._skip(number, point, overrides, "constraint", "; ".join(violations), totals=totals)
+            self._skip(number, key, point, "constraint", "; ".join(violations), totals=totals)
             return None
-        design = design_labels(d, overrides)
-        for seed in d.seeds:
-            tid = trial_id(point, seed)
+        for seed, config in configs.items():
+            tid = trial_id(key, seed)
             workdir = self.dir.trial_dir(tid)
+            if (workdir / sd.TRIAL_FILE).exists():
+                continue  # registered before a kill: the file is already whole
             workdir.mkdir(parents=True, exist_ok=True)
             record = {
                 "trial_id": tid,
-                "point": point,
+                "point": key,
                 "number": number,
                 "seed": seed,
-                "overrides": overrides,
-                "design": design,
+                "params": {k: jsonable(v) for k, v in point.items()},
+                "design": design_labels(d, point),
                 "complexity": totals,
                 "sweep": d.name,
                 "registered": time.time(),
+                "config": config,
             }
-            if not (workdir / sd.TRIAL_FILE).exists():
-                sd.write_json(workdir / sd.TRIAL_FILE, record)
-        storage, storage_id = self.storage, self._trial_id_of(number)
-        storage.set_trial_user_attr(storage_id, ATTR_OVERRIDES, _jsonable(overrides))
-        storage.set_trial_user_attr(storage_id, ATTR_SEEDS, list(d.seeds))
-        storage.set_trial_user_attr(storage_id, ATTR_COMPLEXITY, totals)
-        storage.set_trial_user_attr(storage_id, ATTR_POINT, point)  # last: marks it registered
-        if not claim:
-            return None
-        tid = trial_id(point, d.seeds[0])
-        c = self.claims.try_claim(tid, self.worker)
-        if c is None:
-            return None
-        return RunTicket(
-            tid, point, number, d.seeds[0], _jsonable(overrides), c, self.dir.trial_dir(tid)
-        )
+            write_json(workdir / sd.TRIAL_FILE, record)
+        storage_id = self._storage_id(number)
+        self.storage.set_trial_user_attr(storage_id, ATTR_COMPLEXITY, totals)
+        self.storage.set_trial_user_attr(storage_id, ATTR_POINT, key)  # last: registered
+        return self._try_claim(key, number, d.seeds[0]) if claim else None
 
-    def _skip(self, number, point, overrides, kind, reason, *, values=None, totals=None) -> None:
+    def _skip(self, number, point, params, kind, reason, *, values=None, totals=None) -> None:
         import optuna
 
-        sd.append_jsonl(
-            self.dir.skipped,
-            {
-                "number": number,
-                "point": point,
-                "overrides": _jsonable(overrides),
-                "kind": kind,
-                "reason": reason,
-                "complexity": totals,
-                "time": time.time(),
-            },
-        )
+        params = {k: jsonable(v) for k, v in params.items()}
+        record = dict(number=number, point=point, params=params, kind=kind, reason=reason)
+        append_jsonl(self.dir.skipped, {**record, "complexity": totals, "time": time.time()})
         attrs = {ATTR_SKIPPED: reason, ATTR_SKIP_KIND: kind}
         if point is not None:
             attrs[ATTR_POINT] = point
@@ -408,13 +414,13 @@ class SweepEngine:
         if frozen.state != optuna.trial.TrialState.RUNNING or not self._registered(frozen):
             return
         point = frozen.user_attrs[ATTR_POINT]
-        dirs = [self.dir.trial_dir(trial_id(point, s)) for s in frozen.user_attrs[ATTR_SEEDS]]
+        dirs = [self.dir.trial_dir(trial_id(point, s)) for s in self.defn.seeds]
         states = [sd.run_state(p) for p in dirs]
-        if sd.PRUNED in states:
-            # Seeds of a pruned point that have not started are not worth training.
+        if sd.STOPPED in states:
+            # Seeds of a point stopped early that have not started are not worth training.
             for p, state in zip(dirs, states, strict=True):
                 if state is None and self.claims.live_owner(p.name) is None:
-                    sd.write_json(p / sd.SKIPPED_FILE, {"time": time.time(), "reason": "pruned"})
+                    sd.mark(p, sd.SKIPPED_FILE, reason="another seed of the point stopped early")
             states = [sd.run_state(p) for p in dirs]
         if any(s is None for s in states):
             return
@@ -424,14 +430,13 @@ class SweepEngine:
             reason = f"run(s) failed: {', '.join(failed)}"
             self._tell(number, state=optuna.trial.TrialState.FAIL, attrs={"fail_reason": reason})
             return
-        if sd.PRUNED in states:
+        if sd.STOPPED in states:
             self._tell(number, state=optuna.trial.TrialState.PRUNED)
             return
-        results = [sd.read_json(p / "result.json") or {} for p in dirs]
+        results = [read_result(p) or {} for p in dirs]
         values = []
         for objective in self.defn.objectives:
-            m = metric(objective.metric)
-            per_seed = [m.value(r) for r in results]
+            per_seed = [metric(objective.metric).value(r) for r in results]
             if any(v is None or not math.isfinite(v) for v in per_seed):
                 self._tell(
                     number,
@@ -441,7 +446,3 @@ class SweepEngine:
                 return
             values.append(statistics.fmean(per_seed))
         self._tell(number, values=values)
-
-
-def _jsonable(overrides: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}

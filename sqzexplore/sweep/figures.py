@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sqzexplore.sweep import sweepdir as sd  # noqa: E402
 from sqzexplore.sweep.analyze import frontier_rows, row_value  # noqa: E402
 from sqzexplore.sweep.metric_table import ACCURACY, metric  # noqa: E402
+from sqzexplore.sweep.params import Categorical  # noqa: E402
 from sqzexplore.sweep.space import SweepDefinition  # noqa: E402
 
 MAX_PANELS = 4
@@ -121,12 +122,9 @@ def field_curves(rows: Sequence[dict], defn: SweepDefinition, key: str, accuracy
     if numeric:
         position = {v: float(v) for v in order}
     else:
-        param = defn.param(key)
-        listed = (
-            [lab for lab in param.grid_values() if lab in set(values)]
-            if (param.kind == "categorical")
-            else order
-        )
+        param = defn.param(key)  # categorical: show the choices in the sweep file's order
+        labels = [param.encode(v) for v in param.values] if isinstance(param, Categorical) else []
+        listed = [lab for lab in labels if lab in set(values)] or order
         order = listed + [v for v in order if v not in listed]
         position = {v: i for i, v in enumerate(order)}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

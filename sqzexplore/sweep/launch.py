@@ -117,11 +117,11 @@ class SweepProgress:
         with contextlib.suppress(Exception):  # a half-written file: next refresh
             st = status(self.sweep_dir)
             c = st["counts"]
-            finished = c["complete"] + c["failed"] + c["pruned"] + c["skipped"]
+            finished = c["complete"] + c["failed"] + c["stopped"] + c["skipped"]
             self._bar.total = st["total_runs"]
             self._bar.n = finished
             self._bar.set_postfix(
-                running=c["running"], failed=c["failed"], pruned=c["pruned"], refresh=False
+                running=c["running"], failed=c["failed"], stopped=c["stopped"], refresh=False
             )
             self._bar.refresh()
 

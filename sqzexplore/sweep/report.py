@@ -269,7 +269,7 @@ def render_html(state, defn, rows, front_by_size, skipped, times, st, images, ru
         "sampler": f"{defn.sampler} ({st['planned_points']} points x {len(defn.seeds)} seeds)",
         "objectives": ", ".join(f"{o.direction} {o.metric}" for o in defn.objectives),
         "trials": f"{c['complete']} complete, {c['running']} running, {c['pending']} pending, "
-        f"{c['failed']} failed, {c['pruned']} pruned, {c['skipped']} skipped",
+        f"{c['failed']} failed, {c['stopped']} stopped early, {c['skipped']} skipped",
         "design points not trained": ", ".join(
             f"{v} {k}" for k, v in st["skipped_points"].items() if v
         )
@@ -322,7 +322,7 @@ def render_html(state, defn, rows, front_by_size, skipped, times, st, images, ru
                 [
                     ("trial #", lambda s: s.get("number")),
                     ("kind", lambda s: s.get("kind")),
-                    ("design", lambda s: json.dumps(s.get("overrides"))),
+                    ("design", lambda s: json.dumps(s.get("params"))),
                     ("reason", lambda s: s.get("reason")),
                 ],
             ),
@@ -356,15 +356,11 @@ def log_to_wandb(state, defn, rows, front_by_size, mode: str, out: Path) -> str 
     )
     try:
         columns = result_columns(defn)
-        table = wandb.Table(
-            columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows]
-        )
+        table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
         front_columns = frontier_columns(defn)
         front_table = wandb.Table(
             columns=front_columns,
-            data=[
-                [_cell(r.get(c)) for c in front_columns] for f in front_by_size.values() for r in f
-            ],
+            data=[[r.get(c) for c in front_columns] for f in front_by_size.values() for r in f],
         )
         run.log(
             {
@@ -382,7 +378,3 @@ def log_to_wandb(state, defn, rows, front_by_size, mode: str, out: Path) -> str 
     finally:
         run.finish()
     return url
-
-
-def _cell(v: Any) -> Any:
-    return v  # wandb tables take None for missing values (a seed mean with no complete seed)

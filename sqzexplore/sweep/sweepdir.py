@@ -3,10 +3,11 @@
     DIR/sweep.json          the resolved definition, its fingerprint, the base config, storage
     DIR/study.journal       the Optuna study (JournalStorage; absent with an RDB --storage)
     DIR/sweep.lock          the scheduling lock (see claims.py)
-    DIR/trials/<trial>/     one training run each (<trial> = <point>-s<seed>): sweep_trial.json
-                            (design point, seed) plus the trainer's files (config.json,
-                            metrics.jsonl, result.json, checkpoints/); failed or pruned runs get
-                            sweep_failed.json / sweep_pruned.json, skipped ones sweep_skipped.json
+    DIR/trials/<trial>/     one training run each (<trial> = <point>-s<seed>): trial.json (design
+                            point, seed and the run's full config, built once at registration)
+                            plus the trainer's files (config.json, metrics.jsonl, result.json,
+                            checkpoints/); failed or early-stopped runs get sweep_failed.json /
+                            sweep_stopped.json, runs not worth training sweep_skipped.json
     DIR/claims/<trial>.claim  which live process runs a trial
     DIR/workers/<host>-<pid>.json  each worker's start and last heartbeat (wall time, liveness)
     DIR/skipped.jsonl       design points not trained (constraints, invalid spec, duplicates)
@@ -18,36 +19,37 @@ on a copy of the directory without the database.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from sqzexplore.sweep.claims import HOST, SweepLock
-from sqzexplore.sweep.space import SweepDefinition, config_json, fingerprint, parse_sweep
+from sqzexplore.rundir import flat_diff, read_json, read_result, write_json
+from sqzexplore.sweep.claims import HOST, sweep_lock
+from sqzexplore.sweep.space import SweepDefinition, SweepError, config_json, fingerprint
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Run states derived from files (RUNNING / PENDING additionally need the claims).
-COMPLETE, PRUNED, FAILED, SKIPPED, RUNNING, PENDING = (
+COMPLETE, STOPPED, FAILED, SKIPPED, RUNNING, PENDING = (
     "complete",
-    "pruned",
+    "stopped",
     "failed",
     "skipped",
     "running",
     "pending",
 )
-FINISHED_STATES = (COMPLETE, PRUNED, FAILED, SKIPPED)
+FINISHED_STATES = (COMPLETE, STOPPED, FAILED, SKIPPED)
+# result.json statuses of a run ended by the sweep's on_eval callback (the trainer says 'pruned').
+STOPPED_STATUSES = ("stopped", "pruned")
 
-TRIAL_FILE = "sweep_trial.json"
+TRIAL_FILE = "trial.json"
 FAILED_FILE = "sweep_failed.json"
-PRUNED_FILE = "sweep_pruned.json"
+STOPPED_FILE = "sweep_stopped.json"
 SKIPPED_FILE = "sweep_skipped.json"
+EXHAUSTED_FILE = "sampling_exhausted.json"
 
 
 class SweepChangedError(RuntimeError):
@@ -72,30 +74,38 @@ class SweepDir:
     workers = property(lambda self: self.root / "workers")
     logs = property(lambda self: self.root / "logs")
     skipped = property(lambda self: self.root / "skipped.jsonl")
+    exhausted = property(lambda self: self.root / EXHAUSTED_FILE)
     report = property(lambda self: self.root / "report")
     slurm = property(lambda self: self.root / "slurm")
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.trials / trial_id
 
-    def lock(self) -> SweepLock:
-        return SweepLock(self.lock_path)
+    def lock(self):
+        return sweep_lock(self.lock_path)
 
     def exists(self) -> bool:
         return self.sweep_json.exists()
 
     def state(self) -> dict[str, Any]:
         """The contents of sweep.json."""
-        if not self.sweep_json.exists():
+        state = read_json(self.sweep_json)
+        if state is None:
             raise SweepDirError(
                 f"{self.root} is not a sweep directory (no sweep.json); start one with "
                 "`sqz sweep run SWEEP_FILE --workdir DIR`"
             )
-        return json.loads(self.sweep_json.read_text())
+        if state.get("format") != FORMAT_VERSION:
+            raise SweepDirError(
+                f"{self.root} was made by another version of sqzexplore (format "
+                f"{state.get('format')}, this one reads {FORMAT_VERSION}): rerun "
+                "`sqz sweep run SWEEP_FILE --new` to archive it and start over"
+            )
+        return state
 
     def definition(self) -> SweepDefinition:
         state = self.state()
-        return parse_sweep(state["definition"], question=state.get("question", ""))
+        return SweepDefinition.from_dict(state["definition"], question=state.get("question", ""))
 
     def trial_ids(self) -> list[str]:
         if not self.trials.exists():
@@ -103,58 +113,20 @@ class SweepDir:
         return sorted(p.name for p in self.trials.iterdir() if (p / TRIAL_FILE).exists())
 
 
-# ------------------------------------------------------------------------------ small file helpers
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(dict(record), sort_keys=True, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a line torn by a kill is skipped."""
-    out = []
-    with contextlib.suppress(FileNotFoundError), open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
 def run_state(trial_dir: Path) -> str | None:
-    """COMPLETE / PRUNED / FAILED / SKIPPED from the run's files, None when unfinished."""
-    result = read_json(trial_dir / "result.json")
+    """COMPLETE / STOPPED / FAILED / SKIPPED from the run's files, None when unfinished."""
+    result = read_result(trial_dir)
     if result is not None:
-        return PRUNED if result.get("status") == "pruned" else COMPLETE
-    if (trial_dir / FAILED_FILE).exists():
-        return FAILED
-    if (trial_dir / PRUNED_FILE).exists():
-        return PRUNED
-    if (trial_dir / SKIPPED_FILE).exists():
-        return SKIPPED
+        return STOPPED if result.get("status") in STOPPED_STATUSES else COMPLETE
+    for name, state in ((FAILED_FILE, FAILED), (STOPPED_FILE, STOPPED), (SKIPPED_FILE, SKIPPED)):
+        if (trial_dir / name).exists():
+            return state
     return None
+
+
+def mark(trial_dir: Path, name: str, **detail: Any) -> None:
+    """Write one of the sweep's outcome files (sweep_failed.json, ...) into a run directory."""
+    write_json(trial_dir / name, {"time": time.time(), **detail})
 
 
 # ------------------------------------------------------------------------------ create / check
@@ -174,6 +146,8 @@ def init_sweep_dir(
     clear message, unless `new`, which archives it to `<root>.archived-<time>` first.
     """
     sweep_dir = SweepDir(root)
+    if sweep_dir.root.exists() and not sweep_dir.root.is_dir():
+        raise SweepDirError(f"--workdir {sweep_dir.root} is a file, not a directory")
     if new and sweep_dir.root.exists():
         stamp = time.strftime("%Y%m%d-%H%M%S")
         archived = sweep_dir.root.with_name(f"{sweep_dir.root.name}.archived-{stamp}")
@@ -221,7 +195,7 @@ def _changed_message(
     base_config: ml_collections.ConfigDict,
 ) -> str:
     old = {"sweep": state.get("definition", {}), "base_config": state.get("base_config", {})}
-    new = {"sweep": json.loads(json.dumps(defn.to_dict())), "base_config": config_json(base_config)}
+    new = {"sweep": defn.to_dict(), "base_config": config_json(base_config)}
     diffs = flat_diff(old, new)
     shown = ", ".join(diffs[:12]) + (f" (+{len(diffs) - 12} more)" if len(diffs) > 12 else "")
     return (
@@ -231,11 +205,21 @@ def _changed_message(
     )
 
 
-def flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted paths at which two JSON trees differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += flat_diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
+def open_storage(url: str | None, sweep_dir: SweepDir | None):
+    """The sweep's Optuna storage: an RDB at `url`, else the journal file in the sweep dir.
+
+    Raises SweepError naming --storage when `url` cannot be opened."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if not url:
+        journal = str(sweep_dir.journal)
+        return JournalStorage(JournalFileBackend(journal, lock_obj=sweep_lock(journal + ".lock")))
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # sqlalchemy raises many kinds: the user's URL is the cause
+        raise SweepError(
+            f"--storage {url}: cannot open it ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "give a database URL such as postgresql://user@host/db, mysql://user@host/db or "
+            "sqlite:///path/study.db"
+        ) from None

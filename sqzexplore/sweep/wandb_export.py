@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from sqzexplore.sweep.space import SearchParam, SweepDefinition, SweepError
+from sqzexplore.sweep.params import Categorical, Param
+from sqzexplore.sweep.space import SweepDefinition, SweepError
 
 METHODS = {"grid": "grid", "random": "random", "nsga2": "bayes"}
 
@@ -32,8 +33,8 @@ def _cli_value(value: Any) -> Any:
     return value
 
 
-def _parameter(param: SearchParam, grid: bool) -> dict[str, Any]:
-    if param.kind == "categorical":
+def _parameter(param: Param, grid: bool) -> dict[str, Any]:
+    if isinstance(param, Categorical):
         return {"values": [_cli_value(v) for v in param.values]}
     stepped = param.step is not None and not (param.kind == "int" and param.step == 1)
     if grid or stepped:
@@ -56,22 +57,23 @@ def wandb_sweep_config(
     defn: SweepDefinition, *, runs_root: str, wandb_project: str | None = None
 ) -> dict[str, Any]:
     """The wandb sweep configuration (a dict, dumped to YAML by `write_wandb_yaml`)."""
-    if defn.base_experiment is None:
+    if defn.base.path is None:
         raise SweepError(
             f"sweep {defn.name} has no base experiment file; export-wandb needs one for "
             "`sqz train --config=...`"
         )
     grid = defn.sampler == "grid"
     parameters: dict[str, Any] = {}
-    for p in defn.params:
-        parameters[f"config.{p.key}"] = _parameter(p, grid)
+    for key, p in defn.space.items():
+        parameters[f"config.{key}"] = _parameter(p, grid)
     parameters["config.seed"] = {"values": list(defn.seeds)}
-    for key, value in defn.fixed:
+    for key, value in defn.fixed.items():
         parameters[f"config.{key}"] = {"value": _cli_value(value)}
     parameters["config.wandb.group"] = {"value": defn.name}
-    parameters["config.progress"] = {"value": "false"}
+    parameters["config.progress"] = {"value": "false"}  # parsed as the field's own type
     objective = defn.objectives[0]
-    experiment = defn.base_experiment + (f":{defn.base_arg}" if defn.base_arg else "")
+    arg = defn.base.arg_string()
+    experiment = defn.base.path + (f":{arg}" if arg else "")
     train = f'exec sqz train --config={experiment} --workdir="{runs_root}/$WANDB_RUN_ID" "$@"'
     description = (defn.question.splitlines() or [defn.name])[0]
     if len(defn.objectives) > 1 or defn.constraints:
@@ -84,7 +86,7 @@ def wandb_sweep_config(
         if defn.constraints:
             notes.append(
                 "analytic constraints not enforced by wandb: "
-                + ", ".join(f"{k}={v:g}" for k, v in defn.constraints)
+                + ", ".join(f"{k}={v:g}" for k, v in defn.constraints.items())
             )
         description += " [" + "; ".join(notes) + "]"
     config: dict[str, Any] = {
@@ -107,6 +109,9 @@ def wandb_sweep_config(
 
 
 def write_wandb_yaml(config: dict[str, Any], path: Path) -> Path:
+    """Write the YAML to `path`; an existing directory gets `<name>.wandb.yaml` inside it."""
+    if path.is_dir():
+        path = path / f"{config['name']}.wandb.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         f.write(f"# wandb sweep for sqzexplore sweep '{config['name']}'.\n")

@@ -3,8 +3,9 @@
 The runner is injectable: any `runner(config, workdir, *, on_eval=None) -> result dict` that
 honours the run-directory contract (result.json written last, resuming from its own checkpoints).
 The default is the real trainer, `sqzexplore.train:train_and_evaluate`; `--runner module:function`
-selects another (custom trainers, or `sqzexplore.sweep.fake_runner:run_fake_trial`, which the tests
-use to exercise the sweep machinery in seconds).
+selects another (custom trainers, or the tests' stand-in `fake_runner:run_fake_trial`, which
+exercises the sweep machinery in seconds). A worker needs only the sweep directory: each run's
+full config is in its trial.json, written when its design point was registered.
 
 A worker keeps going until the sweep is done. When only other workers' runs remain it waits and
 polls (`wait_for_others`), so that a run whose worker dies is picked up again; SLURM array tasks
@@ -25,28 +26,29 @@ from typing import Any
 
 import ml_collections
 
+from sqzexplore.rundir import RESULT_FILE, write_json
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import Heartbeat, owner_record
-from sqzexplore.sweep.engine import DONE, WAIT, RunOutcome, RunTicket, SweepEngine, trial_config
-from sqzexplore.sweep.pruning import MedianStopper
-from sqzexplore.sweep.space import SweepDefinition, value_label
+from sqzexplore.sweep.early_stop import MedianStopper
+from sqzexplore.sweep.engine import DONE, WAIT, RunOutcome, RunTicket, SweepEngine
+from sqzexplore.sweep.space import SweepError
 
 DEFAULT_RUNNER = "sqzexplore.train:train_and_evaluate"
 Runner = Callable[..., dict]
 
 
 def load_runner(spec: str) -> Runner:
-    """`module:function` -> the function (a clear error when it is not there)."""
+    """`module:function` -> the function (a SweepError naming --runner when it is not there)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--runner must be 'module:function', got {spec!r}")
+        raise SweepError(f"--runner must be 'module:function', got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"--runner {spec}: cannot import {module_name!r}: {e}") from None
+        raise SweepError(f"--runner {spec}: cannot import {module_name!r}: {e}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ValueError(f"--runner {spec}: {module_name} has no function {attr!r}")
+        raise SweepError(f"--runner {spec}: {module_name} has no function {attr!r}")
     return fn
 
 
@@ -87,8 +89,6 @@ class _StopFlag:
 
 def run_worker(
     sweep_dir: sd.SweepDir,
-    defn: SweepDefinition,
-    base_config: ml_collections.ConfigDict,
     *,
     runner: Runner,
     worker: str,
@@ -103,8 +103,6 @@ def run_worker(
     """Run the sweep's runs until it is done (or `max_runs` runs ended here)."""
     engine = SweepEngine(
         sweep_dir,
-        defn,
-        base_config,
         worker=worker,
         stale_after_s=stale_after_s,
         max_consecutive_skips=max_consecutive_skips,
@@ -113,7 +111,7 @@ def run_worker(
     sweep_dir.workers.mkdir(exist_ok=True)
     me = owner_record(worker)
     worker_file = sweep_dir.workers / f"{me['host']}-{me['pid']}-{me['token'][:6]}.json"
-    sd.write_json(worker_file, me)
+    write_json(worker_file, me)
     heartbeat = Heartbeat(heartbeat_s)
     heartbeat.add(worker_file)
     stop = _StopFlag()
@@ -147,7 +145,7 @@ def run_worker(
     finally:
         stop.restore()
         heartbeat.stop()
-        sd.write_json(worker_file, {**me, "finished": time.time()})
+        write_json(worker_file, {**me, "finished": time.time()})
     return summary
 
 
@@ -159,11 +157,9 @@ def execute_run(
     log: Callable[[str], None] = print,
 ) -> RunOutcome:
     """Train one run and classify how it ended."""
-    defn = engine.defn
-    config = trial_config(
-        engine.base_config, defn, ticket.overrides, ticket.seed, run_id=ticket.trial_id
-    )
-    stopper = MedianStopper(defn.pruner, engine.dir, ticket.point)
+    record = ticket.record()
+    config = ml_collections.ConfigDict(record["config"])
+    stopper = MedianStopper(engine.defn.early_stop, engine.dir, ticket.point)
     lost = {"claim": False}
 
     def on_eval(step: int, metrics: dict) -> bool:
@@ -174,7 +170,8 @@ def execute_run(
 
     kwargs: dict[str, Any] = {"on_eval": on_eval} if accepts_on_eval(runner) else {}
     t0 = time.time()
-    log(f"[{engine.worker}] {ticket.trial_id}: {_describe(ticket)}")
+    design = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in record["design"].items())
+    log(f"[{engine.worker}] {ticket.trial_id}: {design}, seed {ticket.seed}")
     try:
         result = runner(config, str(ticket.workdir), **kwargs)
     except Exception as e:  # a run's failure is data (e.g. NaN at a design point), not a crash
@@ -192,16 +189,11 @@ def execute_run(
     status = (result or {}).get("status")
     if status == "preempted":
         return RunOutcome("interrupted", {"preempted": True})
-    if status == "pruned" or stopper.reason is not None:
-        return RunOutcome("pruned", {"reason": stopper.reason or "stopped by on_eval"})
+    if status in sd.STOPPED_STATUSES or stopper.reason is not None:
+        return RunOutcome("stopped", {"reason": stopper.reason or "stopped by on_eval"})
     if status != "complete":
         return RunOutcome("failed", {"error": f"runner returned status {status!r}"})
-    if not (ticket.workdir / "result.json").exists():
+    if not (ticket.workdir / RESULT_FILE).exists():
         # A runner that only returns its result: keep the contract (result.json written last).
-        sd.write_json(ticket.workdir / "result.json", result)
+        write_json(ticket.workdir / RESULT_FILE, result)
     return RunOutcome("complete", {"seconds": time.time() - t0})
-
-
-def _describe(ticket: RunTicket) -> str:
-    design = ", ".join(f"{k.split('.')[-1]}={value_label(v)}" for k, v in ticket.overrides.items())
-    return f"{design}, seed {ticket.seed}"

@@ -1,10 +1,11 @@
 """Stopping hopeless runs early: a median rule on eval curves, fed by the trainer's `on_eval`.
 
-`MedianStopper` is Optuna's MedianPruner rule applied to the sweep's own files (so it also works
-for multi-objective studies, where Optuna's pruners do not): after `n_warmup_evals` evaluations,
-a run stops when its eval top-1 is below the median top-1 that finished runs of at least
-`n_startup_points` other design points had at the same step. The trainer then ends the run with
-status 'pruned' (its checkpoint and metrics stay), and the sweep tells Optuna PRUNED.
+`MedianStopper` is the rule of Optuna's MedianPruner applied to the sweep's own files (so it also
+works for multi-objective studies, where Optuna's pruners do not): after `n_warmup_evals`
+evaluations, a run stops when its eval top-1 is below the median top-1 that finished runs of at
+least `n_startup_points` other design points had at the same step. The trainer then ends the run
+early (its checkpoint and metrics stay), the run's state is 'stopped', and the sweep tells Optuna
+the trial was PRUNED (Optuna's name for it).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from sqzexplore.rundir import METRICS_FILE, read_json, read_jsonl
 from sqzexplore.sweep import sweepdir as sd
-from sqzexplore.sweep.space import PrunerSpec
+from sqzexplore.sweep.space import EarlyStop
 
 
 def eval_curve(trial_dir: Path, key: str = "top1") -> dict[int, float]:
     """step -> eval `key` of one run, from its metrics.jsonl."""
     curve = {}
-    for record in sd.read_jsonl(trial_dir / "metrics.jsonl"):
+    for record in read_jsonl(trial_dir / METRICS_FILE):
         if record.get("split") == "eval" and isinstance(record.get(key), (int, float)):
             curve[int(record["step"])] = float(record[key])
     return curve
@@ -36,7 +38,7 @@ def value_at(curve: dict[int, float], step: int) -> float | None:
 class MedianStopper:
     """`should_stop(step, metrics)` for one run, comparing with the sweep's finished runs."""
 
-    def __init__(self, spec: PrunerSpec, sweep_dir: sd.SweepDir, point: str, key: str = "top1"):
+    def __init__(self, spec: EarlyStop, sweep_dir: sd.SweepDir, point: str, key: str = "top1"):
         self.spec = spec
         self.sweep_dir = sweep_dir
         self.point = point
@@ -53,13 +55,13 @@ class MedianStopper:
             trial_dir = self.sweep_dir.trial_dir(trial)
             if sd.run_state(trial_dir) != sd.COMPLETE:
                 continue
-            record = sd.read_json(trial_dir / sd.TRIAL_FILE) or {}
+            record = read_json(trial_dir / sd.TRIAL_FILE) or {}
             self._curves[trial] = (record.get("point", trial), eval_curve(trial_dir, self.key))
 
     def should_stop(self, step: int, metrics: dict) -> bool:
         self.evals_seen += 1
         value = metrics.get(self.key)
-        if self.spec.name != "median" or self.evals_seen <= self.spec.n_warmup_evals:
+        if self.spec.rule != "median" or self.evals_seen <= self.spec.n_warmup_evals:
             return False
         if not isinstance(value, (int, float)):
             return False

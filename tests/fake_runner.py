@@ -5,8 +5,9 @@
 its own "checkpoint" in checkpoints/) but its accuracy is a fixed, smooth function of the design
 point: it grows with the parameter count with diminishing returns, peaks at pct_3x3 = 0.5, likes
 late pooling and bypasses, plus a small deterministic per-seed offset. The tests use it (through
-`--runner sqzexplore.sweep.fake_runner:run_fake_trial`) to check scheduling, kill-and-resume,
-pruning and reports; it is also the template of a custom runner. Never use its numbers as results.
+`--runner fake_runner:run_fake_trial`, with tests/ on the path) to check scheduling,
+kill-and-resume, early stopping and reports; it is also the template of a custom runner. Never
+use its numbers as results.
 
 Environment knobs (for tests): SQZ_FAKE_STEP_S seconds of sleep per step (default 0),
 SQZ_FAKE_STEPS steps when config.num_steps is 0 (default 20), SQZ_FAKE_GATE a file every run
@@ -29,7 +30,7 @@ import ml_collections
 from sqzexplore.config import spec_from_config
 from sqzexplore.models.complexity import complexity
 from sqzexplore.models.spec import SqueezeNetSpec
-from sqzexplore.sweep.sweepdir import append_jsonl, read_json, read_jsonl, write_json
+from sqzexplore.rundir import append_jsonl, read_json, read_jsonl, write_json
 
 
 def fake_accuracy(spec: SqueezeNetSpec, seed: int) -> float:
@@ -53,7 +54,7 @@ def _curve(final: float, fraction: float) -> float:
 
 
 def run_fake_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None) -> dict:
-    """Write a complete (or pruned) run directory for `config` in `workdir`."""
+    """Write a complete (or stopped early) run directory for `config` in `workdir`."""
     t_start = time.perf_counter()
     run_dir = Path(workdir)
     done = read_json(run_dir / "result.json")
@@ -114,7 +115,7 @@ def run_fake_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=N
                 metrics.flush()
                 write_json(checkpoint, {"step": step})
                 if on_eval is not None and on_eval(step, dict(last_eval)) and step < steps:
-                    status = "pruned"
+                    status = "pruned"  # what the trainer says when on_eval stops a run
                     break
     result = {
         "status": status,
