@@ -139,7 +139,7 @@ class RunClaims:
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
-            # A claim torn by a kill between create and write: judge it by its age alone.
+            # Unreadable (e.g. torn by a power loss): judge it by its age alone.
             try:
                 return {}, path.stat().st_mtime
             except OSError:
