@@ -67,8 +67,8 @@ from sqzexplore.compress.quantize import (
     quantize_params,
     resolve_bits,
 )
-from sqzexplore.metrics import write_json_atomic
 from sqzexplore.models.spec import SpecError, SqueezeNetSpec
+from sqzexplore.rundir import write_json as write_json_atomic
 
 MAX_ROUNDS = 10
 # Learning rates as fractions of the source run's. Retraining after pruning needs a real step
