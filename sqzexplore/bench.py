@@ -3,7 +3,7 @@
 For a design-space tool speed is trials per hour, so this measures what a trial spends its time
 on, on whatever devices exist, and writes rows that name the machine:
 
-    sqz bench step     the trainer's own jitted step (`train._make_train_step`) on a synthetic
+    sqz bench step     the trainer's own jitted step (`train.make_train_step`) on a synthetic
                        batch resident on the devices: compile time (lower and compile timed
                        apart, no persistent cache), steady-state img/s (host sync only at the end
                        of each timed window; median of the windows), compiled and peak device
@@ -338,7 +338,9 @@ def _initial_state(spec, tx, seed: int, mesh):
     stats = jax.tree_util.tree_map_with_path(value, stats.to_pure_dict())
     # SGD's momentum trace, Adam's moments and their step counts all start at zero.
     opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params))
-    state = dict(
+    from sqzexplore.train import TrainState
+
+    state = TrainState(
         step=np.zeros((), np.int32),
         params=params,
         batch_stats=stats,
@@ -391,8 +393,9 @@ def compile_step(config, *, data: str = "fixed", mesh=None) -> CompiledStep:
     its own batch inside the step (what the trainer runs for digits / CIFAR / synthetic).
     """
     from sqzexplore import optim, sharding, train
+    from sqzexplore.config import validate_config
 
-    spec = train.validate_config(config)
+    spec = validate_config(config)
     mesh = mesh if mesh is not None else sharding.make_mesh()
     sharding.check_divisible(config.batch_size, "batch", mesh)
     tx, schedule = optim.make_optimizer(config.optim, int(config.num_steps) or 1_000_000, 0)
@@ -409,9 +412,14 @@ def compile_step(config, *, data: str = "fixed", mesh=None) -> CompiledStep:
         images, labels = (sharding.put_replicated(a, mesh) for a in ds.train_arrays())
     else:
         raise BenchError(f"data must be 'fixed' or 'device', got {data!r}")
-    step_fn = train._make_train_step(
-        graphdef=graphdef, ds=ds, tx=tx, schedule=schedule, spec=spec, config=config,
-        reparam=None, mesh=mesh, on_device=data == "device",
+    batch_fn = None
+    if ds is not None:
+        batch = int(config.batch_size)
+        batch_fn = lambda x, y, step, key: ds.device_train_batch(x, y, step, key, batch)
+    step_fn = train.make_train_step(
+        graphdef, tx, schedule, num_classes=spec.num_classes,
+        label_smoothing=config.optim.label_smoothing, batch_fn=batch_fn,
+        batch_sharding=sharding.batch_sharded(mesh),
     )  # fmt: skip
     replicated = sharding.replicated(mesh)
     jax.clear_caches()
@@ -1179,7 +1187,7 @@ class Report:
     def flush(self) -> None:
         if not self.json_path:
             return
-        from sqzexplore.metrics import write_json_atomic
+        from sqzexplore.rundir import write_json as write_json_atomic
 
         os.makedirs(os.path.dirname(os.path.abspath(self.json_path)), exist_ok=True)
         write_json_atomic(self.json_path, self.data)

@@ -16,7 +16,7 @@ import sys
 
 COMMANDS = {
     "describe": ("sqzexplore.describe", "per-layer table, parameters, MACs and sizes of a spec"),
-    "train": ("sqzexplore.train", "train and evaluate one design point in a workdir"),
+    "train": ("sqzexplore.train.cli", "train and evaluate one design point in a workdir"),
     "sweep": ("sqzexplore.sweep.cli", "run, watch and report design-space sweeps"),
     "compress": ("sqzexplore.compress.cli", "prune, quantize and encode a finished run (.sqz)"),
     "bench": ("sqzexplore.bench", "train-step throughput, compile time and memory benchmarks"),

@@ -10,18 +10,22 @@ field, so any design field can be overridden from the command line or by a sweep
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
-import math
 import os
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from sqzexplore.models.spec import PRESETS, SpecError, SqueezeNetSpec
 
 
 class ConfigError(ValueError):
     """An invalid experiment config; the message names the field and what is allowed."""
+
+
+WANDB_MODES = ("disabled", "offline", "online")
 
 
 # ---------------------------------------------------------------------------------- arg parsing
@@ -99,6 +103,12 @@ def model_config(preset: str = "v1.0", **overrides: Any) -> ml_collections.Confi
     return cfg
 
 
+def _tristate_field() -> ml_collections.FieldReference:
+    # "auto" or a bool: an `object` field, so a bool can replace the string, and absl parses
+    # `--config.progress=false` as the boolean False.
+    return ml_collections.FieldReference("auto", field_type=object)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every experiment; experiments change what they need."""
     c = ml_collections.ConfigDict()
@@ -113,7 +123,8 @@ def base_config() -> ml_collections.ConfigDict:
             # (random-resized crop + flip) | 'paper' (resize 256, random 227 crop, mean-subtract,
             # no flip)
             augment="crop_flip",
-            on_device="auto",  # auto | true | false: keep the whole dataset in device memory
+            # "auto" | True | False: keep the whole dataset in device memory
+            on_device=_tristate_field(),
             shuffle_buffer=10_000,
             synthetic_train_size=4096,
             synthetic_eval_size=1024,
@@ -161,13 +172,13 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.distributed = ml_collections.ConfigDict(
         dict(
-            initialize="auto",  # auto (SLURM/TPU/env detection) | true | false
+            initialize=_tristate_field(),  # "auto" (SLURM/TPU/env detection) | True | False
             coordinator_address=ml_collections.FieldReference(None, field_type=str),
             num_processes=ml_collections.FieldReference(None, field_type=int),
             process_id=ml_collections.FieldReference(None, field_type=int),
         )
     )
-    c.progress = "auto"  # auto (only on a terminal) | true | false
+    c.progress = _tristate_field()  # "auto" (only on a terminal) | True | False
     c.compilation_cache_dir = os.path.join("~", ".cache", "sqzexplore", "xla")
     return c
 
@@ -189,20 +200,112 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
-    """Set dotted keys (`model.squeeze_ratio`) on a config; unknown keys are an error."""
-    for dotted, value in overrides.items():
-        node = config
-        parts = dotted.split(".")
-        for p in parts[:-1]:
-            if p not in node:
-                raise ConfigError(f"unknown config key {dotted!r} (no {p!r})")
-            node = node[p]
-        if parts[-1] not in node:
-            raise ConfigError(f"unknown config key {dotted!r}")
-        try:
-            node[parts[-1]] = tuple(value) if isinstance(value, list) else value
-        except TypeError as e:
-            raise ConfigError(f"config key {dotted!r}: {e}") from None
+    """Set dotted keys (`model.squeeze_ratio`) on a config; unknown keys are an error.
+
+    `ConfigDict.update_from_flattened_dict` on the config locked for the update, so a misspelt key
+    is refused (not added) and a value of the wrong type is refused by the field's type.
+    """
+    was_locked = config.is_locked
+    config.lock()
+    try:
+        for dotted, value in overrides.items():
+            try:
+                config.update_from_flattened_dict(
+                    {dotted: tuple(value) if isinstance(value, list) else value}
+                )
+            except KeyError:
+                raise ConfigError(unknown_key_message(config, dotted)) from None
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"config.{dotted}: {e}") from None
+    finally:
+        if not was_locked:
+            config.unlock()
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, dotted: str) -> str:
+    """`unknown config key 'a.b'; did you mean 'a.c'?` for the first part of `dotted` not in
+    config."""
+    node, parts = config, dotted.split(".")
+    for depth, part in enumerate(parts):
+        if isinstance(node, ml_collections.ConfigDict) and part in node:
+            node = node[part]
+            continue
+        prefix = ".".join(parts[:depth])
+        if not isinstance(node, ml_collections.ConfigDict):
+            return f"unknown config key {dotted!r}: config.{prefix} is a value, not a section"
+        keys = sorted(str(k) for k in node)
+        where = f"{prefix}." if prefix else ""
+        message = f"unknown config key {where + part!r}"
+        close = difflib.get_close_matches(part, keys, 1, 0.75)
+        if close:
+            return f"{message}; did you mean {where + close[0]!r}?"
+        return f"{message}; known keys{' of ' + prefix if prefix else ''}: {', '.join(keys)}"
+    return f"unknown config key {dotted!r}"
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+    """Refuse a config with a key the defaults do not have (a typo would be silently ignored).
+
+    Every leaf of `config` is set on a locked copy of `base_config()`: the locked ConfigDict
+    refuses unknown keys and values of the wrong type.
+    """
+    apply_overrides(base_config(), _flatten(config.to_dict()))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def tristate(value: Any, field: str) -> bool | None:
+    """An `auto | true | false` setting as None (auto) / True / False.
+
+    The spelling is `"auto"` or a boolean; the strings "true"/"false" (what a shell passes) are
+    accepted as the booleans they name. Anything else is a ConfigError naming `field`.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("auto", "true", "false"):
+        return {"auto": None, "true": True, "false": False}[value.strip().lower()]
+    raise ConfigError(f"config.{field} must be 'auto', true or false, got {value!r}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
+    """Check every field that can be checked before data loading or compilation; return the spec."""
+    from sqzexplore import optim
+
+    check_known_keys(config)
+    spec = spec_from_config(config)
+    for field in ("batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
+        value = config[field]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"config.{field} must be an integer >= 1, got {value!r}")
+    if config.num_steps < 0:
+        raise ConfigError(f"config.num_steps must be >= 0, got {config.num_steps}")
+    if config.num_steps == 0 and not config.num_epochs > 0:
+        raise ConfigError(
+            f"config.num_epochs must be > 0 when num_steps is 0, got {config.num_epochs}"
+        )
+    for field in ("eval_every_epochs", "checkpoint_every_epochs"):
+        if not config[field] > 0:
+            raise ConfigError(f"config.{field} must be > 0, got {config[field]}")
+    try:
+        optim.validate(config.optim)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.wandb.mode not in WANDB_MODES:
+        raise ConfigError(
+            f"config.wandb.mode must be one of {WANDB_MODES}, got {config.wandb.mode!r}"
+        )
+    tristate(config.progress, "progress")
+    tristate(config.data.on_device, "data.on_device")
+    tristate(config.distributed.initialize, "distributed.initialize")
+    return spec
 
 
 def spec_from_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
@@ -214,16 +317,3 @@ def spec_from_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
         raise SpecError(f"config.model: {e}") from None
     except TypeError as e:
         raise SpecError(f"config.model: {e}") from None
-
-
-# ---------------------------------------------------------------------------------- durations
-def steps_for(config: ml_collections.ConfigDict, train_size: int) -> int:
-    """Total training steps from num_steps, or num_epochs x ceil(train_size / batch_size)."""
-    if config.num_steps and config.num_steps > 0:
-        return int(config.num_steps)
-    return max(1, int(math.ceil(config.num_epochs * train_size / config.batch_size)))
-
-
-def epochs_to_steps(epochs: float, train_size: int, batch_size: int) -> int:
-    """Steps covering `epochs` epochs (at least 1)."""
-    return max(1, int(round(epochs * train_size / batch_size)))

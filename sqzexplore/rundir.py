@@ -50,7 +50,7 @@ def _umask() -> int:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically, with the umask's mode for a new file (not mkstemp's 0600)."""
+    """Write `data` to `path` atomically, with the umask's mode (not mkstemp's 0600)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")

@@ -19,21 +19,19 @@ DATA_AXIS = "data"
 def maybe_initialize_distributed(dist_config) -> None:
     """Join the other processes of a multi-host run (no-op for a single process).
 
-    `dist_config.initialize`: 'true' always calls `jax.distributed.initialize` (with the given
-    coordinator / process count / id, or JAX's own auto-detection); 'auto' does so only when an
+    `dist_config.initialize`: True always calls `jax.distributed.initialize` (with the given
+    coordinator / process count / id, or JAX's own auto-detection); "auto" does so only when an
     explicit coordinator is given or SLURM (more than one task) or a TPU pod is detected;
-    'false' never does.
+    False never does.
     """
-    mode = str(dist_config.initialize).lower()
-    if mode not in ("auto", "true", "false"):
-        raise ValueError(
-            f"config.distributed.initialize must be 'auto', 'true' or 'false', got {mode!r}"
-        )
-    if mode == "false" or _distributed_is_initialized():
+    from sqzexplore.config import tristate
+
+    mode = tristate(dist_config.initialize, "distributed.initialize")
+    if mode is False or _distributed_is_initialized():
         return
     explicit = dist_config.coordinator_address is not None
     detected = int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ
-    if mode == "auto" and not (explicit or detected):
+    if mode is None and not (explicit or detected):
         return
     kwargs = {}
     if explicit:

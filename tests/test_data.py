@@ -21,7 +21,7 @@ import pytest
 from sqzexplore.config import base_config
 from sqzexplore.data import DataError, DeviceDataset, Normalization, Recipe, load_dataset
 from sqzexplore.data.augment import augment_batch
-from sqzexplore.data.pipeline import eval_batches_per_process, process_eval_range
+from sqzexplore.data.dataset import eval_batches_per_process, process_eval_range
 from sqzexplore.data.sources import digits_split, resize_bilinear
 from sqzexplore.models.spec import preset
 
@@ -139,7 +139,7 @@ def test_device_train_batch_drops_the_epoch_remainder():
     seen = [np.asarray(batch(images, labels, s, jax.random.key(0), 16)[1]) for s in range(4)]
     seen = np.concatenate(seen)
     assert dataset.steps_per_epoch(16) == 4 and len(np.unique(seen)) == 64
-    with pytest.raises(ValueError, match="batch_size 71"):
+    with pytest.raises(ValueError, match="batch_size=71"):
         dataset.steps_per_epoch(71)
 
 
@@ -240,7 +240,7 @@ def test_bad_config_values_are_named():
     with pytest.raises(DataError, match="config.data.on_device"):
         load_dataset(data_config(on_device="sometimes"), spec)
     with pytest.raises(DataError, match="always device-resident"):
-        load_dataset(data_config(on_device="false"), spec)
+        load_dataset(data_config(on_device=False), spec)
     with pytest.raises(DataError, match="num_classes=10"):
         load_dataset(data_config(), preset("digits", num_classes=12))
     with pytest.raises(DataError, match="digits_test_fraction"):
@@ -322,7 +322,7 @@ def test_tfds_cifar10_streaming_resumes_and_evaluates_exactly(tmp_path):
 
     spec = preset("cifar")
     with tfds.testing.mock_data(num_examples=40):
-        config = data_config(name="cifar10", data_dir=str(tmp_path), on_device="false")
+        config = data_config(name="cifar10", data_dir=str(tmp_path), on_device=False)
         stream = load_dataset(config, spec)
         assert not stream.on_device and stream.steps_per_epoch(8) == 5
 
@@ -364,7 +364,7 @@ def test_tfds_variable_size_images_stream_with_every_recipe(tmp_path):
                 name="imagenet2012",
                 data_dir=str(tmp_path),
                 eval_split="validation",
-                on_device="false",
+                on_device=False,
                 augment=augment,
             )
             stream = load_dataset(config, spec)
@@ -373,7 +373,7 @@ def test_tfds_variable_size_images_stream_with_every_recipe(tmp_path):
             assert np.all(np.isfinite(batch["image"]))
         assert next(stream.eval_iter(8))["image"].shape == (8, 48, 48, 3)
         assert stream.normalization.mean == (123.0, 117.0, 104.0)  # paper: means only
-        config.on_device = "true"
+        config.on_device = True
         device = load_dataset(config, spec)
     assert device.train_arrays()[0].shape == (12, 54, 54, 3)  # round(48 * 256 / 227)
     assert device.eval_arrays()[0].shape == (12, 48, 48, 3)
@@ -386,42 +386,18 @@ TINY_TRAIN, TINY_TEST = 30, 21
 @pytest.fixture(scope="module")
 def tiny_tfds(tmp_path_factory):
     """A real TFDS dataset prepared in a tmp dir: 8x8 images whose label is a unique id."""
-    import tensorflow_datasets as tfds
+    from tfds_fixture import prepare
 
-    tfds.disable_progress_bar()
-
-    class TinyIds(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        VERSION = tfds.core.Version("1.0.0")
-        code_path = None  # defined in a test: no checksums file to look for
-
-        def _info(self):
-            features = tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(8, 8, 3)),
-                    "label": tfds.features.ClassLabel(num_classes=64),
-                }
-            )
-            return tfds.core.DatasetInfo(builder=self, features=features)
-
-        def _split_generators(self, dl_manager):
-            return {
-                "train": self._generate_examples(0, TINY_TRAIN),
-                "test": self._generate_examples(32, TINY_TEST),
-            }
-
-        def _generate_examples(self, first, count):
-            for i in range(first, first + count):
-                image = np.full((8, 8, 3), i, np.uint8)
-                yield i, {"image": image, "label": i}
-
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    TinyIds(data_dir=data_dir).download_and_prepare()
-    return data_dir
+    ids = lambda first, count: [
+        (np.full((8, 8, 3), i, np.uint8), i) for i in range(first, first + count)
+    ]
+    splits = {"train": ids(0, TINY_TRAIN), "test": ids(32, TINY_TEST)}
+    return prepare(str(tmp_path_factory.mktemp("tfds")), "tiny_ids", splits, num_classes=64)
 
 
 def test_two_processes_split_tfds_disjointly_and_completely(tiny_tfds):
     spec = preset("cifar", num_classes=64, image_size=8)
-    config = data_config(name="tiny_ids", data_dir=tiny_tfds, on_device="false", augment="none")
+    config = data_config(name="tiny_ids", data_dir=tiny_tfds, on_device=False, augment="none")
     eval_seen, train_seen, eval_batches = [], [], []
     for process in range(2):
         stream = load_dataset(config, spec, process_index=process, process_count=2)

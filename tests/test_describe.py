@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from sqzexplore.config import ConfigError, load_config_file, spec_from_config, steps_for
+from sqzexplore.config import ConfigError, load_config_file, spec_from_config
 from sqzexplore.describe import main
+from sqzexplore.durations import Durations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V1_0 = os.path.join(ROOT, "experiments", "imagenet", "squeezenet_v1_0.py")
@@ -142,7 +143,7 @@ def test_v1_0_paper_recipe():
     o = c.optim
     assert (o.name, o.lr, o.momentum, o.weight_decay) == ("sgd", 0.04, 0.9, 2e-4)
     assert (o.schedule, o.power) == ("poly", 1.0)
-    assert steps_for(c, train_size=1_281_167) == 170_000
+    assert Durations.from_config(c, train_size=1_281_167).total_steps == 170_000
 
 
 def test_v1_0_release_solver():
@@ -173,4 +174,6 @@ def test_runlocal_is_the_same_experiment_shrunk(path, arg):
     assert local.data.name == "synthetic"
     assert local.batch_size % 4 == 0 and local.eval_batch_size % 4 == 0
     assert local.batch_size <= 16 and 0 < local.num_steps <= 10
-    assert steps_for(local, local.data.synthetic_train_size) == local.num_steps
+    assert (
+        Durations.from_config(local, local.data.synthetic_train_size).total_steps == local.num_steps
+    )

@@ -17,6 +17,7 @@ import pytest
 from sqzexplore import train
 from sqzexplore.config import ConfigError, base_config, model_config
 from sqzexplore.models.spec import SpecError
+from sqzexplore.train.state import model_graphdef
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +39,7 @@ def tiny_config(**changes) -> object:
     c.eval_every_epochs = 1.0
     c.checkpoint_every_epochs = 1.0
     c.log_every_steps = 5
-    c.progress = "false"
+    c.progress = False
     c.compilation_cache_dir = os.environ["SQZ_TEST_XLA_CACHE"]
     for k, v in changes.items():
         node = c
@@ -55,7 +56,8 @@ def test_digits_run_writes_all_outputs(tmp_path):
         assert (tmp_path / name).exists(), name
     assert result["status"] == "complete"
     assert result["final"]["count"] == 360  # the whole digits test split, exactly once
-    assert result["steps"] == 2 * -(-1437 // 64) or result["steps"] > 0
+    # An epoch is 1437 // 64 = 22 whole batches (the data layer drops the remainder).
+    assert result["steps"] == 2 * (1437 // 64) == 44
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in records if r["split"] == "train"]
     eval_recs = [r for r in records if r["split"] == "eval"]
@@ -79,48 +81,31 @@ def test_digits_reaches_accuracy_bar(tmp_path):
     from sqzexplore.config import load_config_file
 
     c = load_config_file(os.path.join(REPO, "experiments/digits/squeezenet.py"), "epochs=8")
-    c.progress = "false"
+    c.progress = False
     c.compilation_cache_dir = os.environ["SQZ_TEST_XLA_CACHE"]
     result = train.train_and_evaluate(c, str(tmp_path))
     assert result["final"]["top1"] >= 0.90, result["final"]
 
 
 def _one_step_state(config, devices):
-    """Params after exactly one train step on a mesh of `devices`."""
-    from flax import nnx
-
+    """State after exactly one train step on a mesh of `devices` (the public step API)."""
     from sqzexplore import optim, sharding
     from sqzexplore.config import spec_from_config
     from sqzexplore.data import load_dataset
-    from sqzexplore.models.squeezenet import SqueezeNet
 
     spec = spec_from_config(config)
     mesh = sharding.make_mesh(devices)
     ds = load_dataset(config.data, spec)
     tx, schedule = optim.make_optimizer(config.optim, 10, 0)
-    model = SqueezeNet(spec, rngs=nnx.Rngs(0))
-    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    params, stats = params.to_pure_dict(), stats.to_pure_dict()
-    state = dict(
-        step=np.int32(0),
-        params=params,
-        batch_stats=stats,
-        opt_state=tx.init(params),
-        rng=np.asarray(jax.random.key_data(jax.random.key(0))),
-        aux={},
-        nonfinite_step=np.int32(-1),
-    )
-    state = jax.device_put(state, sharding.replicated(mesh))
-    step_fn = train._make_train_step(
-        graphdef=graphdef,
-        ds=ds,
-        tx=tx,
-        schedule=schedule,
-        spec=spec,
-        config=config,
-        reparam=None,
-        mesh=mesh,
-        on_device=True,
+    state = jax.device_put(train.init_state(spec, tx, 0), sharding.replicated(mesh))
+    step_fn = train.make_train_step(
+        model_graphdef(spec),
+        tx,
+        schedule,
+        num_classes=spec.num_classes,
+        label_smoothing=config.optim.label_smoothing,
+        batch_fn=lambda x, y, step, key: ds.device_train_batch(x, y, step, key, config.batch_size),
+        batch_sharding=sharding.batch_sharded(mesh),
     )
     x, y = (sharding.put_replicated(a, mesh) for a in ds.train_arrays())
     new_state, metrics = jax.jit(step_fn)(state, x, y)
@@ -135,11 +120,12 @@ def test_four_devices_equal_one_device(batch_norm):
     c = tiny_config(**{"model.batch_norm": batch_norm, "model.dropout": 0.0})
     one, m1 = _one_step_state(c, jax.devices()[:1])
     four, m4 = _one_step_state(c, jax.devices()[:4])
+    assert int(one.step) == int(four.step) == 1
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(four["params"])):
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     if batch_norm:
-        stats1, stats4 = jax.tree.leaves(one["batch_stats"]), jax.tree.leaves(four["batch_stats"])
+        stats1, stats4 = jax.tree.leaves(one.batch_stats), jax.tree.leaves(four.batch_stats)
         assert stats1
         for a, b in zip(stats1, stats4):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -301,39 +287,20 @@ def test_cli_rejects_bad_override(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_tfds_dir(tmp_path_factory):
     """A real TFDS dataset written to disk by the test: 32x32 RGB images, 10 classes."""
-    import tensorflow_datasets as tfds
+    from tfds_fixture import prepare
 
-    tfds.disable_progress_bar()
+    def shapes(seed, count):
+        rng = np.random.default_rng(seed)
+        return [
+            (rng.integers(0, 60, (32, 32, 3), dtype=np.uint8) + np.uint8(i % 10 * 19), i % 10)
+            for i in range(count)
+        ]
 
-    class TinyShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        VERSION = tfds.core.Version("1.0.0")
-        code_path = None  # defined in a test: no checksums file to look for
-
-        def _info(self):
-            features = tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(32, 32, 3)),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                }
-            )
-            return tfds.core.DatasetInfo(builder=self, features=features)
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(0, 48), "test": self._generate_examples(1, 20)}
-
-        def _generate_examples(self, seed, count):
-            rng = np.random.default_rng(seed)
-            for i in range(count):
-                label = i % 10
-                image = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8) + np.uint8(label * 19)
-                yield i, {"image": image, "label": label}
-
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    TinyShapes(data_dir=data_dir).download_and_prepare()
-    return data_dir
+    splits = {"train": shapes(0, 48), "test": shapes(1, 20)}
+    return prepare(str(tmp_path_factory.mktemp("tfds")), "tiny_shapes", splits, num_classes=10)
 
 
-@pytest.mark.parametrize("on_device", ["false", "auto"])
+@pytest.mark.parametrize("on_device", [False, "auto"])
 def test_full_run_on_tfds_dataset(tmp_path, tiny_tfds_dir, on_device):
     """The real TFDS code path end to end on a dataset the test wrote in TFDS format: the
     tf.data stream (on_device false) and the load-onto-the-devices path (auto)."""

@@ -6,8 +6,9 @@ branches on `dataset.on_device`. Importing this package does not import TensorFl
 """
 
 from sqzexplore.data.augment import AUGMENTATIONS, Normalization, Recipe
-from sqzexplore.data.pipeline import Dataset, DeviceDataset, StreamingDataset
+from sqzexplore.data.dataset import Dataset, DeviceDataset
 from sqzexplore.data.sources import DataError, load_dataset
+from sqzexplore.data.stream import StreamingDataset
 
 __all__ = [
     "AUGMENTATIONS",

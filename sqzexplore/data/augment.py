@@ -3,7 +3,7 @@
 A `Recipe` says, for one dataset and one `config.data.augment` value, at what size images are
 stored or decoded before the random crop, how much zero padding the crop sees, whether images may
 be flipped and how pixels are normalised. The device-resident path (`augment_batch`, run inside
-the jitted train step with `jax.random`) and the tf.data path (`pipeline.py`) both follow it, so
+the jitted train step with `jax.random`) and the tf.data path (`preprocess.py`) both follow it, so
 switching `config.data.on_device` changes where the work runs, not the recipe.
 
 Recipes (S = `image_size`, R = round(S / 0.875), the usual "resize 256, crop 224"; P = round(S *

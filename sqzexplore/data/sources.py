@@ -11,7 +11,7 @@
   `imagenet_resized/32x32`, ...), read from `config.data.data_dir` (TFDS's default when None).
   With `on_device='auto'` a dataset whose train and eval splits fit `ON_DEVICE_MAX_BYTES` as uint8
   at their stored sizes is decoded into memory once and augmented on the device; larger ones
-  stream through tf.data (`pipeline.StreamingDataset`).
+  stream through tf.data (`stream.StreamingDataset`).
 
 Normalisation: device-resident datasets use the per-channel mean/std of their stored train
 images; streamed ones use the ImageNet statistics (computing them would cost a pass over the
@@ -27,15 +27,14 @@ from typing import Any
 import numpy as np
 
 from sqzexplore.data.augment import AUGMENTATIONS, Normalization, Recipe
-from sqzexplore.data.pipeline import (
-    Dataset,
-    DeviceDataset,
+from sqzexplore.data.dataset import Dataset, DeviceDataset
+from sqzexplore.data.preprocess import (
     ImageDecoder,
-    StreamingDataset,
     eval_image,
     import_tensorflow,
     stored_train_image,
 )
+from sqzexplore.data.stream import StreamingDataset
 
 # Train + eval splits at most this many bytes (uint8, stored sizes) live on the device under
 # on_device='auto': CIFAR-10 (184 MB), imagenette at 128-160 px yes; ImageNet no.
@@ -79,23 +78,19 @@ def load_dataset(
 
 def parse_on_device(value: Any) -> bool | None:
     """config.data.on_device as True / False / None (auto)."""
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text == "auto":
-        return None
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise DataError(f"config.data.on_device must be 'auto', 'true' or 'false', got {value!r}")
+    from sqzexplore.config import ConfigError, tristate
+
+    try:
+        return tristate(value, "data.on_device")
+    except ConfigError as e:
+        raise DataError(str(e)) from None
 
 
 def _require_device_resident(data_config: Any, name: str) -> None:
     if parse_on_device(data_config.on_device) is False:
         raise DataError(
             f"config.data.on_device=false is not supported for {name!r}: it is always "
-            "device-resident (set on_device to 'auto' or 'true')"
+            "device-resident (set on_device to 'auto' or true)"
         )
 
 
