@@ -52,6 +52,7 @@ INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 stats: collections.Counter = collections.Counter()
 
 _lock = threading.Lock()
+_spent = threading.local()  # compile seconds (and nesting depth) per thread
 _programs: collections.OrderedDict[str, Programs] = collections.OrderedDict()
 _datasets: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
@@ -138,11 +139,18 @@ def _dataset(config: ml_collections.ConfigDict, spec: SqueezeNetSpec) -> Any:
     return ds
 
 
+def compile_seconds() -> float:
+    """Seconds this thread has spent building programs, waiting for another thread included
+    (a run's compile time is the change over the run)."""
+    return getattr(_spent, "seconds", 0.0)
+
+
 class Programs:
     """The dataset, optimiser, and compiled init / train step / eval of one design point.
 
-    `init(seed)`, `train_step()` and `eval_runner` compile on first use (or in `prepare()`);
-    `compile_time` is the running total of seconds spent on it.
+    Each program is built on first use (or by `prepare()`), once, under a lock, so a run that
+    needs a program another thread is compiling waits for it; the time counts in
+    `compile_seconds()` of the thread that built or waited.
     """
 
     def __init__(
@@ -161,35 +169,33 @@ class Programs:
         self.tx, self.schedule = optim.make_optimizer(
             config.optim, self.steps.total_steps, self.steps.warmup_steps
         )
-        self.compile_time = 0.0
         self._reparam, self._init_params = reparam, init_params
-        self._compile_lock = threading.RLock()
-        self._graphdef = self._lowered_init = self._init = self._step = None
-        self._train_arrays = None
         self._label_smoothing = config.optim.label_smoothing
+        self._lock = threading.RLock()
         self._eval_batch_size = config.eval_batch_size
-        self._eval_runner = None
+        self._built: dict[str, Any] = {}
 
-    # ---------------------------------------------------------------------------- pieces
-    def _timed(self, build: Callable[[], Any]) -> Any:
-        with self._compile_lock:
-            t0 = time.perf_counter()
-            try:
-                return build()
-            finally:
-                self.compile_time += time.perf_counter() - t0
+    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+        """`build()`'s value, built by the first caller; timed into `compile_seconds()`."""
+        if name in self._built:
+            return self._built[name]
+        depth = getattr(_spent, "depth", 0)
+        t0 = time.perf_counter()
+        _spent.depth = depth + 1
+        try:
+            with self._lock:
+                if name not in self._built:
+                    self._built[name] = build()
+                return self._built[name]
+        finally:
+            _spent.depth = depth
+            if depth == 0:  # nested builds are inside the outer one's time
+                _spent.seconds = compile_seconds() + time.perf_counter() - t0
 
+    # ---------------------------------------------------------------------------- programs
     @property
     def graphdef(self):
-        if self._graphdef is None:
-            self._graphdef = self._timed(lambda: model_graphdef(self.spec))
-        return self._graphdef
-
-    def _init_fn(self, key_data: jax.Array) -> TrainState:
-        key = jax.random.wrap_key_data(key_data)
-        return init_state(
-            self.spec, self.tx, key, init_params=self._init_params, reparam=self._reparam
-        )
+        return self._once("graphdef", lambda: model_graphdef(self.spec))
 
     @property
     def _device(self):
@@ -198,27 +204,30 @@ class Programs:
         # values from the same seed anyway.
         return jax.local_devices()[0]
 
-    def _lower_init(self):
-        if self._lowered_init is None:
-            arg = jax.ShapeDtypeStruct(
-                (2,), jnp.uint32, sharding=SingleDeviceSharding(self._device)
-            )
-            self._lowered_init = self._timed(lambda: jax.jit(self._init_fn).lower(arg))
-        return self._lowered_init
+    def _init_fn(self, key_data: jax.Array) -> TrainState:
+        key = jax.random.wrap_key_data(key_data)
+        return init_state(
+            self.spec, self.tx, key, init_params=self._init_params, reparam=self._reparam
+        )
+
+    def _lowered_init(self):
+        def lower():
+            one_device = SingleDeviceSharding(self._device)
+            arg = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=one_device)
+            return jax.jit(self._init_fn).lower(arg)
+
+        return self._once("lowered_init", lower)
 
     def abstract_state(self) -> TrainState:
         """The state's shapes and dtypes (a restore target), replicated over the mesh."""
         replicated = sharding.replicated(self.mesh)
         return jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-            self._lower_init().out_info,
+            self._lowered_init().out_info,
         )
 
     def _compiled_init(self):
-        if self._init is None:
-            lowered = self._lower_init()
-            self._init = self._timed(lambda: lowered.compile(INIT_COMPILER_OPTIONS))
-        return self._init
+        return self._once("init", lambda: self._lowered_init().compile(INIT_COMPILER_OPTIONS))
 
     def init(self, seed: int) -> TrainState:
         """A fresh state from `seed` (host values; what `init_state(spec, tx, seed)` gives)."""
@@ -228,18 +237,9 @@ class Programs:
 
     def train_arrays(self) -> tuple[jax.Array, jax.Array]:
         """A device-resident train split, placed on the devices once."""
-        if self._train_arrays is None:
-            self._train_arrays = tuple(
-                sharding.put_replicated(a, self.mesh) for a in self.ds.train_arrays()
-            )
-        return self._train_arrays
-
-    def _batch_fn(self):
-        if not self.ds.on_device:
-            return None
-        ds, batch_size = self.ds, self.batch_size
-        return lambda images, labels, step, key: ds.device_train_batch(
-            images, labels, step, key, batch_size
+        return self._once(
+            "train_arrays",
+            lambda: tuple(sharding.put_replicated(a, self.mesh) for a in self.ds.train_arrays()),
         )
 
     def _example_batch(self) -> tuple[Any, Any]:
@@ -253,49 +253,56 @@ class Programs:
 
     def train_step(self) -> Callable:
         """The compiled step `(state, images, labels) -> (state, metrics)`; it never retraces."""
-        if self._step is None:
 
-            def build():
-                replicated = sharding.replicated(self.mesh)
-                step_fn = make_train_step(
-                    self.graphdef,
-                    self.tx,
-                    self.schedule,
-                    num_classes=self.spec.num_classes,
-                    label_smoothing=self._label_smoothing,
-                    reparam=self._reparam,
-                    batch_fn=self._batch_fn(),
-                    batch_sharding=sharding.batch_sharded(self.mesh),
+        def build():
+            batch_fn = None
+            if self.ds.on_device:
+                ds, batch_size = self.ds, self.batch_size
+                batch_fn = lambda images, labels, step, key: ds.device_train_batch(
+                    images, labels, step, key, batch_size
                 )
-                jitted = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
-                return jitted.lower(self.abstract_state(), *self._example_batch()).compile()
+            step_fn = make_train_step(
+                self.graphdef,
+                self.tx,
+                self.schedule,
+                num_classes=self.spec.num_classes,
+                label_smoothing=self._label_smoothing,
+                reparam=self._reparam,
+                batch_fn=batch_fn,
+                batch_sharding=sharding.batch_sharded(self.mesh),
+            )
+            replicated = sharding.replicated(self.mesh)
+            jitted = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+            return jitted.lower(self.abstract_state(), *self._example_batch()).compile()
 
-            self._step = self._timed(build)
-        return self._step
+        return self._once("train_step", build)
 
     @property
     def eval_runner(self) -> EvalRunner:
-        """Exact evaluation over the eval split (compiled on first use or in `prepare()`)."""
-        with self._compile_lock:
-            if self._eval_runner is None:
-                self._eval_runner = EvalRunner(
-                    self.ds,
-                    self._eval_batch_size,
-                    self.graphdef,
-                    self.spec.num_classes,
-                    self.mesh,
-                    reparam=self._reparam,
-                )
-        return self._eval_runner
+        """Exact evaluation over the eval split (compiled by `evaluate` or `prepare`)."""
+        return self._once(
+            "eval_runner",
+            lambda: EvalRunner(
+                self.ds,
+                self._eval_batch_size,
+                self.graphdef,
+                self.spec.num_classes,
+                self.mesh,
+                reparam=self._reparam,
+            ),
+        )
 
-    def total_compile_time(self) -> float:
-        """Seconds spent so far building these programs, evaluation included."""
-        runner = self._eval_runner
-        return self.compile_time + (0.0 if runner is None else runner.compile_time)
+    def _compiled_eval(self, state: Any) -> None:
+        self._once("eval", lambda: self.eval_runner.compile(state) or True)
+
+    def evaluate(self, state: TrainState) -> dict:
+        """Exact metrics over the whole eval split (`EvalRunner`), compiling it on first use."""
+        self._compiled_eval(state)
+        return self.eval_runner(state)
 
     def prepare(self) -> None:
         """Compile everything a run needs (init, step, eval) from abstract values."""
-        with self._compile_lock:
+        with self._lock:
             self._compiled_init()
             self.train_step()
-            self.eval_runner.compile(self.abstract_state())
+            self._compiled_eval(self.abstract_state())
