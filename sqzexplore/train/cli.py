@@ -1,20 +1,34 @@
-"""`sqz train --config=experiments/x.py[:arg] --workdir=DIR [--config.key=value ...]`."""
+"""`sqz train --config=experiments/x.py[:arg] --workdir=DIR [--config.key=value ...]`.
+
+Exit codes: 0 finished, or preempted by SIGTERM (the message says whether a checkpoint was
+saved; rerun the same command to resume); 2 bad input (config, spec, workdir); 3 non-finite loss.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from sqzexplore.config import ConfigError
-from sqzexplore.models.spec import SpecError
-from sqzexplore.rundir import WorkdirConflictError
-from sqzexplore.train.loop import NonFiniteError, train_and_evaluate
+from sqzexplore.train.preempt import PreemptionFlag
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train one experiment in a workdir (resuming it); exit 0 done or preempted, 2 bad input,
-    3 non-finite loss."""
+    """Train one experiment in a workdir (resuming it); see the module docstring for exit codes."""
+    # Before anything heavy is imported: a SIGTERM while JAX loads is a clean preemption too.
+    stop = PreemptionFlag()
+    try:
+        return _main(argv)
+    finally:
+        stop.restore()
+
+
+def _main(argv: list[str] | None) -> int:
     from absl import flags
     from ml_collections import config_flags
+
+    from sqzexplore.config import ConfigError
+    from sqzexplore.models.spec import SpecError
+    from sqzexplore.rundir import WorkdirConflictError
+    from sqzexplore.train.loop import NonFiniteError, train_and_evaluate
 
     argv = list(sys.argv if argv is None else ["sqz train", *argv])
     fv = flags.FlagValues()
