@@ -26,7 +26,8 @@ The Caffe v1.0 prototxt also pads conv10 by 1 (docs/paper.md#classifier-padding)
 
 Expected (not yet measured here): about 57.5 / 80.3 top-1 / top-5 on the validation split.
 Hardware, an estimate: the run sees 87M training images; at the ~13,900 img/s that
-docs/design.md#performance quotes (a reference figure, not measured here) for a bf16 v1.0 step on one H200 that is under 2 h of step time, so the run is bound by
+docs/design.md#performance quotes (a reference figure, not measured here) for a bf16 v1.0
+step on one H200 that is under 2 h of step time, so the run is bound by
 JPEG decoding on the host: expect roughly half a day on one H200 with a 16-core host, or a few
 hours on 8 GPUs with enough host CPUs to feed them.
 """
