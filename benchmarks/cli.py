@@ -33,9 +33,14 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.common import BenchError, Stopped
 from sqzexplore.models.spec import DTYPES, PRESETS
+
+if TYPE_CHECKING:  # the heavy modules are imported after the arguments are parsed
+    from benchmarks.plan import Plan
+    from benchmarks.report import Report
 
 COMMANDS = ("step", "e2e", "torch", "maxbatch", "compile-ahead", "all")
 HELPS = {
@@ -91,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def run(args: argparse.Namespace, plan, report, benchmarks_dir: Path) -> None:
+def run(args: argparse.Namespace, plan: Plan, report: Report, benchmarks_dir: Path) -> None:
     """Run the benchmarks of `args.command` ('all' runs each in turn), adding rows to `report`.
 
     A row that fails (other than for a bad request) becomes a note naming the case and the
@@ -142,7 +147,7 @@ def run(args: argparse.Namespace, plan, report, benchmarks_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _row_errors(report, what: str):
+def _row_errors(report: Report, what: str):
     try:
         yield
     except (BenchError, Stopped, KeyboardInterrupt):

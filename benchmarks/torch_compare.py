@@ -21,11 +21,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import timed_windows
 from benchmarks.plan import TORCHVISION_MODELS, Plan, StepCase
 from sqzexplore.models.spec import PRESETS
+
+if TYPE_CHECKING:
+    from benchmarks.report import Report
 
 # The Performance issue's targets (ratios measured in one run on the same device).
 TARGET_VS_TORCH_EAGER = 1.5
@@ -45,7 +48,7 @@ def torch_available() -> str | None:
     return None
 
 
-def run_torch(plan: Plan, benchmarks_dir: Path, report, *, profile: bool = False) -> None:
+def run_torch(plan: Plan, benchmarks_dir: Path, report: Report, *, profile: bool = False) -> None:
     """The torch rows and the ratio table, adding the JAX bf16 step rows they need to `report`."""
     why = torch_available()
     if why:
