@@ -154,9 +154,19 @@ def test_results_csv_has_one_row_per_design_point(recorded_sweep, report):
         else:
             assert row["state"] == "failed" and row["model.bypass"] == "complex"
             assert row["final.top1.mean"] == ""  # no complete seed
-    # The frontier is printed to stdout.
-    assert "Pareto front: top-1 accuracy (%) vs parameters" in printed
-    assert "Pareto front: top-1 accuracy (%) vs MACs (M)" in printed
+        assert row["final.top1.n"] == row["seeds_complete"]
+        # Per-trial overhead: wall - train - compile, a column of its own.
+        times = [r.result for r in group if r.state == sd.COMPLETE]
+        if times:
+            expected = statistics.fmean(
+                t["wall_time_s"] - t["train_time_s"] - t["compile_time_s"] for t in times
+            )
+            assert float(row["overhead_s.mean"]) == pytest.approx(max(0.0, expected), abs=1e-6)
+    # One frontier table is printed (it lists both fronts), with the key points above it.
+    assert printed.count("Pareto front") == 1
+    assert "digits (test split)" in printed
+    assert "best: highest mean top-1" in printed and "knee of the" in printed
+    assert "(n=2)" in printed and "± 0.00" not in printed
 
 
 def test_frontier_csv_is_the_brute_force_front(report):
