@@ -134,8 +134,8 @@ def key_points(
     label = metric(size).label
     picks = [("best: highest mean top-1", max(front, key=lambda r: row_value(r, ACCURACY)))]
     knee = next((r for r in front if "knee" in r["role"].split()), None)
-    picks.append((f"knee of the accuracy-vs-{label} front", knee))
-    picks.append((f"smallest on the front ({label})", front[0]))
+    picks.append((f"knee of the {label} front", knee))
+    picks.append((f"smallest on the {label} front", front[0]))
     return [{**r, "role": name} for name, r in picks if r is not None]
 
 

@@ -31,6 +31,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#22
 table{border-collapse:collapse;font-size:12px;margin:0.5em 0 1.5em}
 caption{caption-side:top;text-align:left;font-size:13px;padding:0.3em 0;color:#444}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
+td{white-space:nowrap} .scroll{overflow-x:auto;max-width:100%}
 th{background:#f0f0f0} td.l,th.l{text-align:left}
 figure{margin:1em 0} figcaption{font-size:12px;color:#555}
 img{max-width:100%;border:1px solid #eee}
@@ -50,7 +51,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], caption: st
         for r in rows
     )
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<tr>{head}</tr>{body}</table>"
+    return f"<div class='scroll'><table>{cap}<tr>{head}</tr>{body}</table></div>"
 
 
 def _kv(pairs: dict[str, Any]) -> str:
@@ -65,7 +66,7 @@ def _time_columns() -> list[Column]:
     """Per-trial means, side by side: training, compilation and everything else."""
     return [
         (
-            f"{metric(name).label.replace(' (s)', '')} (s/trial)",
+            f"{metric(name).label.replace(' time (s)', '').replace(' (s)', '')} s/trial",
             lambda r, n=name: metric(n).format(r.get(f"{n}.mean")),
         )
         for name in TIME_METRICS
@@ -77,14 +78,14 @@ def point_columns(defn, *, with_state: bool, lead: Column | None = None) -> list
     cols.append(("point", lambda r: r["point"]))
     if with_state:
         cols.append(("state", lambda r: r["state"]))
-    cols += [(k, lambda r, k=k: r[k]) for k in defn.keys]
+    cols += [(k.split(".")[-1], lambda r, k=k: r[k]) for k in defn.keys]
     cols += [
-        (f"{metric(ACCURACY).label}: mean ± std (n)", accuracy_text),
+        ("top-1 (%) mean ± std (n)", accuracy_text),
         ("top-1 95% interval", interval_text),
-        (f"{metric('final.top5').label}: mean ± std (n)", lambda r: accuracy_text(r, "final.top5")),
+        ("top-5 (%) mean ± std (n)", lambda r: accuracy_text(r, "final.top5")),
     ]
-    for name in SIZE_METRICS[:3]:
-        cols.append((metric(name).label, lambda r, n=name: metric(n).format(r.get(n))))
+    for name, label in zip(SIZE_METRICS[:3], ("params", "MACs (M)", "fp32 MiB"), strict=True):
+        cols.append((label, lambda r, n=name: metric(n).format(r.get(n))))
     cols.append(("seeds done", lambda r: f"{r['seeds_complete']}/{r['seeds']}"))
     return cols + _time_columns()
 
@@ -248,7 +249,7 @@ def render_html(
         "<h2>Key points</h2>",
         table(
             key_rows,
-            point_columns(defn, with_state=False, lead=("", lambda r: r["role"])),
+            point_columns(defn, with_state=False, lead=("role", lambda r: r["role"])),
             caption=f"{acc} on {where}: mean ± std over seeds (n per point); 95% interval of "
             "the mean (Student's t)",
         ),
