@@ -24,6 +24,7 @@ from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import format_duration
 from sqzexplore.sweep.metric_table import ACCURACY, SIZE_METRICS, metric
 from sqzexplore.sweep.paper_values import paper_figure
+from sqzexplore.sweep.params import Categorical
 from sqzexplore.sweep.report import FRONT_SIZES, TIME_METRICS, accuracy_text, interval_text
 
 _CSS = """
@@ -173,12 +174,16 @@ def _paper_table(defn, key: str, paper, rows: Sequence[dict[str, Any]], where: s
         point = paper.point(row[key])
         return getattr(point, field) if point else None
 
-    done = [r for r in rows if r["state"] == sd.COMPLETE]
-    numeric = all(isinstance(r[key], (int, float)) and not isinstance(r[key], bool) for r in done)
-    done.sort(key=(lambda r: r[key]) if numeric else (lambda r: str(r[key])))
+    others = [k for k in defn.keys if k != key]
+    done = sorted(
+        (r for r in rows if r["state"] == sd.COMPLETE),
+        key=lambda r: [_order(defn, k, r[k]) for k in (key, *others)],
+    )
     mib = metric("complexity.fp32_mib")
-    cols: list[Column] = [
-        (key, lambda r: r[key]),
+    cols: list[Column] = [(key, lambda r: r[key])]
+    # The paper varies one field; the sweep's other fields say which of its points is which.
+    cols += [(k.split(".")[-1], lambda r, k=k: r[k]) for k in others]
+    cols += [
         (f"measured top-1 (%), {where}", accuracy_text),
         (f"measured top-5 (%), {where}", lambda r: accuracy_text(r, "final.top5")),
         ("measured fp32 MiB", lambda r: mib.format(r.get("complexity.fp32_mib"))),
@@ -200,6 +205,15 @@ def _paper_table(defn, key: str, paper, rows: Sequence[dict[str, Any]], where: s
             f"n per point) against {paper.label}",
         ),
     ]
+
+
+def _order(defn, key: str, value: Any) -> tuple:
+    """Sort key of a swept value: numbers by value, choices in the sweep file's order."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    param = defn.param(key)
+    labels = [param.encode(v) for v in param.values] if isinstance(param, Categorical) else []
+    return (1, labels.index(value) if value in labels else len(labels), str(value))
 
 
 def _figure(images: dict[str, dict[str, bytes]], name: str, caption: str) -> str:
