@@ -358,6 +358,7 @@ def test_titles_legends_and_log_ticks(report, recorded_sweep):
     for fig in (
         figures.frontier_scatter(rows, defn, "complexity.params", where),
         figures.field_curves(rows, defn, "model.squeeze_ratio", where),
+        figures.field_curves(rows, defn, "model.bypass", where),  # categorical, paper panel
         figures.error_edfs([{**r, "error": 0.1} for r in rows], defn, where),
     ):
         fig.canvas.draw()
@@ -366,7 +367,11 @@ def test_titles_legends_and_log_ticks(report, recorded_sweep):
         for ax in fig.axes:
             legend = ax.get_legend()
             if legend is not None:  # outside the plotting area, never over the data
-                assert not legend.get_window_extent().overlaps(ax.get_window_extent())
+                box = legend.get_window_extent()
+                assert not box.overlaps(ax.get_window_extent())
+                assert not box.overlaps(ax.xaxis.label.get_window_extent())
+                for tick in ax.get_xticklabels():
+                    assert not tick.get_text() or not box.overlaps(tick.get_window_extent())
         if fig.axes[0].get_xscale() == "log":
             labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
             assert len(labels) >= 2 and all(re.fullmatch(r"\d+(\.\d+)?[kM]?", x) for x in labels)

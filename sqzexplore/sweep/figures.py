@@ -34,6 +34,7 @@ from sqzexplore.sweep.space import SweepDefinition  # noqa: E402
 
 MAX_PANELS = 4
 MAX_GROUPS = 8
+ROTATED_BELOW = -0.42  # legend offset under rotated categorical tick labels and the axis label
 BARS = "error bars: mean ± 1 std over seeds (none where a point has one seed)"
 matplotlib.rcParams["svg.hashsalt"] = "sqzexplore"  # identical SVG ids from identical data
 
@@ -85,14 +86,15 @@ def readable_log_axis(axis, values: Sequence[float]) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _legend_below(ax, **kw) -> None:
+def _legend_below(ax, below: float = -0.16, **kw) -> None:
+    """The legend under the axes (below their tick labels and axis label), never on the data."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(
             handles,
             labels,
             loc="upper center",
-            bbox_to_anchor=(0.5, -0.16),
+            bbox_to_anchor=(0.5, below),
             ncol=min(2, len(handles)),
             fontsize=7,
             frameon=False,
@@ -277,7 +279,7 @@ def field_curves(
         handles[0] + handles2[0],
         handles[1] + handles2[1],
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.22 if not numeric else -0.15),
+        bbox_to_anchor=(0.5, -0.16 if numeric else ROTATED_BELOW),
         ncol=3,
         fontsize=7,
         frameon=False,
@@ -313,7 +315,7 @@ def _paper_panel(ax, paper, points, order, position, numeric, key) -> None:
     ax.set_ylabel(f"{paper.dataset} accuracy (%), the paper's")
     ax.grid(alpha=0.3)
     ax.set_title(f"{paper.label}: {paper.setting}", fontsize=8, wrap=True)
-    _legend_below(ax)
+    _legend_below(ax, -0.16 if numeric else ROTATED_BELOW)
 
 
 def axes_xlim(order, position) -> tuple[float, float]:
