@@ -161,7 +161,7 @@ def mirror_to_tensorboard(
     logdir = Path(logdir)
     state = rundir.read_json(logdir / _MIRROR_STATE) or {"step": -1, "files": 0}
     records = [r for r in rundir.read_jsonl(metrics_path) if int(r.get("step", -1)) > state["step"]]
-    if not records and state["files"]:
+    if not records:  # nothing new (or a run that has not logged yet): no empty files
         return 0
     logdir.mkdir(parents=True, exist_ok=True)
     now = time.time()

@@ -283,6 +283,8 @@ def _scalars(logdir, monkeypatch) -> dict[str, list[tuple[int, float]]]:
 
 def test_tensorboard_mirror_is_incremental_and_readable(tmp_path, monkeypatch):
     metrics = tmp_path / "metrics.jsonl"
+    pending = tmp_path / "tb" / "not-started"
+    assert mirror_to_tensorboard(metrics, pending) == 0 and not pending.exists()
     first = [
         {"step": 10, "split": "train", "loss": 2.0, "top1": 0.3},
         {"step": 20, "split": "train", "loss": 1.0, "top1": 0.6},
