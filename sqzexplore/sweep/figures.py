@@ -154,6 +154,8 @@ def frontier_scatter(
     for ax, key in zip(axes[0], keys, strict=True):
         if done:
             _colour_points(ax, fig, done, key, xs, ys, errs)
+        else:
+            _nothing_yet(ax)
         if front:
             # The band holds each front point's +- 1 std until the next, larger point.
             band_x = [*fx, fx[-1]]
@@ -207,6 +209,10 @@ def frontier_scatter(
     return fig
 
 
+def _nothing_yet(ax) -> None:
+    ax.text(0.5, 0.5, "no complete design point yet", transform=ax.transAxes, ha="center")
+
+
 def _positions(defn: SweepDefinition, key: str, values: Sequence[Any]):
     """x positions of a field's values: the numbers themselves, or the sweep file's order."""
     order = sorted(set(values), key=lambda v: (str(type(v)), v))
@@ -240,6 +246,8 @@ def field_curves(
     ax = axes[0][0]
     xs = [position[v] for v in values]
     ys = [_display(accuracy, r) for r in done]
+    if not done:
+        _nothing_yet(ax)
     ax.errorbar(
         xs,
         ys,

@@ -150,7 +150,7 @@ def summary_pairs(sweep_dir, state, defn, st, times, runs, where) -> dict[str, A
         "sweep efficiency per worker (train / (wall x workers at once))": ratio(
             times["efficiency_per_worker"]
         ),
-        "workers": f"{times['workers']} sessions, at most {times['max_parallel']} at once",
+        "workers": f"{times['workers']} worker session(s), at most {times['max_parallel']} at once",
         "report generated": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
