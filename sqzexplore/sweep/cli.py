@@ -4,8 +4,9 @@
                   [--runner MODULE:FUNCTION] [--slurm [--dry-run] [--array N] ...]
     sqz sweep worker DIR [--runner MODULE:FUNCTION] [--no-wait] ...
     sqz sweep status DIR [--json]
-    sqz sweep report DIR [--out DIR] [--wandb-mode MODE]
-    sqz sweep export-wandb SWEEP_FILE [--arg ARG] [--output FILE_OR_DIR]
+    sqz sweep report DIR [--out DIR] [--wandb-mode MODE] [--watch [--interval S]] [--tensorboard]
+    sqz sweep export-wandb SWEEP_FILE [--arg ARG] [--output FILE_OR_DIR] [--project P]
+                           [--entity E] [--mode online|offline]
 
 `run` checks every argument and the sweep file, creates (or checks) the sweep directory, then
 trains; it is idempotent: rerun it (after a crash, a kill, or to add workers) and it continues
@@ -152,6 +153,24 @@ def _parser() -> argparse.ArgumentParser:
         help="log a summary run (default: the base config's wandb.mode)",
     )
     report.add_argument("--quiet", action="store_true", help="do not print the frontier tables")
+    report.add_argument(
+        "--watch",
+        action="store_true",
+        help="rebuild the report every --interval seconds until the sweep finishes; the open "
+        "page reloads itself meanwhile",
+    )
+    report.add_argument(
+        "--interval",
+        type=_bounded(float, 1.0, "--interval"),
+        default=30.0,
+        help="seconds between rebuilds with --watch (default 30)",
+    )
+    report.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also mirror every trial's metrics.jsonl as TensorBoard event files under "
+        "DIR/tensorboard (view with `tensorboard --logdir DIR`)",
+    )
 
     export = sub.add_parser("export-wandb", help="write the sweep as a wandb sweep YAML")
     export.add_argument("sweep_file")
@@ -167,6 +186,18 @@ def _parser() -> argparse.ArgumentParser:
         help="where wandb agents put run workdirs (default runs/wandb/<name>)",
     )
     export.add_argument("--project", default=None, help="wandb project")
+    export.add_argument("--entity", default=None, help="wandb entity (user or team)")
+    export.add_argument(
+        "--mode",
+        choices=("online", "offline"),
+        default="online",
+        help="the trials' config.wandb.mode (default online)",
+    )
+    export.add_argument(
+        "--sqz",
+        default=None,
+        help="the sqz executable the agents run (default: this installation's, absolute path)",
+    )
     return p
 
 
@@ -328,15 +359,32 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from sqzexplore.sweep.report import build_report
+    from sqzexplore.sweep.report import build_report, watch
     from sqzexplore.sweep.sweepdir import SweepDir
 
-    out = build_report(
-        SweepDir(args.workdir),
-        args.out,
-        wandb_mode=args.wandb_mode,
-        echo=(lambda s: None) if args.quiet else print,
-    )
+    sweep_dir = SweepDir(args.workdir)
+    sweep_dir.state()  # a clear error when DIR is not a sweep directory
+
+    def build(first: bool) -> dict:
+        return build_report(
+            sweep_dir,
+            args.out,
+            wandb_mode=args.wandb_mode,
+            refresh_s=args.interval if args.watch else None,
+            tensorboard=args.tensorboard,
+            echo=lambda s: None,
+        )
+
+    if args.watch:
+        try:
+            out = watch(sweep_dir, build, args.interval)
+        except KeyboardInterrupt:
+            print("stopped watching; the report shows the sweep as of its last update")
+            return 0
+    else:
+        out = build(True)
+    if not args.quiet:
+        print(out["text"])
     eff, per_worker = out["efficiency"], out["efficiency_per_worker"]
     if eff == eff:  # not NaN
         print(
@@ -344,6 +392,8 @@ def cmd_report(args) -> int:
             f"per worker: {per_worker:.2f} ({out['max_parallel_workers']} at once)"
         )
     print(f"\nreport: {out['report_html']}  (tables: {out['results_csv']}, {out['frontier_csv']})")
+    if out.get("tensorboard"):
+        print(f"tensorboard: tensorboard --logdir {out['tensorboard']}")
     return 0
 
 
@@ -353,10 +403,22 @@ def cmd_export_wandb(args) -> int:
 
     defn = load_sweep(args.sweep_file, args.arg)
     runs_root = args.runs_root or os.path.join("runs", "wandb", defn.name)
-    config = wandb_sweep_config(defn, runs_root=runs_root, wandb_project=args.project)
+    config = wandb_sweep_config(
+        defn,
+        runs_root=runs_root,
+        wandb_project=args.project,
+        wandb_entity=args.entity,
+        mode=args.mode,
+        sqz=args.sqz,
+        sweep_file=args.sweep_file,
+    )
     output = Path(args.output or os.path.join("runs", "sweeps", f"{defn.name}.wandb.yaml"))
     output = write_wandb_yaml(config, output)
-    print(f"wrote {output}; start it with `wandb sweep {output}` and run `wandb agent ...`")
+    target = "/".join(p for p in (args.entity, args.project) if p) or "ENTITY/PROJECT"
+    print(
+        f"wrote {output}; start it with `wandb sweep {output}`, then on each machine "
+        f"`wandb agent {target}/SWEEP_ID` (from any directory)"
+    )
     return 0
 
 
