@@ -11,7 +11,9 @@ Each is also `python -m sqzexplore.<module>`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -39,8 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`sqz describe ... | head`): stop quietly.
+
+    Python would otherwise print a BrokenPipeError traceback, and another one when it flushes
+    stdout at exit; pointing stdout at /dev/null makes that last flush harmless. The status is
+    what a process killed by SIGPIPE reports (128 + 13), as `cat | head` gives.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + 13
 
 
 if __name__ == "__main__":

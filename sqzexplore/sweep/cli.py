@@ -85,6 +85,76 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _slurm_text(parse, flag: str):
+    """An argparse type from a `slurm.parse_*` function (its ValueError names the forms)."""
+
+    def convert(text: str) -> str | None:
+        if text.strip().lower() in ("", "none"):
+            return None  # leave the line out: the cluster's default
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = flag
+    return convert
+
+
+def _slurm_options(run: argparse.ArgumentParser) -> None:
+    from sqzexplore.sweep.slurm import DEFAULTS, parse_mem, parse_time
+
+    slurm = run.add_argument_group("SLURM (many machines)")
+    slurm.add_argument("--slurm", action="store_true", help="submit an sbatch array of workers")
+    slurm.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the sbatch script only: write nothing (not even the sweep directory)",
+    )
+    slurm.add_argument(
+        "--array", type=_bounded(int, 1, "--array"), default=4, help="array tasks (workers), >= 1"
+    )
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument(
+        "--gpus-per-task",
+        type=_bounded(int, 0, "--gpus-per-task"),
+        default=DEFAULTS["gpus_per_task"],
+        help="GPUs of each task (default %(default)s; 0 for CPU-only tasks)",
+    )
+    slurm.add_argument(
+        "--cpus-per-task",
+        type=_bounded(int, 1, "--cpus-per-task"),
+        default=DEFAULTS["cpus_per_task"],
+        help="CPU cores of each task for data loading (default %(default)s)",
+    )
+    slurm.add_argument(
+        "--time",
+        dest="time_limit",
+        type=_slurm_text(parse_time, "--time"),
+        default=DEFAULTS["time_limit"],
+        help="wall-time limit of each task, e.g. 04:00:00 or 2-00:00:00 (default %(default)s; "
+        "'none': the partition's); tasks resume each other's trials",
+    )
+    slurm.add_argument(
+        "--mem",
+        type=_slurm_text(parse_mem, "--mem"),
+        default=DEFAULTS["mem"],
+        help="memory of each task, e.g. 32G (default %(default)s; 'none': the partition's)",
+    )
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument(
+        "--env-activate",
+        default=None,
+        help="shell line that activates the environment on the nodes (default: `source "
+        "<venv>/bin/activate` of the running Python's venv; 'none' for no line)",
+    )
+    slurm.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=high (repeatable)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sqz sweep", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,24 +184,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="progress bar over trials on stderr (auto: only on a terminal)",
     )
-    slurm = run.add_argument_group("SLURM (many machines)")
-    slurm.add_argument("--slurm", action="store_true", help="submit an sbatch array of workers")
-    slurm.add_argument("--dry-run", action="store_true", help="write and print the script only")
-    slurm.add_argument(
-        "--array", type=_bounded(int, 1, "--array"), default=4, help="array tasks (workers), >= 1"
-    )
-    slurm.add_argument("--partition", default=None)
-    slurm.add_argument("--gpus-per-task", type=_bounded(int, 0, "--gpus-per-task"), default=1)
-    slurm.add_argument("--cpus-per-task", type=_bounded(int, 1, "--cpus-per-task"), default=None)
-    slurm.add_argument("--time", dest="time_limit", default=None, help="e.g. 04:00:00")
-    slurm.add_argument("--mem", default=None)
-    slurm.add_argument("--account", default=None)
-    slurm.add_argument(
-        "--sbatch-arg",
-        action="append",
-        default=[],
-        help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=high (repeatable)",
-    )
+    _slurm_options(run)
 
     worker = sub.add_parser("worker", help="one more worker for an existing sweep directory")
     worker.add_argument("workdir")
@@ -191,7 +244,7 @@ def _worker_command(args, workdir: str, *, no_wait: bool) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from sqzexplore.sweep import launch, slurm
+    from sqzexplore.sweep import launch
     from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir, open_storage
     from sqzexplore.sweep.sweepfile import check_against_config, load_base_config, load_sweep
     from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
@@ -206,6 +259,8 @@ def cmd_run(args) -> int:
     workdir = args.workdir or default_workdir(defn.name, args.arg)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise SweepError(f"--workdir {workdir} is a file, not a directory")
+    if args.slurm:
+        return _run_slurm(args, defn, base, workdir)
     sweep_dir, _ = init_sweep_dir(
         workdir,
         defn,
@@ -215,31 +270,6 @@ def cmd_run(args) -> int:
         storage=args.storage,
         new=args.new,
     )
-    if args.slurm:
-        text = slurm.sbatch_script(
-            name=defn.name,
-            worker_command=_worker_command(args, workdir, no_wait=True),
-            workdir=sweep_dir.root,
-            cwd=Path.cwd(),
-            array=args.array,
-            partition=args.partition,
-            gpus_per_task=args.gpus_per_task,
-            cpus_per_task=args.cpus_per_task,
-            time_limit=args.time_limit,
-            mem=args.mem,
-            account=args.account,
-            extra_sbatch=args.sbatch_arg,
-        )
-        path = slurm.write_script(text, sweep_dir.slurm / "sweep.sbatch")
-        if args.dry_run:
-            print(text)
-            print(f"# wrote {path} (not submitted: --dry-run)")
-            return 0
-        job = slurm.submit(path)
-        print(f"submitted SLURM array job {job} ({args.array} workers) from {path}")
-        print(f"watch it with: sqz sweep status {workdir}")
-        return 0
-
     gpus = launch.visible_gpus()
     n_workers = args.workers or launch.default_workers(gpus)
     progress = launch.SweepProgress(sweep_dir, args.progress)
@@ -257,6 +287,53 @@ def cmd_run(args) -> int:
     finally:
         progress.close()
     return _summarize(SweepDir(workdir)) or rc
+
+
+def _run_slurm(args, defn, base, workdir: str) -> int:
+    """Print (--dry-run: and nothing else) or write and submit the sbatch array."""
+    from sqzexplore.sweep import slurm
+    from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir
+
+    env_activate = args.env_activate
+    if env_activate is None:
+        env_activate = slurm.default_env_activate()
+    elif env_activate.strip().lower() in ("", "none"):
+        env_activate = None
+    root = SweepDir(workdir).root
+    text = slurm.sbatch_script(
+        name=defn.name,
+        worker_command=_worker_command(args, workdir, no_wait=True),
+        workdir=root,
+        cwd=Path.cwd(),
+        array=args.array,
+        partition=args.partition,
+        gpus_per_task=args.gpus_per_task,
+        cpus_per_task=args.cpus_per_task,
+        time_limit=args.time_limit,
+        mem=args.mem,
+        account=args.account,
+        env_activate=env_activate,
+        extra_sbatch=args.sbatch_arg,
+    )
+    if args.dry_run:
+        print(text)
+        print(f"# not submitted, nothing written (--dry-run); would be {root}/slurm/sweep.sbatch")
+        return 0
+    slurm.check_sbatch()  # before the sweep directory exists: no stub left behind
+    sweep_dir, _ = init_sweep_dir(
+        workdir,
+        defn,
+        base,
+        sweep_file=args.sweep_file,
+        arg=args.arg,
+        storage=args.storage,
+        new=args.new,
+    )
+    path = slurm.write_script(text, sweep_dir.slurm / "sweep.sbatch")
+    job = slurm.submit(path)
+    print(f"submitted SLURM array job {job} ({args.array} workers) from {path}")
+    print(f"watch it with: sqz sweep status {workdir}")
+    return 0
 
 
 def _run_worker(args, sweep_dir, log=print) -> None:

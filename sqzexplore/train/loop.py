@@ -39,6 +39,7 @@ from sqzexplore.config import validate_config
 from sqzexplore.durations import Durations
 from sqzexplore.progress import Progress
 from sqzexplore.runlog import MetricsWriter
+from sqzexplore.train import preflight
 from sqzexplore.train.evaluate import EvalRunner
 from sqzexplore.train.preempt import PreemptionFlag
 from sqzexplore.train.state import init_state, model_graphdef
@@ -74,6 +75,7 @@ def train_and_evaluate(
     sharding.maybe_initialize_distributed(config.distributed)
     _setup_compilation_cache(config.compilation_cache_dir)
     mesh = sharding.make_mesh()
+    preflight.check(config, spec, mesh, workdir)  # devices, platform, batch split, memory, workdir
     sharding.check_divisible(config.batch_size, "config.batch_size", mesh)
     sharding.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
     is_main = jax.process_index() == 0
@@ -148,6 +150,8 @@ def train_and_evaluate(
         batch_fn=batch_fn,
         batch_sharding=sharding.batch_sharded(mesh),
     )
+    if is_main:
+        print("compiling the train step ...", flush=True)
     t0 = time.perf_counter()
     compiled_step = (
         jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
@@ -155,6 +159,8 @@ def train_and_evaluate(
         .compile()
     )
     compile_time = time.perf_counter() - t0
+    if is_main:
+        print(f"compiled in {compile_time:.1f} s", flush=True)
     sharding.barrier("compiled")
 
     writer = MetricsWriter(
@@ -204,6 +210,7 @@ def train_and_evaluate(
             if is_eval:
                 last_eval = eval_runner(state)
                 best = best.update(step, last_eval)
+                progress.update(step, top1=last_eval["top1"])
                 writer.write(dict(step=step, split="eval", **last_eval))
                 if on_eval is not None and on_eval(step, dict(last_eval)) and step < total:
                     status = "pruned"
