@@ -12,6 +12,7 @@ Each is also `python -m sqzexplore.<module>`.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import os
 import sys
@@ -39,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(name, list(COMMANDS), 1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        print(
+            f"error: unknown command {name}; {hint}commands: {', '.join(COMMANDS)} (sqz --help)",
+            file=sys.stderr,
+        )
         return 2
     try:
         module = importlib.import_module(COMMANDS[name][0])

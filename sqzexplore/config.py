@@ -398,6 +398,12 @@ def validate_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
     tristate(config.progress, "progress")
     tristate(config.data.on_device, "data.on_device")
     tristate(config.distributed.initialize, "distributed.initialize")
+    data_dir = os.path.expanduser(config.data.get("data_dir") or "")
+    if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ConfigError(
+            f"config.data.data_dir {data_dir} is a file; give the TFDS data directory "
+            "(the one holding <dataset>/<config>/<version>/)"
+        )
     return spec
 
 

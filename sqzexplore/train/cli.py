@@ -87,6 +87,8 @@ def parse_args(argv: list[str]) -> tuple[Any, str]:
     flags.DEFINE_string("workdir", None, "run directory", flag_values=fv)
     try:
         leftover = fv(argv0, known_only=False)
+    except flags.IllegalFlagValueError as e:
+        raise UsageError(_value_message(e, config)) from None
     except flags.Error as e:
         raise UsageError(_flag_message(e)) from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -107,6 +109,24 @@ def _flag_message(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _value_message(e: BaseException, config: Any) -> str:
+    """`config.batch_size must be an int (the field's type), got 'abc'` for an override whose
+    value does not parse as its field's type."""
+    m = re.match(r"flag --config\.([^=]+)=(.*?): (.*)$", _flag_message(e))
+    if m is None:
+        return _flag_message(e)
+    key, value, detail = m.groups()
+    node = config
+    try:
+        for part in key.split("."):
+            node = node[part]
+    except (KeyError, TypeError):
+        return _flag_message(e)
+    kinds = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+    kind = kinds.get(type(node).__name__, f"a {type(node).__name__}")
+    return f"config.{key} must be {kind} (the field's type), got {value!r} ({detail})"
+
+
 def _error(e: BaseException) -> str:
     return e.plain if isinstance(e, UnknownKeyError) else " ".join(str(e).split())
 
@@ -124,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         config, workdir = parse_args(argv)
         if rundir.read_result(workdir) is None:
             rundir.check_writable_dir(workdir)
+        if config.compilation_cache_dir:
+            rundir.check_writable_dir(config.compilation_cache_dir, "config.compilation_cache_dir")
         _apply_platform(config)
         from sqzexplore.train.loop import NonFiniteError, train_and_evaluate
 
