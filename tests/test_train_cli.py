@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import jax
@@ -179,3 +181,39 @@ def test_train_prints_devices_compile_and_a_final_line_in_percent(tmp_path, caps
     assert f"best {best} (step {result['best']['step']})" in final
     assert f"wall {result['wall_time_s']:.1f} s, compile {result['compile_time_s']:.1f} s" in final
     assert final.endswith(f"results in {workdir}/result.json")
+
+
+def test_help_and_argument_errors_answer_before_jax_is_imported():
+    code = (
+        "import sys\n"
+        "from sqzexplore.cli import main\n"
+        "main(['train', '--help'])\n"
+        "assert main(['train', '--config=/no/such.py', '--workdir=/tmp/x']) == 2\n"
+        f"assert main(['train', '--config={TINY}', '--workdir=/tmp/x', '--config.nosuch=1']) == 2\n"
+        "print(sorted(m for m in ('jax', 'flax', 'orbax', 'tensorflow') if m in sys.modules),"
+        " file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": REPO}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage: sqz train" in done.stdout
+    err = done.stderr.splitlines()
+    assert err[0] == "error: config file /no/such.py does not exist"
+    assert err[1] == "error: unknown config key nosuch; known keys: " + ", ".join(
+        sorted(base_config().keys())
+    )
+    assert err[-1] == "[]", done.stderr
+
+
+def test_progress_bar_shows_loss_and_eval_top1(capsys):
+    from sqzexplore.progress import Progress
+
+    bar = Progress(True, total=10, initial=0, is_main=True)
+    bar.update(5, loss=0.5, img_s=100)
+    bar.update(5, top1=0.9125)
+    bar.close()
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "loss=0.5" in last and "eval top1=91.25%" in last and "img_s=100" in last

@@ -137,30 +137,41 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in HELP_FLAGS for a in argv):
         return _help(argv)
-    from sqzexplore.data import DataError
-
-    bad_input = (UsageError, ConfigError, SpecError, WorkdirConflictError, WorkdirError, DataError)
     try:
-        config, workdir = parse_args(argv)
-        if rundir.read_result(workdir) is None:
-            rundir.check_writable_dir(workdir)
-        if config.compilation_cache_dir:
-            rundir.check_writable_dir(config.compilation_cache_dir, "config.compilation_cache_dir")
-        _apply_platform(config)
-        from sqzexplore.train.loop import NonFiniteError, train_and_evaluate
-
-        try:
-            result = train_and_evaluate(config, workdir)
-        except NonFiniteError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_NONFINITE
-    except bad_input as e:
+        return _train(argv)
+    except BAD_INPUT + (_data_error(),) as e:
         print(f"error: {_error(e)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # the disk, not the program: say which file and why
         where = f": {e.filename}" if e.filename else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
+
+
+BAD_INPUT = (UsageError, ConfigError, SpecError, WorkdirConflictError, WorkdirError)
+
+
+def _data_error() -> type[Exception]:
+    """The data layer's DataError once it is loaded (it imports jax), else a stand-in: an
+    argument error is reported before jax is imported."""
+    data = sys.modules.get("sqzexplore.data")
+    return data.DataError if data is not None else UsageError
+
+
+def _train(argv: list[str]) -> int:
+    config, workdir = parse_args(argv)
+    if rundir.read_result(workdir) is None:
+        rundir.check_writable_dir(workdir)
+    if config.compilation_cache_dir:
+        rundir.check_writable_dir(config.compilation_cache_dir, "config.compilation_cache_dir")
+    _apply_platform(config)
+    from sqzexplore.train.loop import NonFiniteError, train_and_evaluate
+
+    try:
+        result = train_and_evaluate(config, workdir)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
     if result.get("status") == "preempted":
         return 0
     print(final_line(result, workdir), flush=True)
