@@ -85,76 +85,6 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _slurm_text(parse, flag: str):
-    """An argparse type from a `slurm.parse_*` function (its ValueError names the forms)."""
-
-    def convert(text: str) -> str | None:
-        if text.strip().lower() in ("", "none"):
-            return None  # leave the line out: the cluster's default
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    convert.__name__ = flag
-    return convert
-
-
-def _slurm_options(run: argparse.ArgumentParser) -> None:
-    from sqzexplore.sweep.slurm import DEFAULTS, parse_mem, parse_time
-
-    slurm = run.add_argument_group("SLURM (many machines)")
-    slurm.add_argument("--slurm", action="store_true", help="submit an sbatch array of workers")
-    slurm.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the sbatch script only: write nothing (not even the sweep directory)",
-    )
-    slurm.add_argument(
-        "--array", type=_bounded(int, 1, "--array"), default=4, help="array tasks (workers), >= 1"
-    )
-    slurm.add_argument("--partition", default=None)
-    slurm.add_argument(
-        "--gpus-per-task",
-        type=_bounded(int, 0, "--gpus-per-task"),
-        default=DEFAULTS["gpus_per_task"],
-        help="GPUs of each task (default %(default)s; 0 for CPU-only tasks)",
-    )
-    slurm.add_argument(
-        "--cpus-per-task",
-        type=_bounded(int, 1, "--cpus-per-task"),
-        default=DEFAULTS["cpus_per_task"],
-        help="CPU cores of each task for data loading (default %(default)s)",
-    )
-    slurm.add_argument(
-        "--time",
-        dest="time_limit",
-        type=_slurm_text(parse_time, "--time"),
-        default=DEFAULTS["time_limit"],
-        help="wall-time limit of each task, e.g. 04:00:00 or 2-00:00:00 (default %(default)s; "
-        "'none': the partition's); tasks resume each other's trials",
-    )
-    slurm.add_argument(
-        "--mem",
-        type=_slurm_text(parse_mem, "--mem"),
-        default=DEFAULTS["mem"],
-        help="memory of each task, e.g. 32G (default %(default)s; 'none': the partition's)",
-    )
-    slurm.add_argument("--account", default=None)
-    slurm.add_argument(
-        "--env-activate",
-        default=None,
-        help="shell line that activates the environment on the nodes (default: `source "
-        "<venv>/bin/activate` of the running Python's venv; 'none' for no line)",
-    )
-    slurm.add_argument(
-        "--sbatch-arg",
-        action="append",
-        default=[],
-        help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=high (repeatable)",
-    )
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sqz sweep", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -184,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="progress bar over trials on stderr (auto: only on a terminal)",
     )
-    _slurm_options(run)
+    from sqzexplore.sweep.slurm import add_options
+
+    add_options(run, _bounded)
 
     worker = sub.add_parser("worker", help="one more worker for an existing sweep directory")
     worker.add_argument("workdir")
@@ -260,7 +192,10 @@ def cmd_run(args) -> int:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise SweepError(f"--workdir {workdir} is a file, not a directory")
     if args.slurm:
-        return _run_slurm(args, defn, base, workdir)
+        from sqzexplore.sweep.slurm import run_array
+
+        command = _worker_command(args, workdir, no_wait=True)
+        return run_array(args, defn, base, workdir, command)
     sweep_dir, _ = init_sweep_dir(
         workdir,
         defn,
@@ -287,53 +222,6 @@ def cmd_run(args) -> int:
     finally:
         progress.close()
     return _summarize(SweepDir(workdir)) or rc
-
-
-def _run_slurm(args, defn, base, workdir: str) -> int:
-    """Print (--dry-run: and nothing else) or write and submit the sbatch array."""
-    from sqzexplore.sweep import slurm
-    from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir
-
-    env_activate = args.env_activate
-    if env_activate is None:
-        env_activate = slurm.default_env_activate()
-    elif env_activate.strip().lower() in ("", "none"):
-        env_activate = None
-    root = SweepDir(workdir).root
-    text = slurm.sbatch_script(
-        name=defn.name,
-        worker_command=_worker_command(args, workdir, no_wait=True),
-        workdir=root,
-        cwd=Path.cwd(),
-        array=args.array,
-        partition=args.partition,
-        gpus_per_task=args.gpus_per_task,
-        cpus_per_task=args.cpus_per_task,
-        time_limit=args.time_limit,
-        mem=args.mem,
-        account=args.account,
-        env_activate=env_activate,
-        extra_sbatch=args.sbatch_arg,
-    )
-    if args.dry_run:
-        print(text)
-        print(f"# not submitted, nothing written (--dry-run); would be {root}/slurm/sweep.sbatch")
-        return 0
-    slurm.check_sbatch()  # before the sweep directory exists: no stub left behind
-    sweep_dir, _ = init_sweep_dir(
-        workdir,
-        defn,
-        base,
-        sweep_file=args.sweep_file,
-        arg=args.arg,
-        storage=args.storage,
-        new=args.new,
-    )
-    path = slurm.write_script(text, sweep_dir.slurm / "sweep.sbatch")
-    job = slurm.submit(path)
-    print(f"submitted SLURM array job {job} ({args.array} workers) from {path}")
-    print(f"watch it with: sqz sweep status {workdir}")
-    return 0
 
 
 def _run_worker(args, sweep_dir, log=print) -> None:

@@ -18,14 +18,16 @@ the next `sqz sweep run` (or array) resumes that trial from its checkpoint.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULTS = {"gpus_per_task": 1, "cpus_per_task": 8, "mem": "32G", "time_limit": "24:00:00"}
 # sbatch --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
@@ -174,3 +176,123 @@ def submit(path: Path) -> str:
     if out.returncode != 0:
         raise SlurmError(f"sbatch failed ({out.returncode}): {out.stderr.strip()}")
     return out.stdout.strip().split(";")[0]
+
+
+# ------------------------------------------------------------------------------ the CLI
+def _text_type(parse, flag: str):
+    """An argparse type from a `slurm.parse_*` function (its ValueError names the forms)."""
+
+    def convert(text: str) -> str | None:
+        if text.strip().lower() in ("", "none"):
+            return None  # leave the line out: the cluster's default
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = flag
+    return convert
+
+
+def add_options(run: argparse.ArgumentParser, bounded: Callable) -> None:
+    """The SLURM flags of `sqz sweep run` (`bounded(kind, low, name)`: a range-checked
+    argparse type)."""
+    slurm = run.add_argument_group("SLURM (many machines)")
+    slurm.add_argument("--slurm", action="store_true", help="submit an sbatch array of workers")
+    slurm.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the sbatch script only: write nothing (not even the sweep directory)",
+    )
+    slurm.add_argument(
+        "--array", type=bounded(int, 1, "--array"), default=4, help="array tasks (workers), >= 1"
+    )
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument(
+        "--gpus-per-task",
+        type=bounded(int, 0, "--gpus-per-task"),
+        default=DEFAULTS["gpus_per_task"],
+        help="GPUs of each task (default %(default)s; 0 for CPU-only tasks)",
+    )
+    slurm.add_argument(
+        "--cpus-per-task",
+        type=bounded(int, 1, "--cpus-per-task"),
+        default=DEFAULTS["cpus_per_task"],
+        help="CPU cores of each task for data loading (default %(default)s)",
+    )
+    slurm.add_argument(
+        "--time",
+        dest="time_limit",
+        type=_text_type(parse_time, "--time"),
+        default=DEFAULTS["time_limit"],
+        help="wall-time limit of each task, e.g. 04:00:00 or 2-00:00:00 (default %(default)s; "
+        "'none': the partition's); tasks resume each other's trials",
+    )
+    slurm.add_argument(
+        "--mem",
+        type=_text_type(parse_mem, "--mem"),
+        default=DEFAULTS["mem"],
+        help="memory of each task, e.g. 32G (default %(default)s; 'none': the partition's)",
+    )
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument(
+        "--env-activate",
+        default=None,
+        help="shell line that activates the environment on the nodes (default: `source "
+        "<venv>/bin/activate` of the running Python's venv; 'none' for no line)",
+    )
+    slurm.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=high (repeatable)",
+    )
+
+
+def run_array(
+    args: argparse.Namespace, defn: Any, base: Any, workdir: str, worker_command: Sequence[str]
+) -> int:
+    """`sqz sweep run --slurm`: print the sbatch script (--dry-run: and nothing else), or create
+    the sweep directory, write the script into it and submit it."""
+    from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir
+
+    env_activate = args.env_activate
+    if env_activate is None:
+        env_activate = default_env_activate()
+    elif env_activate.strip().lower() in ("", "none"):
+        env_activate = None
+    root = SweepDir(workdir).root
+    text = sbatch_script(
+        name=defn.name,
+        worker_command=worker_command,
+        workdir=root,
+        cwd=Path.cwd(),
+        array=args.array,
+        partition=args.partition,
+        gpus_per_task=args.gpus_per_task,
+        cpus_per_task=args.cpus_per_task,
+        time_limit=args.time_limit,
+        mem=args.mem,
+        account=args.account,
+        env_activate=env_activate,
+        extra_sbatch=args.sbatch_arg,
+    )
+    if args.dry_run:
+        print(text)
+        print(f"# not submitted, nothing written (--dry-run); would be {root}/slurm/sweep.sbatch")
+        return 0
+    check_sbatch()  # before the sweep directory exists: no stub left behind
+    sweep_dir, _ = init_sweep_dir(
+        workdir,
+        defn,
+        base,
+        sweep_file=args.sweep_file,
+        arg=args.arg,
+        storage=args.storage,
+        new=args.new,
+    )
+    path = write_script(text, sweep_dir.slurm / "sweep.sbatch")
+    job = submit(path)
+    print(f"submitted SLURM array job {job} ({args.array} workers) from {path}")
+    print(f"watch it with: sqz sweep status {workdir}")
+    return 0
