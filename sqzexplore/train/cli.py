@@ -110,8 +110,8 @@ def _flag_message(e: BaseException) -> str:
 
 
 def _value_message(e: BaseException, config: Any) -> str:
-    """`config.batch_size must be an int (the field's type), got 'abc'` for an override whose
-    value does not parse as its field's type."""
+    """`config.batch_size must be an integer (the field's type), got 'abc' (...)`: an override
+    whose value does not parse as its field's type."""
     m = re.match(r"flag --config\.([^=]+)=(.*?): (.*)$", _flag_message(e))
     if m is None:
         return _flag_message(e)
