@@ -14,6 +14,8 @@ the installed library but live in a checkout's benchmarks/ directory, which `sqz
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import importlib
 import importlib.util
 import os
@@ -116,12 +118,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(name, list(COMMANDS), 1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        print(
+            f"error: unknown command {name}; {hint}commands: {', '.join(COMMANDS)} (sqz --help)",
+            file=sys.stderr,
+        )
         return 2
-    if name == "bench":
-        return bench_main(rest)
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        if name == "bench":
+            return bench_main(rest)
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`sqz describe ... | head`): stop quietly.
+
+    Python would otherwise print a BrokenPipeError traceback, and another one when it flushes
+    stdout at exit; pointing stdout at /dev/null makes that last flush harmless. The status is
+    what a process killed by SIGPIPE reports (128 + 13), as `cat | head` gives.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + 13
 
 
 if __name__ == "__main__":

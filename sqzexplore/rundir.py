@@ -225,3 +225,33 @@ def load_run(workdir: str | os.PathLike) -> dict[str, Any]:
         "aux": jax.tree.map(np.asarray, train_state.get("aux", {})),
         "step": int(step),
     }
+
+
+# ---------------------------------------------------------------------------------- checks
+class WorkdirError(OSError):
+    """A directory the run must write to cannot be used; the message names it and why."""
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "--workdir") -> None:
+    """Refuse a directory a run could not create or write, before anything is loaded or made.
+
+    `path` may not exist yet: every existing part of it must be a directory, and the deepest
+    existing one must be writable (so `os.makedirs` and the run's files will succeed). Nothing
+    is created. `what` names the setting in the message.
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        kind = "is a file" if probe == path else f"cannot be created: {probe} is a file"
+        raise WorkdirError(f"{what} {path} {kind}, not a directory; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == path else f" (its existing parent {probe} is not writable)"
+        raise WorkdirError(
+            f"{what} {path} is not writable{where}; choose a directory you can write to, "
+            "or fix its permissions"
+        )

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
 from collections import Counter
 
 import optuna
+import pytest
 from test_sweep_support import (
     FAKE_RUNNER,
     sr_space,
@@ -168,9 +168,10 @@ def test_concurrent_runners_share_the_work_without_repeats(tmp_path):
     assert logs == ["worker-0.log", "worker-1.log"]
 
 
-def test_slurm_dry_run_writes_an_array_of_workers(tmp_path, capsys):
+def test_slurm_dry_run_prints_an_array_of_workers_and_writes_nothing(tmp_path, capsys):
     path = write_sweep(tmp_path / "s.py", space=sr_space(0.125, 0.25))
     workdir = tmp_path / "w"
+    before = sorted(p.name for p in tmp_path.iterdir())
     rc = cli.main(
         [
             "run",
@@ -190,25 +191,34 @@ def test_slurm_dry_run_writes_an_array_of_workers(tmp_path, capsys):
             "--storage",
             f"sqlite:///{tmp_path}/study.db",
             "--sbatch-arg=--qos=high",
+            "--env-activate",
+            "source /opt/env/bin/activate",
             "--runner",
             FAKE_RUNNER,
         ]
     )
     assert rc == 0
     out = capsys.readouterr().out
-    script = (workdir / "slurm" / "sweep.sbatch").read_text()
-    assert script in out
+    # Nothing written into (or as) the sweep directory; the script is printed only.
+    assert not workdir.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "study.db") == before
+    script = out[: out.index("# not submitted")]
+    lines = script.splitlines()
     for line in (
         "#SBATCH --array=0-5",
         "#SBATCH --partition=gpu",
         "#SBATCH --gpus-per-task=2",
         "#SBATCH --time=04:00:00",
+        "#SBATCH --cpus-per-task=8",  # defaults
+        "#SBATCH --mem=32G",
         "#SBATCH --qos=high",
         "#SBATCH --ntasks=1",
         f"#SBATCH --output={workdir}/slurm/%x-%A_%a.out",
+        "source /opt/env/bin/activate",
     ):
-        assert line in script.splitlines()
-    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+        assert line in lines
+    srun = next(line for line in lines if line.startswith("srun "))
+    assert lines.index("source /opt/env/bin/activate") < lines.index(srun)
     for piece in (
         sys.executable,
         f"-m sqzexplore.sweep.cli worker {workdir}",  # a worker needs only the sweep directory
@@ -218,11 +228,52 @@ def test_slurm_dry_run_writes_an_array_of_workers(tmp_path, capsys):
     ):
         assert piece in srun
     assert f"cd {os.getcwd()}" in script
-    assert os.stat(workdir / "slurm" / "sweep.sbatch").st_mode & stat.S_IXUSR
-    subprocess.run(["bash", "-n", str(workdir / "slurm" / "sweep.sbatch")], check=True)
-    # The sweep directory exists before any task starts (tasks never race to create it).
-    state = json.loads((workdir / "sweep.json").read_text())
-    assert state["storage"] == f"sqlite:///{tmp_path}/study.db"
+    (tmp_path / "check.sbatch").write_text(script)
+    subprocess.run(["bash", "-n", str(tmp_path / "check.sbatch")], check=True)
+
+
+def test_slurm_script_defaults_and_environment(tmp_path, capsys, monkeypatch):
+    """Defaults: 1 GPU, 8 CPUs, 32G, 24 h and the running venv's activation; 'none' drops
+    a line; bad --time / --mem values are refused with the accepted forms named."""
+    from sqzexplore.sweep import slurm
+
+    path = write_sweep(tmp_path / "s.py", space=sr_space(0.125, 0.25))
+    base = ["run", str(path), "--workdir", str(tmp_path / "w"), "--slurm", "--dry-run"]
+    assert cli.main(base) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for line in ("#SBATCH --gpus-per-task=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32G"):
+        assert line in lines
+    assert "#SBATCH --time=24:00:00" in lines
+    activate = slurm.default_env_activate()
+    if sys.prefix != sys.base_prefix:  # the tests run from a venv: its activate script
+        assert activate == f"source {sys.prefix}/bin/activate"
+        assert activate in lines
+    assert cli.main([*base, "--time", "none", "--mem", "none", "--env-activate", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "--time=" not in out and "--mem=" not in out and "activate" not in out
+    for flag, value, words in (
+        ("--time", "4 hours", ["--time", "HH:MM:SS", "4 hours"]),
+        ("--mem", "lots", ["--mem", "32G", "lots"]),
+        ("--cpus-per-task", "0", ["--cpus-per-task", ">= 1"]),
+        ("--gpus-per-task", "-1", ["--gpus-per-task", ">= 0"]),
+        ("--array", "0", ["--array", ">= 1"]),
+    ):
+        with pytest.raises(SystemExit) as e:
+            cli.main([*base, flag, value])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words), err
+        assert "Traceback" not in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_slurm_without_sbatch_leaves_no_sweep_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    path = write_sweep(tmp_path / "s.py", space=sr_space(0.125, 0.25))
+    rc = cli.main(["run", str(path), "--workdir", str(tmp_path / "w"), "--slurm"])
+    assert rc == 2
+    assert "sbatch not found" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_slurm_storage_rdb_runs_locally_too(tmp_path, capsys):

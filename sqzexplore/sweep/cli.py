@@ -115,24 +115,9 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="progress bar over trials on stderr (auto: only on a terminal)",
     )
-    slurm = run.add_argument_group("SLURM (many machines)")
-    slurm.add_argument("--slurm", action="store_true", help="submit an sbatch array of workers")
-    slurm.add_argument("--dry-run", action="store_true", help="write and print the script only")
-    slurm.add_argument(
-        "--array", type=_bounded(int, 1, "--array"), default=4, help="array tasks (workers), >= 1"
-    )
-    slurm.add_argument("--partition", default=None)
-    slurm.add_argument("--gpus-per-task", type=_bounded(int, 0, "--gpus-per-task"), default=1)
-    slurm.add_argument("--cpus-per-task", type=_bounded(int, 1, "--cpus-per-task"), default=None)
-    slurm.add_argument("--time", dest="time_limit", default=None, help="e.g. 04:00:00")
-    slurm.add_argument("--mem", default=None)
-    slurm.add_argument("--account", default=None)
-    slurm.add_argument(
-        "--sbatch-arg",
-        action="append",
-        default=[],
-        help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=high (repeatable)",
-    )
+    from sqzexplore.sweep.slurm import add_options
+
+    add_options(run, _bounded)
 
     worker = sub.add_parser("worker", help="one more worker for an existing sweep directory")
     worker.add_argument("workdir")
@@ -222,7 +207,7 @@ def _worker_command(args, workdir: str, *, no_wait: bool) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from sqzexplore.sweep import launch, slurm
+    from sqzexplore.sweep import launch
     from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir, open_storage
     from sqzexplore.sweep.sweepfile import check_against_config, load_base_config, load_sweep
     from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
@@ -237,6 +222,11 @@ def cmd_run(args) -> int:
     workdir = args.workdir or default_workdir(defn.name, args.arg)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise SweepError(f"--workdir {workdir} is a file, not a directory")
+    if args.slurm:
+        from sqzexplore.sweep.slurm import run_array
+
+        command = _worker_command(args, workdir, no_wait=True)
+        return run_array(args, defn, base, workdir, command)
     sweep_dir, _ = init_sweep_dir(
         workdir,
         defn,
@@ -246,31 +236,6 @@ def cmd_run(args) -> int:
         storage=args.storage,
         new=args.new,
     )
-    if args.slurm:
-        text = slurm.sbatch_script(
-            name=defn.name,
-            worker_command=_worker_command(args, workdir, no_wait=True),
-            workdir=sweep_dir.root,
-            cwd=Path.cwd(),
-            array=args.array,
-            partition=args.partition,
-            gpus_per_task=args.gpus_per_task,
-            cpus_per_task=args.cpus_per_task,
-            time_limit=args.time_limit,
-            mem=args.mem,
-            account=args.account,
-            extra_sbatch=args.sbatch_arg,
-        )
-        path = slurm.write_script(text, sweep_dir.slurm / "sweep.sbatch")
-        if args.dry_run:
-            print(text)
-            print(f"# wrote {path} (not submitted: --dry-run)")
-            return 0
-        job = slurm.submit(path)
-        print(f"submitted SLURM array job {job} ({args.array} workers) from {path}")
-        print(f"watch it with: sqz sweep status {workdir}")
-        return 0
-
     gpus = launch.visible_gpus()
     n_workers = args.workers or launch.default_workers(gpus)
     progress = launch.SweepProgress(sweep_dir, args.progress)

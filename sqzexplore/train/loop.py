@@ -45,7 +45,7 @@ from sqzexplore.config import validate_config
 from sqzexplore.durations import Durations
 from sqzexplore.progress import Progress
 from sqzexplore.runlog import MetricsWriter
-from sqzexplore.train import events
+from sqzexplore.train import events, preflight
 from sqzexplore.train.evaluate import EvalRunner
 from sqzexplore.train.preempt import PreemptionFlag
 from sqzexplore.train.state import init_state, model_graphdef
@@ -91,6 +91,7 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
     sharding.maybe_initialize_distributed(config.distributed)
     _setup_compilation_cache(config.compilation_cache_dir)
     mesh = sharding.make_mesh()
+    preflight.check(config, spec, mesh, workdir)  # devices, platform, batch split, memory, workdir
     sharding.check_divisible(config.batch_size, "config.batch_size", mesh)
     sharding.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
     is_main = jax.process_index() == 0
@@ -172,6 +173,8 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
                 batch_sharding=sharding.batch_sharded(mesh),
             )
             events.reached("compile", start_step)
+            if is_main:
+                print("compiling the train step ...", flush=True)
             t0 = time.perf_counter()
             compiled_step = (
                 jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
@@ -179,6 +182,8 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
                 .compile()
             )
             compile_time = time.perf_counter() - t0
+            if is_main:
+                print(f"compiled in {compile_time:.1f} s", flush=True)
             sharding.barrier("compiled")
             if stop.requested:
                 return _preempted_before_training(ckpt, start_step, "compilation")
@@ -239,6 +244,7 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
                     events.reached("eval", step)
                     last_eval = eval_runner(state)
                     best = best.update(step, last_eval)
+                    progress.update(step, top1=last_eval["top1"])
                     writer.write(dict(step=step, split="eval", **last_eval))
                     if on_eval is not None and on_eval(step, dict(last_eval)) and step < total:
                         status = "pruned"
