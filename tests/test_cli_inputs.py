@@ -370,6 +370,8 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(world, capsys, monkeypat
         else:
             monkeypatch.setenv(key, value)
     monkeypatch.chdir(world)  # default output paths (runs/...) would land in the tree
+    # `sqz bench` finds benchmarks/ from the working directory, which is now outside the checkout.
+    monkeypatch.setenv("SQZ_BENCHMARKS_DIR", os.path.join(REPO, "benchmarks"))
     monkeypatch.setattr(loop, "make_train_step", refuse_to_compile)
     before = snapshot(world)
     status, out, err = run_row([a.format(w=world) for a in argv], capsys)
