@@ -9,16 +9,24 @@ Layout (read by `rundir.load_run`):
 
 The best top-1 is kept as integer counts (examples right / examples evaluated), so a resumed run
 reports exactly the uninterrupted run's float. Restores use explicit shardings, so a checkpoint
-written on one device count restores on another. A latest checkpoint that fails to restore
-(corrupted, half-deleted) is reported, moved aside and the previous one is used.
+written on one device count restores on another.
+
+Integrity: when orbax has committed a step, `sha256.json` is written into its directory with the
+SHA-256 of every file in it; a restore first checks them. A checkpoint that fails the check or
+fails to restore (bit rot, a same-size overwrite, truncation, a save killed before its checksums)
+is reported, moved aside to `checkpoints.unreadable/` and the previous one is used. Next to the
+state, `host.json` holds host-side values a resumed run needs (the train metrics of the steps
+since the last log point, when a run was preempted between two), covered by the checksums.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,6 +37,54 @@ from jax.sharding import Sharding
 from sqzexplore import rundir
 
 log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "sha256.json"
+HOST_FILE = "host.json"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint's files do not match the checksums written when it was saved."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(step_dir: str) -> list[str]:
+    out = []
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), step_dir)
+            if rel != MANIFEST_FILE:
+                out.append(rel)
+    return sorted(out)
+
+
+def write_manifest(step_dir: str) -> None:
+    """Record the SHA-256 of every file of a committed checkpoint step (atomically, last)."""
+    digests = {rel: _sha256(os.path.join(step_dir, rel)) for rel in _files(step_dir)}
+    rundir.write_json(os.path.join(step_dir, MANIFEST_FILE), {"sha256": digests})
+
+
+def verify_manifest(step_dir: str) -> None:
+    """Raise CorruptCheckpointError unless every file matches the step's recorded checksums."""
+    manifest = rundir.read_json(os.path.join(step_dir, MANIFEST_FILE))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), dict):
+        raise CorruptCheckpointError(
+            f"{step_dir} has no readable {MANIFEST_FILE}: its save did not finish"
+        )
+    expected = manifest["sha256"]
+    found = _files(step_dir)
+    if sorted(expected) != found:
+        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        raise CorruptCheckpointError(f"{step_dir}: files missing {missing}, unexpected {extra}")
+    for rel in found:
+        if _sha256(os.path.join(step_dir, rel)) != expected[rel]:
+            raise CorruptCheckpointError(f"{step_dir}/{rel} does not match its checksum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +110,26 @@ class Best:
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, *, keep: int, sharding: Sharding, async_save: bool = True):
+    """Saves and restores a run's checkpoints; see the module docstring.
+
+    `on_commit(step)` is called once a step is on disk with its checksums.
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        keep: int,
+        sharding: Sharding,
+        async_save: bool = True,
+        on_commit: Callable[[int], None] | None = None,
+    ):
         if keep < 1:
             raise ValueError(f"config.keep_checkpoints must be >= 1, got {keep}")
         self.directory = os.path.join(os.path.abspath(workdir), rundir.CHECKPOINT_DIR)
         self._sharding = sharding
+        self._on_commit = on_commit
+        self._in_flight: tuple[int, list] | None = None  # (step, host values) being written
         self._options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -74,8 +145,13 @@ class Checkpointer:
         host = np.asarray(value, np.int32)
         return jax.make_array_from_callback((), self._sharding, lambda index: host[index])
 
-    def save(self, step: int, state: Any, best: Best) -> None:
-        """Start saving (asynchronously) `state` and `best` as step `step`."""
+    def save(self, step: int, state: Any, best: Best, *, host: list | None = None) -> None:
+        """Start saving (asynchronously) `state` and `best` as step `step`.
+
+        `host`: JSON-able values kept with the checkpoint (returned by `restore_latest`).
+        The previous save is finished (committed, checksummed) first.
+        """
+        self.finish()
         tree = {
             "train": state.to_dict(),
             "best_correct": self._scalar(best.correct),
@@ -83,9 +159,35 @@ class Checkpointer:
             "best_step": self._scalar(best.step),
         }
         self.manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+        self._in_flight = (step, list(host or []))
 
-    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, Best] | None:
-        """(step, state, best) of the newest checkpoint that restores, or None if none exist.
+    def finish(self) -> int | None:
+        """Wait for the save in flight and seal it (host values, checksums); its step, or None."""
+        if self._in_flight is None:
+            return None
+        self.manager.wait_until_finished()
+        step, host = self._in_flight
+        self._in_flight = None
+        step_dir = os.path.join(self.directory, str(step))
+        if jax.process_index() == 0 and os.path.isdir(step_dir):
+            rundir.write_json(os.path.join(step_dir, HOST_FILE), host)
+            write_manifest(step_dir)
+        if self._on_commit is not None:
+            self._on_commit(step)
+        return step
+
+    def committed_steps(self) -> list[int]:
+        """Steps on disk with checksums (sealed), oldest first."""
+        names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+        return sorted(
+            int(name)
+            for name in names
+            if name.isdigit() and os.path.exists(os.path.join(self.directory, name, MANIFEST_FILE))
+        )
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, Best, list] | None:
+        """(step, state, best, host) of the newest checkpoint that restores, or None if none
+        exist.
 
         `abstract_state`: a `TrainState` of ShapeDtypeStructs (e.g. `jax.eval_shape` of its
         initialiser); the restored state has its type. Unreadable checkpoints are moved aside
@@ -101,8 +203,11 @@ class Checkpointer:
         }
         found, bad = None, []
         for step in sorted(self.manager.all_steps(), reverse=True):
+            step_dir = os.path.join(self.directory, str(step))
             try:
+                verify_manifest(step_dir)
                 tree = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+                host = rundir.read_json(os.path.join(step_dir, HOST_FILE), [])
             except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
                 bad.append(step)
                 self._report_unreadable(step, e)
@@ -112,7 +217,7 @@ class Checkpointer:
                 count=int(tree["best_count"]),
                 step=int(tree["best_step"]),
             )
-            found = (int(step), type(abstract_state).from_dict(tree["train"]), best)
+            found = (int(step), type(abstract_state).from_dict(tree["train"]), best, host)
             break
         if bad and jax.process_index() == 0:
             self._move_aside(bad)
@@ -141,12 +246,12 @@ class Checkpointer:
             os.replace(os.path.join(self.directory, str(step)), target)
         self.manager = self._make_manager()
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Finish the save in flight (see `finish`) and release the manager."""
+        try:
+            self.finish()
+        finally:
+            self.manager.close()
 
 
 def abstract_like(tree: Any, sharding: Sharding) -> Any:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import math
 import os
+import re
+import traceback
 from typing import Any
 
 import ml_collections
@@ -25,7 +28,36 @@ class ConfigError(ValueError):
     """An invalid experiment config; the message names the field and what is allowed."""
 
 
+class UnknownKeyError(ConfigError, KeyError):
+    """A config key the defaults do not have. `str()` quotes the key (what the sweep checks
+    parse); `plain` is the one line `sqz train` prints:
+    `unknown config key model.squeez_ratio; did you mean model.squeeze_ratio?`."""
+
+    def __init__(self, key: str, close: str | None, known: list[str], where: str = ""):
+        self.key, self.close, self.known, self.where = key, close, known, where
+        super().__init__(self._format(repr))
+
+    def _format(self, q) -> str:
+        message = f"unknown config key {q(self.key)}"
+        if self.close:
+            return f"{message}; did you mean {q(self.close)}?"
+        if self.known:
+            of = f" of {self.where}" if self.where else ""
+            return f"{message}; known keys{of}: {', '.join(self.known)}"
+        return message
+
+    def __str__(self) -> str:  # KeyError's own str() would add quotes around the message
+        return self.args[0]
+
+    @property
+    def plain(self) -> str:
+        return self._format(str)
+
+
 WANDB_MODES = ("disabled", "offline", "online")
+# Where to train: "auto" takes what JAX finds; a named platform is required (train stops with an
+# error naming the fix when JAX sees no such device). Not part of the run's identity.
+PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 
 
 # ---------------------------------------------------------------------------------- arg parsing
@@ -77,7 +109,12 @@ def _coerce(key: str, raw: str, default: Any) -> Any:
             f"experiment argument {key!r} must be {type(default).__name__}, got {raw!r}"
         ) from None
     if isinstance(default, (tuple, list)):
-        value = ast.literal_eval(raw)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            raise ConfigError(
+                f"experiment argument {key!r} must be a tuple literal such as (1, 2), got {raw!r}"
+            ) from None
         return tuple(value) if isinstance(value, (tuple, list)) else (value,)
     return raw
 
@@ -179,24 +216,68 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     c.progress = _tristate_field()  # "auto" (only on a terminal) | True | False
+    c.platform = "auto"  # auto | cpu | gpu | tpu (see PLATFORMS)
     c.compilation_cache_dir = os.path.join("~", ".cache", "sqzexplore", "xla")
     return c
 
 
 # ---------------------------------------------------------------------------------- loading
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """Load `get_config(arg)` from an experiment file (`path` may be `file.py:arg`)."""
+    """Load `get_config(arg)` from an experiment file (`path` may be `file.py:arg`).
+
+    Whatever goes wrong in the user's file (missing, a syntax error, a bad `arg`, an exception in
+    `get_config`) is a one-line ConfigError naming the file (and the line), never a traceback.
+    """
     if arg is None and ":" in path and not os.path.exists(path):
         path, arg = path.split(":", 1)
+    if not path:
+        raise ConfigError("no config file given (--config=path/to/experiment.py[:arg])")
     if not os.path.exists(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    name = "sqz_experiment_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+        raise ConfigError(f"config file {path} does not exist")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} is not a file")
+    name = "sqz_experiment_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"config file {path} is not a Python file (.py)")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path} defines no get_config(arg)")
-    return module.get_config(arg) if arg is not None else module.get_config()
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path} line {e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:
+        raise ConfigError(f"config file {path}{_where(e, path)}: {_one_line(e)}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"config file {path} defines no get_config(arg=None)")
+    try:
+        config = module.get_config(arg) if arg is not None else module.get_config()
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}" + (f":{arg}" if arg else "") + f": {e}") from None
+    except Exception as e:
+        where = _where(e, path)
+        raise ConfigError(
+            f"config file {path}{where}: get_config({arg!r}) failed: {_one_line(e)}"
+        ) from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"config file {path}: get_config must return an ml_collections.ConfigDict, "
+            f"got {type(config).__name__}"
+        )
+    return config
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or "(no message)"
+    return text if isinstance(e, ConfigError) else f"{type(e).__name__}: {text}"
+
+
+def _where(e: BaseException, path: str) -> str:
+    """` line N` of the deepest traceback frame inside `path` (empty when none is)."""
+    line = None
+    for frame in traceback.extract_tb(e.__traceback__):
+        if os.path.abspath(frame.filename) == os.path.abspath(path):
+            line = frame.lineno
+    return f" line {line}" if line is not None else ""
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
@@ -214,7 +295,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
                     {dotted: tuple(value) if isinstance(value, list) else value}
                 )
             except KeyError:
-                raise ConfigError(unknown_key_message(config, dotted)) from None
+                raise unknown_key_error(config, dotted) from None
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"config.{dotted}: {e}") from None
     finally:
@@ -225,6 +306,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
 def unknown_key_message(config: ml_collections.ConfigDict, dotted: str) -> str:
     """`unknown config key 'a.b'; did you mean 'a.c'?` for the first part of `dotted` not in
     config."""
+    return str(unknown_key_error(config, dotted))
+
+
+def unknown_key_error(config: ml_collections.ConfigDict, dotted: str) -> ConfigError:
+    """The error for `dotted`, a key `config` does not have: the first missing part, a close
+    match or the keys that do exist there."""
     node, parts = config, dotted.split(".")
     for depth, part in enumerate(parts):
         if isinstance(node, ml_collections.ConfigDict) and part in node:
@@ -232,15 +319,14 @@ def unknown_key_message(config: ml_collections.ConfigDict, dotted: str) -> str:
             continue
         prefix = ".".join(parts[:depth])
         if not isinstance(node, ml_collections.ConfigDict):
-            return f"unknown config key {dotted!r}: config.{prefix} is a value, not a section"
+            return ConfigError(
+                f"unknown config key {dotted}: config.{prefix} is a value, not a section"
+            )
         keys = sorted(str(k) for k in node)
         where = f"{prefix}." if prefix else ""
-        message = f"unknown config key {where + part!r}"
         close = difflib.get_close_matches(part, keys, 1, 0.75)
-        if close:
-            return f"{message}; did you mean {where + close[0]!r}?"
-        return f"{message}; known keys{' of ' + prefix if prefix else ''}: {', '.join(keys)}"
-    return f"unknown config key {dotted!r}"
+        return UnknownKeyError(where + part, where + close[0] if close else None, keys, prefix)
+    return UnknownKeyError(dotted, None, [])
 
 
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
@@ -285,15 +371,22 @@ def validate_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
         value = config[field]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"config.{field} must be an integer >= 1, got {value!r}")
-    if config.num_steps < 0:
-        raise ConfigError(f"config.num_steps must be >= 0, got {config.num_steps}")
-    if config.num_steps == 0 and not config.num_epochs > 0:
+    num_steps = config.num_steps
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 0:
+        raise ConfigError(f"config.num_steps must be an integer >= 0, got {num_steps!r}")
+    if num_steps == 0 and not _finite(config.num_epochs, above=0):
         raise ConfigError(
-            f"config.num_epochs must be > 0 when num_steps is 0, got {config.num_epochs}"
+            "config.num_epochs must be a finite number > 0 when num_steps is 0, "
+            f"got {config.num_epochs!r}"
         )
     for field in ("eval_every_epochs", "checkpoint_every_epochs"):
-        if not config[field] > 0:
-            raise ConfigError(f"config.{field} must be > 0, got {config[field]}")
+        if not _finite(config[field], above=0):
+            raise ConfigError(f"config.{field} must be a finite number > 0, got {config[field]!r}")
+    platform = config.get("platform", "auto")
+    if platform not in PLATFORMS:
+        raise ConfigError(
+            f"config.platform must be one of {', '.join(PLATFORMS)}, got {platform!r}"
+        )
     try:
         optim.validate(config.optim)
     except ValueError as e:
@@ -305,7 +398,19 @@ def validate_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
     tristate(config.progress, "progress")
     tristate(config.data.on_device, "data.on_device")
     tristate(config.distributed.initialize, "distributed.initialize")
+    data_dir = os.path.expanduser(config.data.get("data_dir") or "")
+    if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ConfigError(
+            f"config.data.data_dir {data_dir} is a file; give the TFDS data directory "
+            "(the one holding <dataset>/<config>/<version>/)"
+        )
     return spec
+
+
+def _finite(value: Any, above: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value > above
 
 
 def spec_from_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:

@@ -8,7 +8,10 @@ The spec comes from a named preset or from an experiment file's `config.model`; 
 replaces spec fields (values parsed as Python literals, else taken as strings), so a design can be
 sized while exploring. Output is the paper's Table 1 layout with totals, or JSON (`--json`):
 `{"spec", "params", "macs", "fp32_bytes", "fp32_mib", "activations", "image_size", "layers"}`.
-An invalid spec, preset or config prints `error: ...` naming the field and exits with status 2.
+The paper's presets (v1.0, v1.1) are described at the paper's 227x227 input (conv1 111x111, as
+in its Table 1) unless --image-size says otherwise; they train at their spec's 224. The table's
+first line always names the size. An invalid spec, preset or config prints `error: ...` naming
+the field and exits with status 2.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from sqzexplore.models.complexity import complexity
 from sqzexplore.models.spec import PRESETS, SpecError, SqueezeNetSpec
 
 EXIT_USAGE = 2
+# The paper's Table 1 (and the Caffe prototxts) use 227x227 inputs; the v1.0/v1.1 presets train
+# at 224 (torchvision's size). `sqz describe --preset` shows the paper's numbers by default.
+PAPER_IMAGE_SIZE = 227
+PAPER_PRESETS = ("v1.0", "v1.1")
 _TUPLE_EXAMPLES = {
     "pool_after": "\"('conv1','fire4','fire8')\"",
     "fire_widths": '"((16,64,64),(16,64,64))" (squeeze, expand1x1, expand3x3 per Fire)',
@@ -47,7 +54,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--image-size",
         type=int,
         default=None,
-        help="input height and width (default: the spec's image_size)",
+        help=f"input height and width (default: {PAPER_IMAGE_SIZE}, the paper's, for the presets "
+        f"{', '.join(PAPER_PRESETS)}; else the spec's image_size)",
     )
     parser.add_argument(
         "--set",
@@ -129,12 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         spec = apply_spec_overrides(spec, args.overrides)
         if args.image_size is not None and args.image_size < 1:
             raise SpecError(f"--image-size must be a positive integer, got {args.image_size}")
-        text = describe(spec, args.image_size, args.json)
+        image_size, note = args.image_size, None
+        if image_size is None and args.preset in PAPER_PRESETS:
+            image_size = PAPER_IMAGE_SIZE
+            note = (
+                f"input {PAPER_IMAGE_SIZE}x{PAPER_IMAGE_SIZE} as in the paper's Table 1 (the "
+                f"{args.preset} preset trains at {spec.image_size}: --image-size "
+                f"{spec.image_size} for its sizes)"
+            )
+        text = describe(spec, image_size, args.json)
     except (SpecError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.overrides and not args.json:
         print("overrides: " + ", ".join(args.overrides))
+    if note and not args.json:
+        print(note)
     print(text)
     return 0
 

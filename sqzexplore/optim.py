@@ -8,6 +8,9 @@ by default (biases and BatchNorm parameters are left alone).
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import jax
 import optax
 
@@ -15,29 +18,64 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine", "constant")
 
 
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"config.optim.{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def check_range(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise ValueError naming `config.optim.<name>` unless `value` is finite and in range.
+
+    NaN fails every comparison, so it is refused with the range named like any other value.
+    """
+    v = _number(name, value)
+    ok = math.isfinite(v) and (v > low if low_open else v >= low)
+    ok = ok and (high == math.inf or (v < high if high_open else v <= high))
+    if not ok:
+        lo = f"({low:g}" if low_open else f"[{low:g}"
+        hi = "inf)" if high == math.inf else (f"{high:g})" if high_open else f"{high:g}]")
+        raise ValueError(
+            f"config.optim.{name} must be a finite number in {lo}, {hi}, got {value!r}"
+        )
+
+
+# field: (low, high, low_open, high_open); every one must also be finite.
+RANGES = {
+    "lr": (0.0, 100.0, True, False),
+    "momentum": (0.0, 1.0, False, True),
+    "b1": (0.0, 1.0, False, True),
+    "b2": (0.0, 1.0, False, True),
+    "weight_decay": (0.0, math.inf, False, False),
+    "label_smoothing": (0.0, 1.0, False, True),
+    "power": (0.0, math.inf, True, False),
+    "warmup_epochs": (0.0, math.inf, False, False),
+    "end_lr_fraction": (0.0, 1.0, False, False),
+    "grad_clip_norm": (0.0, math.inf, False, False),
+}
+
+
 def validate(optim_config) -> None:
-    """Raise ValueError naming the field for an unusable optimiser config."""
+    """Raise ValueError naming the field and its allowed range for an unusable optimiser config
+    (NaN and infinities included: a NaN weight decay would silently train NaN weights)."""
     c = optim_config
     if c.name not in OPTIMIZERS:
         raise ValueError(f"config.optim.name must be one of {OPTIMIZERS}, got {c.name!r}")
     if c.schedule not in SCHEDULES:
         raise ValueError(f"config.optim.schedule must be one of {SCHEDULES}, got {c.schedule!r}")
-    if not c.lr > 0 or c.lr > 100:
-        raise ValueError(f"config.optim.lr must be in (0, 100], got {c.lr}")
-    if not 0 <= c.momentum < 1:
-        raise ValueError(f"config.optim.momentum must be in [0, 1), got {c.momentum}")
-    if c.weight_decay < 0:
-        raise ValueError(f"config.optim.weight_decay must be >= 0, got {c.weight_decay}")
-    if not 0 <= c.label_smoothing < 1:
-        raise ValueError(f"config.optim.label_smoothing must be in [0, 1), got {c.label_smoothing}")
-    if c.power <= 0:
-        raise ValueError(f"config.optim.power must be > 0, got {c.power}")
-    if c.warmup_epochs < 0:
-        raise ValueError(f"config.optim.warmup_epochs must be >= 0, got {c.warmup_epochs}")
-    if not 0 <= c.end_lr_fraction <= 1:
-        raise ValueError(f"config.optim.end_lr_fraction must be in [0, 1], got {c.end_lr_fraction}")
-    if c.grad_clip_norm < 0:
-        raise ValueError(f"config.optim.grad_clip_norm must be >= 0, got {c.grad_clip_norm}")
+    for name, (low, high, low_open, high_open) in RANGES.items():
+        check_range(name, c[name], low, high, low_open=low_open, high_open=high_open)
+    for name in ("nesterov", "decay_kernels_only"):
+        if not isinstance(c[name], bool):
+            raise ValueError(f"config.optim.{name} must be true or false, got {c[name]!r}")
 
 
 def make_schedule(c, total_steps: int, warmup_steps: int) -> optax.Schedule:

@@ -165,9 +165,15 @@ def check_config(workdir: str | os.PathLike, config_dict: Mapping[str, Any]) -> 
 
 
 def read_result(workdir: str | os.PathLike) -> dict[str, Any] | None:
-    """The finished run's result.json, or None while the run is unfinished."""
+    """The finished run's result.json, or None while the run is unfinished.
+
+    A result without a final evaluation (as an interrupted attempt of an older version could
+    leave) is not a finished run: None, so that the run is completed.
+    """
     result = read_json(Path(workdir) / RESULT_FILE)
-    return result if isinstance(result, dict) else None
+    if not isinstance(result, dict) or not isinstance(result.get("final"), dict):
+        return None
+    return result if result["final"] else None
 
 
 # ---------------------------------------------------------------------------------- finished runs
@@ -195,10 +201,19 @@ def load_run(workdir: str | os.PathLike) -> dict[str, Any]:
     config = ml_collections.ConfigDict(read_json(os.path.join(workdir, CONFIG_FILE)))
     spec = SqueezeNetSpec.from_dict(read_json(os.path.join(workdir, SPEC_FILE)))
     directory = os.path.join(workdir, CHECKPOINT_DIR)
+    from sqzexplore.checkpoint import CorruptCheckpointError, verify_manifest
+
     with ocp.CheckpointManager(directory) as manager:
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"{directory} holds no checkpoint")
+        try:
+            verify_manifest(os.path.join(directory, str(step)))
+        except CorruptCheckpointError as e:
+            raise FileNotFoundError(
+                f"the final checkpoint of {workdir} is damaged ({e}); delete {RESULT_FILE} and "
+                f"rerun its `sqz train` command to restore it from an earlier checkpoint"
+            ) from None
         restored = manager.restore(step, args=ocp.args.StandardRestore())
     train_state = restored["train"]
     return {
@@ -210,3 +225,33 @@ def load_run(workdir: str | os.PathLike) -> dict[str, Any]:
         "aux": jax.tree.map(np.asarray, train_state.get("aux", {})),
         "step": int(step),
     }
+
+
+# ---------------------------------------------------------------------------------- checks
+class WorkdirError(OSError):
+    """A directory the run must write to cannot be used; the message names it and why."""
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "--workdir") -> None:
+    """Refuse a directory a run could not create or write, before anything is loaded or made.
+
+    `path` may not exist yet: every existing part of it must be a directory, and the deepest
+    existing one must be writable (so `os.makedirs` and the run's files will succeed). Nothing
+    is created. `what` names the setting in the message.
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        kind = "is a file" if probe == path else f"cannot be created: {probe} is a file"
+        raise WorkdirError(f"{what} {path} {kind}, not a directory; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == path else f" (its existing parent {probe} is not writable)"
+        raise WorkdirError(
+            f"{what} {path} is not writable{where}; choose a directory you can write to, "
+            "or fix its permissions"
+        )

@@ -1,14 +1,24 @@
-"""A run's log: metrics.jsonl (process 0, one JSON object per log or eval point), wandb mirror.
+"""A run's log: metrics.jsonl (process 0, one JSON object per log or eval point), and mirrors of
+it for dashboards: wandb (live, while training) and TensorBoard event files
+(`mirror_to_tensorboard`, from the finished or growing metrics.jsonl).
 
-A run's files are the source of truth; wandb only mirrors them (docs/design.md). Everything logged
-is a Python float or int, never a jax array (no accidental device syncs or pickled buffers).
-Files go through `rundir` (atomic rewrites, umask-respecting modes).
+A run's files are the source of truth; dashboards only mirror them (docs/design.md). Everything
+logged is a Python float or int, never a jax array (no accidental device syncs or pickled
+buffers). Files go through `rundir` (atomic rewrites, umask-respecting modes). A wandb run's
+config carries the design fields flat (`design_fields`: squeeze_ratio, pct_3x3, pool_after,
+bypass, ..., params, macs, mib, seed) so wandb's parallel-coordinates and scatter panels work on
+them without edits.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sqzexplore import rundir
@@ -85,7 +95,7 @@ def _start_wandb(workdir: str, c: Any, run_config: dict | None, summary: dict | 
         group=c.group,
         name=c.name or os.path.basename(os.path.abspath(workdir)),
         tags=list(c.tags),
-        config=run_config,
+        config={**(run_config or {}), **design_fields(run_config, summary)},
         mode=c.mode,
         dir=workdir,
         id=_wandb_run_id(workdir),
@@ -99,3 +109,92 @@ def _start_wandb(workdir: str, c: Any, run_config: dict | None, summary: dict | 
 def _wandb_run_id(workdir: str) -> str:
     """A stable id per workdir so a resumed run continues the same wandb run."""
     return hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:16]
+
+
+# Spec fields a dashboard compares runs by, flat at the top of a wandb run's config.
+DESIGN_KEYS = ("squeeze_ratio", "pct_3x3", "pool_after", "bypass", "base_e", "incr_e", "freq")
+
+
+def design_fields(run_config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None):
+    """{squeeze_ratio, pct_3x3, pool_after ('conv1,fire4,fire8'), bypass, base_e, incr_e, freq,
+    params, macs, mib, seed, dataset}: the design point and its size, one level deep."""
+    run_config = run_config or {}
+    design = (summary or {}).get("design") or run_config.get("model") or {}
+    cplx = (summary or {}).get("complexity") or {}
+    out: dict[str, Any] = {}
+    for key in DESIGN_KEYS:
+        if key in design:
+            value = design[key]
+            out[key] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+    for source, name in (("params", "params"), ("macs", "macs"), ("fp32_mib", "mib")):
+        if source in cplx:
+            out[name] = cplx[source]
+    if "seed" in run_config:
+        out["seed"] = run_config["seed"]
+    dataset = (run_config.get("data") or {}).get("name")
+    if dataset:
+        out["dataset"] = dataset
+    return out
+
+
+# ------------------------------------------------------------------------------ TensorBoard
+_MIRROR_STATE = ".sqz_mirrored.json"
+
+
+def mirror_to_tensorboard(
+    metrics_path: str | os.PathLike,
+    logdir: str | os.PathLike,
+    hparams: Mapping[str, Any] | None = None,
+) -> int:
+    """Append the log points of `metrics_path` not yet mirrored to TensorBoard event files in
+    `logdir` (one scalar per metric, tagged `<split>/<name>`); returns how many points were new.
+
+    Incremental, so a watcher can call it while the run trains: each call writes a new event
+    file holding only the steps after the last one mirrored (TensorBoard reads every event file
+    of a run directory). A resumed run rewrites steps it had logged with the same values; those
+    are skipped. `hparams` (design fields, seed) go to TensorBoard's HParams dashboard once.
+    Needs only the `tensorboard` package, never TensorFlow."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    logdir = Path(logdir)
+    state = rundir.read_json(logdir / _MIRROR_STATE) or {"step": -1, "files": 0}
+    records = [r for r in rundir.read_jsonl(metrics_path) if int(r.get("step", -1)) > state["step"]]
+    if not records:  # nothing new (or a run that has not logged yet): no empty files
+        return 0
+    logdir.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.{state['files']}"
+    with open(logdir / name, "wb") as f:
+        writer = RecordWriter(f)
+        writer.write(Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+        if state["files"] == 0 and hparams:
+            from tensorboard.plugins.hparams import summary_v2
+
+            values = {k: _hparam(v) for k, v in hparams.items()}
+            pb = summary_v2.hparams_pb(values, trial_id=logdir.name, start_time_secs=now)
+            writer.write(Event(wall_time=now, step=0, summary=pb).SerializeToString())
+        for r in records:
+            values = [
+                Summary.Value(tag=f"{r.get('split', 'train')}/{k}", simple_value=float(v))
+                for k, v in r.items()
+                if k not in ("step", "split") and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+            ]  # fmt: skip
+            event = Event(wall_time=float(r.get("time", now)), step=int(r["step"]))
+            event.summary.CopyFrom(Summary(value=values))
+            writer.write(event.SerializeToString())
+        writer.flush()
+    last = max([int(r["step"]) for r in records], default=state["step"])
+    rundir.write_json(logdir / _MIRROR_STATE, {"step": last, "files": state["files"] + 1})
+    return len(records)
+
+
+def _hparam(value: Any) -> Any:
+    """An HParams value: bool, number or string (tuples and lists as 'a,b,c')."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return json.dumps(value)

@@ -1,7 +1,7 @@
 """Devices, the ('data',) mesh and multi-host start-up.
 
 Parallelism is `jax.jit` over a one-axis mesh of every device on every host: the batch is sharded
-on 'data', the train state replicated (DESIGN.md). No pmap. Multi-host runs call
+on 'data', the train state replicated (docs/design.md). No pmap. Multi-host runs call
 `jax.distributed.initialize()` first, with an explicit coordinator or auto-detected on SLURM/TPU.
 """
 
@@ -84,14 +84,18 @@ def put_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
 
 
 def check_divisible(batch_size: int, field: str, mesh: Mesh) -> None:
+    """Refuse a global batch that does not split evenly over the devices and processes
+    (a ConfigError, a ValueError, naming `field`)."""
+    from sqzexplore.config import ConfigError
+
     n = mesh.devices.size
     if batch_size <= 0 or batch_size % n:
-        raise ValueError(
+        raise ConfigError(
             f"{field}={batch_size} must be a positive multiple of the device count {n} "
             f"(the global batch is split evenly over the 'data' mesh axis)"
         )
     if batch_size % jax.process_count():
-        raise ValueError(
+        raise ConfigError(
             f"{field}={batch_size} must divide by the process count {jax.process_count()}"
         )
 

@@ -13,7 +13,7 @@ from sqzexplore.models.complexity import complexity
 from sqzexplore.models.spec import BYPASS_MODES, SpecError, SqueezeNetSpec, preset
 from sqzexplore.models.squeezenet import SqueezeNet, count_params
 
-# REFERENCE.md section 3 (paper Table 1): params per row, weights + biases.
+# docs/paper.md#table-1 (the paper's Table 1): params per row, weights + biases.
 TABLE1_PARAMS = {
     "conv1": 14_208,
     "maxpool1": 0,
@@ -89,7 +89,7 @@ def test_v1_0_totals():
     assert cx.fp32_bytes == 1_248_424 * 4
     assert round(cx.fp32_mib, 2) == 4.76  # the paper's "4.8MB"
     assert round(cx.fp32_mib, 1) == 4.8
-    # REFERENCE.md section 6: the released model has 1,244,448 weights and 3,976 biases.
+    # docs/paper.md#released-model: the released model has 1,244,448 weights and 3,976 biases.
     assert sum(c.weights for c in cx.convs) == 1_244_448
     assert sum(c.out_channels for c in cx.convs if c.bias) == 3_976
 

@@ -32,10 +32,10 @@ def describe_error(capsys, *argv: str) -> str:
 
 # ------------------------------------------------------------------ presets and --set
 def test_preset_json(capsys):
-    d = describe_json(capsys, "--preset", "v1.0")
+    d = describe_json(capsys, "--preset", "v1.0", "--image-size", "224")
     assert d["spec"]["name"] == "v1.0"
     assert d["params"] == 1_248_424
-    assert d["macs"] == 818_924_576  # the preset's image_size is 224
+    assert d["macs"] == 818_924_576  # the preset's own image_size, 224
     assert d["fp32_bytes"] == 4 * 1_248_424
     assert round(d["fp32_mib"], 2) == 4.76
     assert d["activations"] == sum(layer["activations"] for layer in d["layers"])
@@ -43,10 +43,53 @@ def test_preset_json(capsys):
 
 
 def test_preset_table(capsys):
-    assert main(["--preset", "v1.1"]) == 0
+    assert main(["--preset", "v1.1", "--image-size", "224"]) == 0
     out = capsys.readouterr().out
     assert "fire9" in out and "maxpool5" in out
     assert "1,235,496" in out and "349.15M" in out and "4.71 MiB" in out
+    assert "Table 1" not in out  # an explicit size: no note about the paper's
+
+
+def test_paper_presets_default_to_the_papers_227_pixels(capsys):
+    # The paper's Table 1 lists conv1 at 111x111 (227-pixel input); the preset trains at 224.
+    assert main(["--preset", "v1.0"]) == 0
+    out = capsys.readouterr().out
+    first, table = out.splitlines()[0], out.splitlines()[1:]
+    assert "227x227" in first and "Table 1" in first and "224" in first
+    assert any(line.startswith("conv1") and "111x111x96" in line for line in table)
+    assert "832.67M" in out
+    d = describe_json(capsys, "--preset", "v1.0")
+    assert d["image_size"] == 227 and d["layers"][0]["height"] == 111
+    # Other presets keep their own size, and say it in the table's first line.
+    assert main(["--preset", "cifar"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("SqueezeNet 'cifar' at 32x32x3")
+
+
+def test_config_file_errors_are_one_line(capsys, tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(arg=None:\n    return 1\n")
+    err = describe_error(capsys, f"--config={broken}")
+    assert f"config file {broken} line 1: syntax error" in err
+    assert err.count("\n") == 1
+    raising = tmp_path / "raising.py"
+    raising.write_text("def get_config(arg=None):\n    return {}['model']\n")
+    err = describe_error(capsys, f"--config={raising}")
+    assert f"config file {raising} line 2" in err and "KeyError" in err
+    assert err.count("\n") == 1
+    not_a_config = tmp_path / "plain.py"
+    not_a_config.write_text("x = 1\n")
+    assert "defines no get_config" in describe_error(capsys, f"--config={not_a_config}")
+
+
+def test_closed_pipe_ends_quietly():
+    """`sqz describe ... | head`: the reader leaves early; no BrokenPipeError traceback."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "sqzexplore.cli", "describe", "--preset", "v1.0", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    proc.stdout.close()  # before the child has printed anything (it is still importing)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err  # as if killed by SIGPIPE, like `cat | head`
+    assert err == ""
 
 
 def test_image_size(capsys):

@@ -1,5 +1,6 @@
 """Tests for the Flax SqueezeNet: equivalence with an independent reference forward pass written
-from REFERENCE.md's layer table, parameter counts, dropout, dtypes, BatchNorm, init and presets."""
+from the paper's layer table (docs/paper.md#table-1), parameter counts, dropout, dtypes, BatchNorm,
+init and presets."""
 
 import functools
 import math
@@ -26,7 +27,7 @@ from sqzexplore.models import (
 from sqzexplore.models.spec import BYPASS_MODES, DTYPES
 
 # ---------------------------------------------------------------------------- reference
-# REFERENCE.md section 3, written out by hand rather than read from the spec, so a wrong formula
+# docs/paper.md#table-1, written out by hand rather than read from the spec, so a wrong formula
 # in spec.py or the model cannot agree with itself. (squeeze, expand1x1, expand3x3) for fire2..9.
 FIRE_TABLE = (
     ("fire2", 16, 64, 64),
@@ -43,7 +44,8 @@ LAYER_TABLE = {
     "v1.0": {"stem": (96, 7, 2), "pool_after": ("conv1", "fire4", "fire8")},
     "v1.1": {"stem": (64, 3, 2), "pool_after": ("conv1", "fire3", "fire5")},
 }
-# Spatial sizes: REFERENCE.md's table for v1.0; for v1.1, (n - 3) // 2 + 1 then ceil pools.
+# Spatial sizes: docs/paper.md#table-1 for v1.0; for v1.1 (docs/paper.md#v1-1),
+# (n - 3) // 2 + 1 then ceil pools.
 EXPECTED_SIZES = {
     ("v1.0", 224): {"conv1": 109, "maxpool1": 54, "fire4": 54, "maxpool4": 27, "maxpool8": 13},
     ("v1.0", 227): {"conv1": 111, "maxpool1": 55, "fire4": 55, "maxpool4": 27, "maxpool8": 13},
@@ -175,7 +177,7 @@ def test_matches_reference_forward(version, size, classifier_padding):
     assert float(jnp.std(ref_logits)) > 0.05, "reference logits too small for a 1e-5 check"
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
 
-    # Intermediate shapes: the model's, the reference's, REFERENCE.md's and the spec's agree.
+    # Intermediate shapes: the model's, the reference's, the paper table's and the spec's agree.
     assert {k: v.shape for k, v in features.items() if k != "logits"} == ref_shapes
     for layer, side in EXPECTED_SIZES[(version, size)].items():
         assert features[layer].shape[1:3] == (side, side), layer
@@ -194,7 +196,7 @@ def test_matches_reference_forward(version, size, classifier_padding):
 
 
 # ---------------------------------------------------------------------------- structure
-REFERENCE_LAYER_PARAMS = {  # REFERENCE.md section 3, weights + biases per layer
+TABLE1_LAYER_PARAMS = {  # docs/paper.md#table-1, weights + biases per layer
     "conv1": 14_208,
     "fire2": 11_920,
     "fire3": 12_432,
@@ -222,12 +224,12 @@ def test_parameter_counts_match_the_paper():
     assert count_params(v10) == 1_248_424
     assert count_params(abstract_model(preset("v1.1"))) == 1_235_496
     state = nnx.state(v10, nnx.Param)
-    for layer, expected in REFERENCE_LAYER_PARAMS.items():
+    for layer, expected in TABLE1_LAYER_PARAMS.items():
         got = sum(math.prod(p.shape) for p in jax.tree.leaves(state[layer]))
         assert got == expected, layer
 
     # The 1x1 shortcuts around fire2/4/6/8 map 96->128, 128->256, 256->384, 384->512 channels:
-    # 96*128+128 + 128*256+256 + 256*384+384 + 384*512+512 = 341,248 (REFERENCE.md section 5).
+    # 96*128+128 + 128*256+256 + 256*384+384 + 384*512+512 = 341,248 (docs/paper.md#table-3).
     assert count_params(abstract_model(preset("v1.0", bypass="complex"))) == 1_248_424 + 341_248
     assert count_params(abstract_model(preset("v1.0", bypass="simple"))) == 1_248_424
 

@@ -1,24 +1,20 @@
 """`sqz sweep` from the command line, in real subprocesses: SIGKILL and rerun, concurrent runners
-sharing a sweep, the SLURM script, the wandb sweep YAML, status."""
+sharing a sweep, the SLURM script, status. (The wandb sweep YAML: test_sweep_dashboards.py.)"""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
 from collections import Counter
 
 import optuna
-import yaml
+import pytest
 from test_sweep_support import (
-    DIGITS,
     FAKE_RUNNER,
-    REPO,
     sr_space,
     study_of,
     sweep_cli,
@@ -29,8 +25,6 @@ from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import cli
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
-from sqzexplore.sweep.params import categorical, int_range, log_uniform, uniform
-from sqzexplore.sweep.space import Experiment
 
 S = optuna.trial.TrialState
 
@@ -174,9 +168,10 @@ def test_concurrent_runners_share_the_work_without_repeats(tmp_path):
     assert logs == ["worker-0.log", "worker-1.log"]
 
 
-def test_slurm_dry_run_writes_an_array_of_workers(tmp_path, capsys):
+def test_slurm_dry_run_prints_an_array_of_workers_and_writes_nothing(tmp_path, capsys):
     path = write_sweep(tmp_path / "s.py", space=sr_space(0.125, 0.25))
     workdir = tmp_path / "w"
+    before = sorted(p.name for p in tmp_path.iterdir())
     rc = cli.main(
         [
             "run",
@@ -196,25 +191,34 @@ def test_slurm_dry_run_writes_an_array_of_workers(tmp_path, capsys):
             "--storage",
             f"sqlite:///{tmp_path}/study.db",
             "--sbatch-arg=--qos=high",
+            "--env-activate",
+            "source /opt/env/bin/activate",
             "--runner",
             FAKE_RUNNER,
         ]
     )
     assert rc == 0
     out = capsys.readouterr().out
-    script = (workdir / "slurm" / "sweep.sbatch").read_text()
-    assert script in out
+    # Nothing written into (or as) the sweep directory; the script is printed only.
+    assert not workdir.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "study.db") == before
+    script = out[: out.index("# not submitted")]
+    lines = script.splitlines()
     for line in (
         "#SBATCH --array=0-5",
         "#SBATCH --partition=gpu",
         "#SBATCH --gpus-per-task=2",
         "#SBATCH --time=04:00:00",
+        "#SBATCH --cpus-per-task=8",  # defaults
+        "#SBATCH --mem=32G",
         "#SBATCH --qos=high",
         "#SBATCH --ntasks=1",
         f"#SBATCH --output={workdir}/slurm/%x-%A_%a.out",
+        "source /opt/env/bin/activate",
     ):
-        assert line in script.splitlines()
-    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+        assert line in lines
+    srun = next(line for line in lines if line.startswith("srun "))
+    assert lines.index("source /opt/env/bin/activate") < lines.index(srun)
     for piece in (
         sys.executable,
         f"-m sqzexplore.sweep.cli worker {workdir}",  # a worker needs only the sweep directory
@@ -224,11 +228,52 @@ def test_slurm_dry_run_writes_an_array_of_workers(tmp_path, capsys):
     ):
         assert piece in srun
     assert f"cd {os.getcwd()}" in script
-    assert os.stat(workdir / "slurm" / "sweep.sbatch").st_mode & stat.S_IXUSR
-    subprocess.run(["bash", "-n", str(workdir / "slurm" / "sweep.sbatch")], check=True)
-    # The sweep directory exists before any task starts (tasks never race to create it).
-    state = json.loads((workdir / "sweep.json").read_text())
-    assert state["storage"] == f"sqlite:///{tmp_path}/study.db"
+    (tmp_path / "check.sbatch").write_text(script)
+    subprocess.run(["bash", "-n", str(tmp_path / "check.sbatch")], check=True)
+
+
+def test_slurm_script_defaults_and_environment(tmp_path, capsys, monkeypatch):
+    """Defaults: 1 GPU, 8 CPUs, 32G, 24 h and the running venv's activation; 'none' drops
+    a line; bad --time / --mem values are refused with the accepted forms named."""
+    from sqzexplore.sweep import slurm
+
+    path = write_sweep(tmp_path / "s.py", space=sr_space(0.125, 0.25))
+    base = ["run", str(path), "--workdir", str(tmp_path / "w"), "--slurm", "--dry-run"]
+    assert cli.main(base) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for line in ("#SBATCH --gpus-per-task=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32G"):
+        assert line in lines
+    assert "#SBATCH --time=24:00:00" in lines
+    activate = slurm.default_env_activate()
+    if sys.prefix != sys.base_prefix:  # the tests run from a venv: its activate script
+        assert activate == f"source {sys.prefix}/bin/activate"
+        assert activate in lines
+    assert cli.main([*base, "--time", "none", "--mem", "none", "--env-activate", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "--time=" not in out and "--mem=" not in out and "activate" not in out
+    for flag, value, words in (
+        ("--time", "4 hours", ["--time", "HH:MM:SS", "4 hours"]),
+        ("--mem", "lots", ["--mem", "32G", "lots"]),
+        ("--cpus-per-task", "0", ["--cpus-per-task", ">= 1"]),
+        ("--gpus-per-task", "-1", ["--gpus-per-task", ">= 0"]),
+        ("--array", "0", ["--array", ">= 1"]),
+    ):
+        with pytest.raises(SystemExit) as e:
+            cli.main([*base, flag, value])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words), err
+        assert "Traceback" not in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_slurm_without_sbatch_leaves_no_sweep_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    path = write_sweep(tmp_path / "s.py", space=sr_space(0.125, 0.25))
+    rc = cli.main(["run", str(path), "--workdir", str(tmp_path / "w"), "--slurm"])
+    assert rc == 2
+    assert "sbatch not found" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_slurm_storage_rdb_runs_locally_too(tmp_path, capsys):
@@ -252,124 +297,6 @@ def test_slurm_storage_rdb_runs_locally_too(tmp_path, capsys):
     assert not (tmp_path / "w" / "study.journal").exists()
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/study.db")
     assert [t.state for t in study.trials] == [S.COMPLETE, S.COMPLETE]
-
-
-def test_export_wandb_yaml_drives_sqz_train_with_the_design_overrides(tmp_path, capsys):
-    path = write_sweep(
-        tmp_path / "wb.py",
-        name="wbdemo",
-        base=Experiment("experiments/digits/squeezenet.py", {"runlocal": True}),
-        space={
-            "model.squeeze_ratio": categorical(0.125, 0.5),
-            "model.pool_after": categorical(
-                ("fire2", "fire4", "fire6"), ("conv1", "fire4", "fire8")
-            ),
-        },
-        fixed={"model.pct_3x3": 0.25},
-        seeds=2,
-    )
-    output = tmp_path / "wb.yaml"
-    assert (
-        cli.main(["export-wandb", str(path), "--output", str(output), "--runs-root", "/runs/wb"])
-        == 0
-    )
-    config = yaml.safe_load(output.read_text())
-    assert config["name"] == "wbdemo" and config["method"] == "grid"
-    assert config["metric"] == {"name": "final/top1", "goal": "maximize"}
-    params = config["parameters"]
-    assert params["config.model.squeeze_ratio"] == {"values": [0.125, 0.5]}
-    pools = [ast.literal_eval(v) for v in params["config.model.pool_after"]["values"]]
-    assert pools == [("fire2", "fire4", "fire6"), ("conv1", "fire4", "fire8")]
-    assert params["config.seed"] == {"values": [0, 1]}
-    assert params["config.model.pct_3x3"] == {"value": 0.25}
-    assert params["config.wandb.group"] == {"value": "wbdemo"}
-    assert config["command"][0] == "${env}" and config["command"][-1] == "${args}"
-    assert "only the first objective" in config["description"]
-
-    # Expand the command as a wandb agent does and run it against a stand-in `sqz` that parses
-    # the flags exactly like `sqz train` (ml_collections config_flags) and prints the config.
-    from wandb.sdk.launch.sweeps import utils as sweep_utils
-
-    run_args = {
-        "config.model.squeeze_ratio": {"value": 0.5},
-        "config.model.pool_after": {"value": params["config.model.pool_after"]["values"][0]},
-        "config.seed": {"value": 1},
-        "config.model.pct_3x3": {"value": 0.25},
-        "config.wandb.group": {"value": "wbdemo"},
-        "config.progress": {"value": "false"},
-    }
-    expanded = sweep_utils.create_sweep_command_args({"args": run_args})
-    argv = []
-    for item in config["command"]:
-        if item == "${env}":
-            argv.append("/usr/bin/env")
-        elif item == "${args}":
-            argv += expanded["args"]
-        else:
-            argv.append(item)
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    fake_sqz = bindir / "sqz"
-    fake_sqz.write_text(
-        f"#!{sys.executable}\n"
-        "import json, sys\n"
-        "from absl import flags\n"
-        "from ml_collections import config_flags\n"
-        "assert sys.argv[1] == 'train'\n"
-        "fv = flags.FlagValues()\n"
-        "config_flags.DEFINE_config_file('config', None, '', flag_values=fv, "
-        "sys_argv=sys.argv[1:])\n"
-        "flags.DEFINE_string('workdir', None, '', flag_values=fv)\n"
-        "fv(sys.argv[1:])\n"
-        "c = fv.config\n"
-        "print(json.dumps({'workdir': fv.workdir, 'sr': c.model.squeeze_ratio, "
-        "'pool_after': list(c.model.pool_after), 'seed': c.seed, 'pct': c.model.pct_3x3, "
-        "'group': c.wandb.group, 'epochs': c.num_epochs}))\n"
-    )
-    fake_sqz.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "WANDB_RUN_ID": "abc123"}
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen == {
-        "workdir": "/runs/wb/abc123",
-        "sr": 0.5,
-        "pool_after": ["fire2", "fire4", "fire6"],
-        "seed": 1,
-        "pct": 0.25,
-        "group": "wbdemo",
-        "epochs": 2.0,  # runlocal experiment
-    }
-
-
-def test_export_wandb_maps_samplers_and_ranges(tmp_path):
-    from sqzexplore.sweep.sweepfile import load_sweep
-    from sqzexplore.sweep.wandb_export import wandb_sweep_config
-
-    defn = load_sweep(str(REPO / "sweeps" / "frontier.py"))
-    config = wandb_sweep_config(defn, runs_root="runs/x")
-    assert config["method"] == "bayes"  # NSGA-II has no wandb twin: first objective only
-    assert config["parameters"]["config.model.squeeze_ratio"]["values"][0] == 0.125  # stepped
-    assert config["parameters"]["config.model.bypass"] == {"values": ["none", "simple", "complex"]}
-    path = write_sweep(
-        tmp_path / "r.py",
-        sampler="random",
-        n_trials=5,
-        seeds=1,
-        base=Experiment(DIGITS),
-        space={
-            "optim.lr": log_uniform(1e-4, 1e-1),
-            "model.pct_3x3": uniform(0.1, 0.9),
-            "model.num_fire": int_range(4, 8),
-        },
-    )
-    config = wandb_sweep_config(load_sweep(str(path)), runs_root="r")
-    p = config["parameters"]
-    assert config["method"] == "random" and config["run_cap"] == 5
-    assert p["config.optim.lr"] == {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.1}
-    assert p["config.model.pct_3x3"] == {"distribution": "uniform", "min": 0.1, "max": 0.9}
-    assert p["config.model.num_fire"] == {"distribution": "int_uniform", "min": 4, "max": 8}
-    assert f"--config={DIGITS} " in config["command"][3]
 
 
 def test_status_command(tmp_path, capsys):

@@ -195,6 +195,7 @@ def test_nan_stops_with_step_named_and_keeps_checkpoint(tmp_path):
 
 
 def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
+    """A damaged newest checkpoint is detected, moved aside, and the previous one resumed."""
     c = tiny_config(num_epochs=3.0)
     ref = train.train_and_evaluate(c, str(tmp_path / "ref"))
     run = tmp_path / "run"
@@ -202,14 +203,18 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
     os.remove(run / "result.json")
     steps = sorted(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit())
     assert len(steps) >= 2
-    # Corrupt every file of the newest checkpoint.
+    # Same-size corruption (bit rot, an overwrite): every file keeps its size, so only the
+    # checksums written at save time can tell.
     for root, _, files in os.walk(run / "checkpoints" / str(steps[-1])):
         for f in files:
-            with open(os.path.join(root, f), "wb") as fh:
-                fh.write(b"garbage")
+            path = os.path.join(root, f)
+            with open(path, "r+b") as fh:
+                flipped = bytes(b ^ 0x5A for b in fh.read())
+                fh.seek(0)
+                fh.write(flipped)
     result = train.train_and_evaluate(c, str(run))
     assert "unreadable" in capsys.readouterr().out
-    assert result["final"] == ref["final"]
+    assert result["final"] == ref["final"] and result["best"] == ref["best"]
     # The bad checkpoint was kept aside, not deleted.
     assert os.listdir(run / "checkpoints.unreadable")
 
@@ -271,10 +276,12 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     p.send_signal(signal.SIGTERM)
     out = p.communicate(timeout=120)[0]
     assert p.returncode == 0, out
-    assert "preempted at step" in out
+    line = next(x for x in out.splitlines() if x.startswith("preempted (SIGTERM) at step"))
+    step = int(line.split()[4].rstrip(":"))
+    assert "checkpoint saved" in line
     assert not (tmp_path / "result.json").exists()
-    steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
-    assert steps
+    # The step it names is on disk, sealed with its checksums.
+    assert (tmp_path / "checkpoints" / str(step) / "sha256.json").exists()
 
 
 def test_cli_rejects_bad_override(tmp_path):
@@ -331,3 +338,23 @@ def test_wandb_offline_mirror(tmp_path, monkeypatch):
     runs = [p for p in (tmp_path / "wandb").iterdir() if p.name.startswith("offline-run-")]
     assert len(runs) == 1
     assert any(f.suffix == ".wandb" for f in runs[0].iterdir())
+
+
+def test_run_files_respect_the_umask(tmp_path):
+    """Every file a run writes (JSON, metrics.jsonl, checkpoints) has the umask's mode, so
+    teammates on a shared filesystem can read results (0640 / 0750 under umask 027 here)."""
+    old = os.umask(0o027)
+    try:
+        train.train_and_evaluate(tiny_config(num_epochs=1.0), str(tmp_path / "run"))
+    finally:
+        os.umask(old)
+    modes = {}
+    for root, dirs, files in os.walk(tmp_path / "run"):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            want = 0o750 if os.path.isdir(path) else 0o640
+            modes[os.path.relpath(path, tmp_path)] = (os.stat(path).st_mode & 0o777, want)
+    assert "run/result.json" in modes and "run/metrics.jsonl" in modes
+    assert any(p.endswith("sha256.json") for p in modes)
+    wrong = {p: (oct(have), oct(want)) for p, (have, want) in modes.items() if have != want}
+    assert not wrong, wrong

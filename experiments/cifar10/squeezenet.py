@@ -3,7 +3,7 @@
 What it is for: the CIFAR-scale design-space studies (sweeps switch to it with `dataset=cifar10`).
 The 'cifar' preset keeps the paper's Fire widths (SR 0.125, pct_3x3 0.5) but uses a 3x3/1 stem and
 pools after fire4 and fire8 (32 -> 16 -> 8), because a 7x7/2 stem plus three stride-2 pools would
-leave 1x1 maps (REFERENCE.md section 8). BatchNorm is on by default here (off in the paper), so the
+leave 1x1 maps (docs/paper.md#pitfalls). BatchNorm is on by default here (off in the paper), so the
 modern recipe can use a large learning rate: SGD nesterov 0.9, lr 0.1 with 2 warmup epochs and
 cosine decay, weight decay 5e-4 on kernels, label smoothing 0.1, batch 256, 100 epochs, random
 crop (pad 4) + flip.

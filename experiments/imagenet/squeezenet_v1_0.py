@@ -10,7 +10,7 @@ Command (ImageNet prepared as the TFDS `imagenet2012` dataset under DATA_DIR):
         --config.data.data_dir=DATA_DIR
     sqz describe --config=experiments/imagenet/squeezenet_v1_0.py   # the model, before training
 
-Recipe (REFERENCE.md section 7): SGD momentum 0.9, weight decay 2e-4 on every parameter (the
+Recipe (docs/paper.md#training): SGD momentum 0.9, weight decay 2e-4 on every parameter (the
 prototxt sets no decay_mult, so Caffe decays biases too), batch 512, lr 0.04 with "poly" decay of
 power 1.0 to zero over 170,000 steps (~68 epochs), Caffe "xavier" init, dropout 0.5; inputs
 stretched to 256x256, random 227x227 crops, BGR-mean subtraction, no flips (augment 'paper').
@@ -21,12 +21,13 @@ Arguments (`--config=...py:solver=release,runlocal`):
                   0.5, 85,000 steps, batch 1024
   runlocal        the same experiment shrunk to a smoke run: synthetic data, batch 8, 4 steps
 
-The Caffe v1.0 prototxt also pads conv10 by 1 (REFERENCE.md quirk); add
+The Caffe v1.0 prototxt also pads conv10 by 1 (docs/paper.md#classifier-padding); add
 `--config.model.classifier_padding=1` to reproduce that too (same params, 861.34M MACs).
 
 Expected (not yet measured here): about 57.5 / 80.3 top-1 / top-5 on the validation split.
-Hardware, an estimate: the run sees 87M training images; at the ~13,900 img/s that DESIGN.md
-quotes for a bf16 v1.0 step on one H200 that is under 2 h of step time, so the run is bound by
+Hardware, an estimate: the run sees 87M training images; at the ~13,900 img/s that
+docs/design.md#performance quotes (a reference figure, not measured here) for a bf16 v1.0
+step on one H200 that is under 2 h of step time, so the run is bound by
 JPEG decoding on the host: expect roughly half a day on one H200 with a 16-core host, or a few
 hours on 8 GPUs with enough host CPUs to feed them.
 """

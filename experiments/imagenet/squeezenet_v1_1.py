@@ -12,7 +12,7 @@ Command (ImageNet prepared as the TFDS `imagenet2012` dataset under DATA_DIR):
         --config.data.data_dir=DATA_DIR
     sqz describe --config=experiments/imagenet/squeezenet_v1_1.py   # the model, before training
 
-Recipe (REFERENCE.md section 7, the same as squeezenet_v1_0.py): SGD momentum 0.9, weight decay
+Recipe (docs/paper.md#training, the same as squeezenet_v1_0.py): SGD momentum 0.9, weight decay
 2e-4 on every parameter (the prototxt sets no decay_mult, so Caffe decays biases too), batch 512,
 lr 0.04 with "poly" decay of power 1.0 to zero over 170,000 steps (~68 epochs), Caffe "xavier"
 init, dropout 0.5; inputs stretched to 256x256, random 227x227 crops, BGR-mean subtraction, no

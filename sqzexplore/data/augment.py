@@ -16,7 +16,7 @@ Recipes (S = `image_size`, R = round(S / 0.875), the usual "resize 256, crop 224
   cropped to S. Then a horizontal flip with probability 1/2 where the source allows flips.
 - `inception`: a random crop covering 8%-100% of the image with aspect ratio 3/4-4/3, resized
   (bilinear) to S, then the flip as above.
-- `paper`: the authors' Caffe recipe (REFERENCE.md section 7): stretch to P x P, random S x S crop,
+- `paper`: the authors' Caffe recipe (docs/paper.md#training): stretch to P x P, random S x S crop,
   subtract the per-channel means (BGR 104, 117, 123, i.e. RGB 123, 117, 104), no std scaling, no
   flip. Eval: stretch to P x P, centre crop S.
 

@@ -4,7 +4,7 @@ The spec is the single description that the model (`squeezenet.py`), the analyti
 (`complexity.py`), the trainer, the sweeps and the compressor all read. It is a frozen, hashable
 dataclass that round-trips through JSON, so a run's `spec.json` rebuilds exactly its model.
 
-Microarchitecture follows the paper's section 5 (REFERENCE.md section 2): for Fire module i
+Microarchitecture follows the paper's section 5 (docs/paper.md#microarchitecture): for Fire module i
 (fire2 is i = 0)
 
     e_i  = base_e + incr_e * floor(i / freq)
@@ -79,7 +79,9 @@ class SqueezeNetSpec:
     # Macroarchitecture (paper section 6).
     bypass: str = "none"
     # Classifier and regularisation.
-    classifier_padding: int = 0  # the Caffe v1.0 prototxt pads conv10 by 1 (REFERENCE.md quirk)
+    classifier_padding: int = (
+        0  # the Caffe v1.0 prototxt pads conv10 by 1 (docs/paper.md#classifier-padding)
+    )
     # The paper's classifier has a ReLU after conv10. With few classes a class whose conv10
     # outputs all go negative gets a constant 0 logit and no gradient ever again (a dead class);
     # small-data experiments may turn it off. On in every paper preset.

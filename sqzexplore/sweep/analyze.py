@@ -21,6 +21,8 @@ from sqzexplore.sweep.metric_table import ACCURACY, RESULT_METRICS, SIZE_METRICS
 from sqzexplore.sweep.space import SweepDefinition
 
 SKIP_KINDS = ("constraint", "invalid", "duplicate", "interrupted")
+# Metrics whose per-point rows also carry a 95% confidence interval over seeds.
+INTERVAL_METRICS = ("final.top1", "final.top5", "best.top1")
 
 
 @dataclasses.dataclass
@@ -40,6 +42,7 @@ class RunRecord:
     owner: dict[str, Any] | None  # the live worker running it
     registered: float | None
     finished: float | None  # result.json time
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)  # the run's config.data
 
 
 def collect_runs(sweep_dir: sd.SweepDir, stale_after_s: float = 300.0) -> list[RunRecord]:
@@ -74,6 +77,7 @@ def collect_runs(sweep_dir: sd.SweepDir, stale_after_s: float = 300.0) -> list[R
                 owner=live.get(tid),
                 registered=record.get("registered"),
                 finished=finished,
+                data=(record.get("config") or {}).get("data") or {},
             )
         )
     return runs
@@ -123,9 +127,11 @@ def point_rows(runs: Sequence[RunRecord], defn: SweepDefinition) -> list[dict[st
         for name in RESULT_METRICS:
             values = [v for v in (metric(name).value(r.result) for r in complete) if v is not None]
             row[f"{name}.mean"] = statistics.fmean(values) if values else None
-            row[f"{name}.std"] = (
-                statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
-            )
+            # One seed has no spread: None (shown as n=1), never a made-up 0.
+            row[f"{name}.std"] = statistics.stdev(values) if len(values) > 1 else None
+            if name in INTERVAL_METRICS:
+                row[f"{name}.n"] = len(values)
+                row[f"{name}.ci95"] = ci95_half_width(row[f"{name}.std"], len(values))
         row["train_time_s.sum"] = sum(
             metric("train_time_s").value(r.result) or 0.0 for r in group if r.result
         )
@@ -133,6 +139,16 @@ def point_rows(runs: Sequence[RunRecord], defn: SweepDefinition) -> list[dict[st
         rows.append(row)
     rows.sort(key=lambda row: row["trial_number"])
     return rows
+
+
+def ci95_half_width(std: float | None, n: int) -> float | None:
+    """Half-width of the 95% confidence interval of a mean of `n` values (Student's t), None
+    below two values."""
+    if std is None or n < 2:
+        return None
+    from scipy.special import stdtrit  # scipy comes with scikit-learn; the stats module is slow
+
+    return float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n)
 
 
 def row_value(row: dict[str, Any], name: str) -> float | None:
@@ -178,6 +194,26 @@ def frontier_rows(
     front = pareto_front(points, (True, False))
     front.sort(key=lambda i: (points[i][1], -points[i][0]))
     return [candidates[i] for i in front]
+
+
+def knee_row(front: Sequence[dict[str, Any]], size_metric: str, accuracy_metric: str = ACCURACY):
+    """The knee of a front (smallest first): the point farthest above the straight line from
+    the smallest to the most accurate point, with size on a log scale when the metric plots on
+    one and both axes scaled to [0, 1] (Kneedle's rule). None for fronts of fewer than 3."""
+    if len(front) < 3:
+        return None
+    log = metric(size_metric).log_axis and all(row_value(r, size_metric) > 0 for r in front)
+    xs = [row_value(r, size_metric) for r in front]
+    xs = [math.log(x) for x in xs] if log else xs
+    ys = [row_value(r, accuracy_metric) for r in front]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    nx = [(x - xs[0]) / span_x for x in xs]
+    ny = [(y - ys[0]) / span_y for y in ys]
+    # Distance above the chord from the first to the last point (both normalised).
+    dx, dy = nx[-1] - nx[0], ny[-1] - ny[0]
+    gaps = [(dx * (y - ny[0]) - dy * (x - nx[0])) for x, y in zip(nx, ny, strict=True)]
+    best = max(range(1, len(front) - 1), key=lambda i: gaps[i])
+    return front[best] if gaps[best] > 0 else None
 
 
 # ------------------------------------------------------------------------------ time

@@ -4,8 +4,9 @@
                   [--runner MODULE:FUNCTION] [--slurm [--dry-run] [--array N] ...]
     sqz sweep worker DIR [--runner MODULE:FUNCTION] [--no-wait] ...
     sqz sweep status DIR [--json]
-    sqz sweep report DIR [--out DIR] [--wandb-mode MODE]
-    sqz sweep export-wandb SWEEP_FILE [--arg ARG] [--output FILE_OR_DIR]
+    sqz sweep report DIR [--out DIR] [--wandb-mode MODE] [--watch [--interval S]] [--tensorboard]
+    sqz sweep export-wandb SWEEP_FILE [--arg ARG] [--output FILE_OR_DIR] [--project P]
+                           [--entity E] [--mode online|offline]
 
 `run` checks every argument and the sweep file, creates (or checks) the sweep directory, then
 trains; it is idempotent: rerun it (after a crash, a kill, or to add workers) and it continues
@@ -114,24 +115,9 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="progress bar over trials on stderr (auto: only on a terminal)",
     )
-    slurm = run.add_argument_group("SLURM (many machines)")
-    slurm.add_argument("--slurm", action="store_true", help="submit an sbatch array of workers")
-    slurm.add_argument("--dry-run", action="store_true", help="write and print the script only")
-    slurm.add_argument(
-        "--array", type=_bounded(int, 1, "--array"), default=4, help="array tasks (workers), >= 1"
-    )
-    slurm.add_argument("--partition", default=None)
-    slurm.add_argument("--gpus-per-task", type=_bounded(int, 0, "--gpus-per-task"), default=1)
-    slurm.add_argument("--cpus-per-task", type=_bounded(int, 1, "--cpus-per-task"), default=None)
-    slurm.add_argument("--time", dest="time_limit", default=None, help="e.g. 04:00:00")
-    slurm.add_argument("--mem", default=None)
-    slurm.add_argument("--account", default=None)
-    slurm.add_argument(
-        "--sbatch-arg",
-        action="append",
-        default=[],
-        help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=high (repeatable)",
-    )
+    from sqzexplore.sweep.slurm import add_options
+
+    add_options(run, _bounded)
 
     worker = sub.add_parser("worker", help="one more worker for an existing sweep directory")
     worker.add_argument("workdir")
@@ -152,6 +138,24 @@ def _parser() -> argparse.ArgumentParser:
         help="log a summary run (default: the base config's wandb.mode)",
     )
     report.add_argument("--quiet", action="store_true", help="do not print the frontier tables")
+    report.add_argument(
+        "--watch",
+        action="store_true",
+        help="rebuild the report every --interval seconds until the sweep finishes; the open "
+        "page reloads itself meanwhile",
+    )
+    report.add_argument(
+        "--interval",
+        type=_bounded(float, 1.0, "--interval"),
+        default=30.0,
+        help="seconds between rebuilds with --watch (default 30)",
+    )
+    report.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also mirror every trial's metrics.jsonl as TensorBoard event files under "
+        "DIR/tensorboard (view with `tensorboard --logdir DIR`)",
+    )
 
     export = sub.add_parser("export-wandb", help="write the sweep as a wandb sweep YAML")
     export.add_argument("sweep_file")
@@ -167,6 +171,18 @@ def _parser() -> argparse.ArgumentParser:
         help="where wandb agents put run workdirs (default runs/wandb/<name>)",
     )
     export.add_argument("--project", default=None, help="wandb project")
+    export.add_argument("--entity", default=None, help="wandb entity (user or team)")
+    export.add_argument(
+        "--mode",
+        choices=("online", "offline"),
+        default="online",
+        help="the trials' config.wandb.mode (default online)",
+    )
+    export.add_argument(
+        "--sqz",
+        default=None,
+        help="the sqz executable the agents run (default: this installation's, absolute path)",
+    )
     return p
 
 
@@ -191,7 +207,7 @@ def _worker_command(args, workdir: str, *, no_wait: bool) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from sqzexplore.sweep import launch, slurm
+    from sqzexplore.sweep import launch
     from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir, open_storage
     from sqzexplore.sweep.sweepfile import check_against_config, load_base_config, load_sweep
     from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
@@ -206,6 +222,11 @@ def cmd_run(args) -> int:
     workdir = args.workdir or default_workdir(defn.name, args.arg)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise SweepError(f"--workdir {workdir} is a file, not a directory")
+    if args.slurm:
+        from sqzexplore.sweep.slurm import run_array
+
+        command = _worker_command(args, workdir, no_wait=True)
+        return run_array(args, defn, base, workdir, command)
     sweep_dir, _ = init_sweep_dir(
         workdir,
         defn,
@@ -215,31 +236,6 @@ def cmd_run(args) -> int:
         storage=args.storage,
         new=args.new,
     )
-    if args.slurm:
-        text = slurm.sbatch_script(
-            name=defn.name,
-            worker_command=_worker_command(args, workdir, no_wait=True),
-            workdir=sweep_dir.root,
-            cwd=Path.cwd(),
-            array=args.array,
-            partition=args.partition,
-            gpus_per_task=args.gpus_per_task,
-            cpus_per_task=args.cpus_per_task,
-            time_limit=args.time_limit,
-            mem=args.mem,
-            account=args.account,
-            extra_sbatch=args.sbatch_arg,
-        )
-        path = slurm.write_script(text, sweep_dir.slurm / "sweep.sbatch")
-        if args.dry_run:
-            print(text)
-            print(f"# wrote {path} (not submitted: --dry-run)")
-            return 0
-        job = slurm.submit(path)
-        print(f"submitted SLURM array job {job} ({args.array} workers) from {path}")
-        print(f"watch it with: sqz sweep status {workdir}")
-        return 0
-
     gpus = launch.visible_gpus()
     n_workers = args.workers or launch.default_workers(gpus)
     progress = launch.SweepProgress(sweep_dir, args.progress)
@@ -328,15 +324,32 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from sqzexplore.sweep.report import build_report
+    from sqzexplore.sweep.report import build_report, watch
     from sqzexplore.sweep.sweepdir import SweepDir
 
-    out = build_report(
-        SweepDir(args.workdir),
-        args.out,
-        wandb_mode=args.wandb_mode,
-        echo=(lambda s: None) if args.quiet else print,
-    )
+    sweep_dir = SweepDir(args.workdir)
+    sweep_dir.state()  # a clear error when DIR is not a sweep directory
+
+    def build(first: bool) -> dict:
+        return build_report(
+            sweep_dir,
+            args.out,
+            wandb_mode=args.wandb_mode,
+            refresh_s=args.interval if args.watch else None,
+            tensorboard=args.tensorboard,
+            echo=lambda s: None,
+        )
+
+    if args.watch:
+        try:
+            out = watch(sweep_dir, build, args.interval)
+        except KeyboardInterrupt:
+            print("stopped watching; the report shows the sweep as of its last update")
+            return 0
+    else:
+        out = build(True)
+    if not args.quiet:
+        print(out["text"])
     eff, per_worker = out["efficiency"], out["efficiency_per_worker"]
     if eff == eff:  # not NaN
         print(
@@ -344,6 +357,8 @@ def cmd_report(args) -> int:
             f"per worker: {per_worker:.2f} ({out['max_parallel_workers']} at once)"
         )
     print(f"\nreport: {out['report_html']}  (tables: {out['results_csv']}, {out['frontier_csv']})")
+    if out.get("tensorboard"):
+        print(f"tensorboard: tensorboard --logdir {out['tensorboard']}")
     return 0
 
 
@@ -353,10 +368,22 @@ def cmd_export_wandb(args) -> int:
 
     defn = load_sweep(args.sweep_file, args.arg)
     runs_root = args.runs_root or os.path.join("runs", "wandb", defn.name)
-    config = wandb_sweep_config(defn, runs_root=runs_root, wandb_project=args.project)
+    config = wandb_sweep_config(
+        defn,
+        runs_root=runs_root,
+        wandb_project=args.project,
+        wandb_entity=args.entity,
+        mode=args.mode,
+        sqz=args.sqz,
+        sweep_file=args.sweep_file,
+    )
     output = Path(args.output or os.path.join("runs", "sweeps", f"{defn.name}.wandb.yaml"))
     output = write_wandb_yaml(config, output)
-    print(f"wrote {output}; start it with `wandb sweep {output}` and run `wandb agent ...`")
+    target = "/".join(p for p in (args.entity, args.project) if p) or "ENTITY/PROJECT"
+    print(
+        f"wrote {output}; start it with `wandb sweep {output}`, then on each machine "
+        f"`wandb agent {target}/SWEEP_ID` (from any directory)"
+    )
     return 0
 
 

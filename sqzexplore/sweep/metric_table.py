@@ -25,9 +25,12 @@ class Metric:
     higher_is_better: bool | None = None  # None: neither (a cost or a time that is just shown)
     log_axis: bool = False
     transform: Callable[[float], float] | None = None  # derived metrics (error = 1 - top1)
+    derive: Callable[[Mapping[str, Any]], float | None] | None = None  # from several fields
 
     def value(self, result: Mapping[str, Any]) -> float | None:
         """The stored (unscaled) value in a result dict, or None when absent."""
+        if self.derive is not None:
+            return self.derive(result)
         node: Any = result
         for key in self.path:
             if not isinstance(node, Mapping) or key not in node:
@@ -54,6 +57,15 @@ class Metric:
 
 def _error(top1: float) -> float:
     return 1.0 - top1
+
+
+def _overhead(result: Mapping[str, Any]) -> float | None:
+    """A run's time outside training and compilation: wall - train - compile (set-up, data,
+    evaluation, checkpoints, logging). None when a part is missing."""
+    parts = [result.get(k) for k in ("wall_time_s", "train_time_s", "compile_time_s")]
+    if any(not isinstance(p, (int, float)) or isinstance(p, bool) for p in parts):
+        return None
+    return max(0.0, float(parts[0]) - float(parts[1]) - float(parts[2]))
 
 
 _METRICS = [
@@ -95,6 +107,7 @@ _METRICS = [
     Metric("train_time_s", ("train_time_s",), "train time (s)", "{:.1f}", 1.0, None),
     Metric("wall_time_s", ("wall_time_s",), "wall time (s)", "{:.1f}", 1.0, None),
     Metric("compile_time_s", ("compile_time_s",), "compile time (s)", "{:.1f}", 1.0, None),
+    Metric("overhead_s", (), "overhead (s)", "{:.1f}", 1.0, None, derive=_overhead),
     Metric("images_per_s", ("images_per_s",), "images/s", "{:,.0f}", 1.0, None),
     Metric("steps", ("steps",), "steps", "{:,.0f}", 1.0, None),
     Metric("epochs", ("epochs",), "epochs", "{:.2f}", 1.0, None),
@@ -111,6 +124,7 @@ RESULT_METRICS = (
     "train_time_s",
     "wall_time_s",
     "compile_time_s",
+    "overhead_s",
     "images_per_s",
 )
 # Size metrics: a property of the design point (the same for every seed).

@@ -11,10 +11,21 @@ Mapping: grid -> method grid (every parameter as `values`), random -> random, ns
 the first objective (wandb sweeps optimise one metric; the Optuna engine keeps the true
 multi-objective search). The metric is the trainer's wandb summary key (`final/top1`). Analytic
 constraints cannot be expressed in a wandb sweep; they are listed in the description.
+
+The command turns wandb on (`config.wandb.mode`, online unless --mode offline) with the given
+project and entity, and uses absolute paths only (the `sqz` executable, the experiment file, the
+runs root), so `wandb agent` works from any working directory. Each trial's wandb run gets the
+design fields flat in its config (`runlog.design_fields`) and the sweep's name as its group.
+
+`log_summary_run` is the other half: `sqz sweep report` logs a summary run into the same group
+with the results and the Pareto front as wandb Tables and the report's figures as images.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +64,44 @@ def _parameter(param: Param, grid: bool) -> dict[str, Any]:
     return {"distribution": "uniform", "min": param.low, "max": param.high}
 
 
+WANDB_RUN_MODES = ("online", "offline")
+
+
+def sqz_command() -> list[str]:
+    """How to start this installation's `sqz`, by absolute path: its `sqz` script next to the
+    running Python, else the Python itself with `-m sqzexplore.cli`."""
+    here = Path(sys.executable).parent / "sqz"
+    if here.is_file() and os.access(here, os.X_OK):
+        return [str(here.absolute())]
+    return [str(Path(sys.executable).absolute()), "-m", "sqzexplore.cli"]
+
+
 def wandb_sweep_config(
-    defn: SweepDefinition, *, runs_root: str, wandb_project: str | None = None
+    defn: SweepDefinition,
+    *,
+    runs_root: str,
+    wandb_project: str | None = None,
+    wandb_entity: str | None = None,
+    mode: str = "online",
+    sqz: str | None = None,
+    sweep_file: str | None = None,
 ) -> dict[str, Any]:
-    """The wandb sweep configuration (a dict, dumped to YAML by `write_wandb_yaml`)."""
+    """The wandb sweep configuration (a dict, dumped to YAML by `write_wandb_yaml`).
+
+    `sweep_file` locates a relative base experiment (as `sqz sweep run` does); `sqz` is the
+    executable the agents run (default: this installation's, by absolute path)."""
     if defn.base.path is None:
         raise SweepError(
             f"sweep {defn.name} has no base experiment file; export-wandb needs one for "
             "`sqz train --config=...`"
         )
+    if mode not in WANDB_RUN_MODES:
+        raise SweepError(f"--mode must be one of {WANDB_RUN_MODES}, got {mode!r}")
+    from sqzexplore.sweep.space import find_experiment
+
+    experiment_path = os.path.abspath(find_experiment(defn.base.path, sweep_file))
+    runs_root = os.path.abspath(runs_root)
+    launcher = [os.path.abspath(sqz)] if sqz else sqz_command()
     grid = defn.sampler == "grid"
     parameters: dict[str, Any] = {}
     for key, p in defn.space.items():
@@ -70,11 +110,18 @@ def wandb_sweep_config(
     for key, value in defn.fixed.items():
         parameters[f"config.{key}"] = {"value": _cli_value(value)}
     parameters["config.wandb.group"] = {"value": defn.name}
+    parameters["config.wandb.mode"] = {"value": mode}
+    if wandb_project:
+        parameters["config.wandb.project"] = {"value": wandb_project}
+    if wandb_entity:
+        parameters["config.wandb.entity"] = {"value": wandb_entity}
     parameters["config.progress"] = {"value": "false"}  # parsed as the field's own type
     objective = defn.objectives[0]
     arg = defn.base.arg_string()
-    experiment = defn.base.path + (f":{arg}" if arg else "")
-    train = f'exec sqz train --config={experiment} --workdir="{runs_root}/$WANDB_RUN_ID" "$@"'
+    experiment = experiment_path + (f":{arg}" if arg else "")
+    # `sh -c SCRIPT NAME CMD...`: the script runs CMD (sqz train and wandb's flags) and adds the
+    # per-run workdir, which needs the shell: wandb expands macros only as whole items.
+    script = f'exec "$@" --workdir="{runs_root}/$WANDB_RUN_ID"'
     description = (defn.question.splitlines() or [defn.name])[0]
     if len(defn.objectives) > 1 or defn.constraints:
         notes = []
@@ -92,17 +139,29 @@ def wandb_sweep_config(
     config: dict[str, Any] = {
         "name": defn.name,
         "description": description,
-        "program": "sqz",
+        "program": launcher[0],
         "method": METHODS[defn.sampler],
         "metric": {
             "name": objective.metric.replace(".", "/"),
             "goal": objective.direction,
         },
         "parameters": parameters,
-        "command": ["${env}", "sh", "-c", train, "sqz-train", "${args}"],
+        "command": [
+            "${env}",
+            "sh",
+            "-c",
+            script,
+            "sqz-train",
+            *launcher,
+            "train",
+            f"--config={experiment}",
+            "${args}",
+        ],
     }
     if wandb_project:
         config["project"] = wandb_project
+    if wandb_entity:
+        config["entity"] = wandb_entity
     if defn.sampler == "random" and defn.n_trials:
         config["run_cap"] = defn.n_trials * len(defn.seeds)
     return config
@@ -120,3 +179,66 @@ def write_wandb_yaml(config: dict[str, Any], path: Path) -> Path:
         )
         yaml.safe_dump(config, f, sort_keys=False, default_flow_style=False, width=100)
     return path
+
+
+# ------------------------------------------------------------------------------ summary run
+def log_summary_run(
+    state: dict[str, Any],
+    defn: SweepDefinition,
+    rows: Sequence[dict[str, Any]],
+    front: Sequence[dict[str, Any]],
+    mode: str,
+    out: Path,
+    images: dict[str, bytes] | None = None,
+) -> str | None:
+    """A wandb run in the sweep's group with the results and the Pareto front as Tables, an
+    accuracy-vs-params scatter and the report's figures; returns its URL (None offline)."""
+    import io
+
+    import wandb
+    from PIL import Image
+
+    from sqzexplore.sweep.metric_table import ACCURACY
+    from sqzexplore.sweep.report import frontier_columns, result_columns
+
+    wb = state.get("base_config", {}).get("wandb", {}) or {}
+    run = wandb.init(
+        project=wb.get("project") or "sqzexplore",
+        entity=wb.get("entity"),
+        group=defn.name,
+        name=f"{defn.name}-report",
+        job_type="sweep-report",
+        tags=["sweep-report", defn.name, *defn.tags],
+        config={"sweep": state.get("definition")},
+        mode=mode,
+        dir=os.environ.get("WANDB_DIR") or str(out),
+    )
+    try:
+        columns = result_columns(defn)
+        table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+        front_columns = [*frontier_columns(defn), "fronts"]
+        front_table = wandb.Table(
+            columns=front_columns,
+            data=[
+                [", ".join(r["fronts"]) if c == "fronts" else r.get(c) for c in front_columns]
+                for r in front
+            ],
+        )
+        logged: dict[str, Any] = {
+            "results": table,
+            "frontier": front_table,
+            "accuracy_vs_params": wandb.plot.scatter(
+                table,
+                "complexity.params",
+                f"{ACCURACY}.mean",
+                title=f"{defn.name}: top-1 vs params",
+            ),
+        }
+        for name, png in (images or {}).items():
+            logged[f"figures/{name}"] = wandb.Image(Image.open(io.BytesIO(png)), caption=name)
+        run.log(logged)
+        run.summary["frontier_points"] = len(front)
+        url = getattr(run, "url", None)
+    finally:
+        run.finish()
+    return url

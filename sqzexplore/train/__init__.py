@@ -5,25 +5,42 @@
   these same functions).
 - evaluate.py: exact evaluation over a whole eval split (`EvalRunner`, `evaluate_params`).
 - loop.py: `train_and_evaluate(config, workdir)`: the resumable run (sweeps call it per trial).
-- preempt.py: SIGTERM handling. cli.py: `sqz train` (also `python -m sqzexplore.train`).
+- preflight.py: the checks once the devices are known (platform, memory, workdir).
+- preempt.py: SIGTERM handling; events.py: the named points between writes (tests kill there).
+- cli.py: `sqz train` (also `python -m sqzexplore.train`).
+
+The names below are imported on first use, so `sqz train --help` and argument errors answer
+before jax is imported, and `sqz train` can install its SIGTERM handler before JAX loads.
 """
 
-from sqzexplore.config import validate_config
-from sqzexplore.rundir import WorkdirConflictError, load_run
-from sqzexplore.train.evaluate import evaluate_params
-from sqzexplore.train.loop import NonFiniteError, train_and_evaluate
-from sqzexplore.train.state import TrainState, init_state
-from sqzexplore.train.step import make_eval_step, make_train_step
+from __future__ import annotations
 
-__all__ = [
-    "NonFiniteError",
-    "TrainState",
-    "WorkdirConflictError",
-    "evaluate_params",
-    "init_state",
-    "load_run",
-    "make_eval_step",
-    "make_train_step",
-    "train_and_evaluate",
-    "validate_config",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "validate_config": "sqzexplore.config",
+    "WorkdirConflictError": "sqzexplore.rundir",
+    "load_run": "sqzexplore.rundir",
+    "evaluate_params": "sqzexplore.train.evaluate",
+    "NonFiniteError": "sqzexplore.train.loop",
+    "train_and_evaluate": "sqzexplore.train.loop",
+    "TrainState": "sqzexplore.train.state",
+    "init_state": "sqzexplore.train.state",
+    "make_eval_step": "sqzexplore.train.step",
+    "make_train_step": "sqzexplore.train.step",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,57 +1,239 @@
-"""`sqz train --config=experiments/x.py[:arg] --workdir=DIR [--config.key=value ...]`."""
+"""`sqz train --config=experiments/x.py[:arg] --workdir=DIR [--config.key=value ...]`.
+
+Exit codes: 0 finished, or preempted by SIGTERM (the message says whether a checkpoint was
+saved; rerun the same command to resume); 2 bad input (config, spec, workdir); 3 non-finite loss.
+
+The experiment file is loaded by `config.load_config_file` (a missing file, a syntax error or a
+bad `:arg` is one line naming the file), each `--config.KEY` is checked against the config
+(`unknown config key model.squeez_ratio; did you mean model.squeeze_ratio?`), then absl /
+ml_collections parse the override values by each field's type. Everything the user gave is
+checked before data loading or compilation; a bad input prints `error: ...` and exits 2 with
+nothing written. `--help` lists every config key with its default and meaning.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
+from typing import Any
 
-from sqzexplore.config import ConfigError
+from sqzexplore import rundir
+from sqzexplore.config import ConfigError, UnknownKeyError, load_config_file, unknown_key_error
 from sqzexplore.models.spec import SpecError
-from sqzexplore.rundir import WorkdirConflictError
-from sqzexplore.train.loop import NonFiniteError, train_and_evaluate
+from sqzexplore.rundir import WorkdirConflictError, WorkdirError
+from sqzexplore.train.preempt import PreemptionFlag
+from sqzexplore.train.usage import help_text
+
+EXIT_USAGE = 2
+EXIT_NONFINITE = 3
+HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "--helpshort", "help")
+_CONFIG_FLAG = re.compile(r"^--?config(=|$)")
+_OVERRIDE = re.compile(r"^--?(no)?config\.([^=]*)(=|$)")
+
+
+class UsageError(ValueError):
+    """A malformed command line (missing or unknown flag)."""
+
+
+def _config_path(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The `--config=FILE[:ARG]` value and argv without it."""
+    path, rest, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if _CONFIG_FLAG.match(arg):
+            if "=" in arg:
+                path = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                path, i = argv[i + 1], i + 1
+            else:
+                raise UsageError("--config needs a value: --config=path/to/experiment.py[:arg]")
+        else:
+            rest.append(arg)
+        i += 1
+    return path, rest
+
+
+def _check_override_keys(config: Any, argv: list[str]) -> None:
+    """Every `--config.KEY` names a key of the config (one line with a close match if not)."""
+    for arg in argv:
+        m = _OVERRIDE.match(arg)
+        if m is None:
+            continue
+        key = m.group(2)
+        node = config
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                raise unknown_key_error(config, key)
+            node = node[part]
+        if hasattr(node, "keys"):
+            raise ConfigError(
+                f"--config.{key} is a section; override its keys, e.g. "
+                f"--config.{key}.{sorted(node.keys())[0]}=..."
+            )
+
+
+def parse_args(argv: list[str]) -> tuple[Any, str]:
+    """(config with overrides applied, workdir) from `sqz train` arguments (without the program
+    name); UsageError / ConfigError with a one-line message on bad input."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    path, rest = _config_path(argv)
+    if path is None:
+        raise UsageError("--config=path/to/experiment.py[:arg] is required (see sqz train --help)")
+    config = load_config_file(path)
+    _check_override_keys(config, rest)
+    fv = flags.FlagValues()
+    argv0 = ["sqz train", *rest]
+    config_flags.DEFINE_config_dict(
+        "config", config, "the experiment's config", flag_values=fv, sys_argv=argv0
+    )
+    flags.DEFINE_string("workdir", None, "run directory", flag_values=fv)
+    try:
+        leftover = fv(argv0, known_only=False)
+    except flags.IllegalFlagValueError as e:
+        raise UsageError(_value_message(e, config)) from None
+    except flags.Error as e:
+        raise UsageError(_flag_message(e)) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UsageError(f"bad override: {_flag_message(e)}") from None
+    if len(leftover) > 1:
+        raise UsageError(
+            f"unexpected argument(s) {' '.join(leftover[1:])}; flags are --config, --workdir "
+            "and --config.KEY=VALUE"
+        )
+    if not fv.workdir:
+        raise UsageError("--workdir=DIR is required (see sqz train --help)")
+    return fv.config, fv.workdir
+
+
+def _flag_message(e: BaseException) -> str:
+    if isinstance(e, KeyError) and e.args:  # KeyError's str() quotes its message
+        return " ".join(str(e.args[0]).split())
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _value_message(e: BaseException, config: Any) -> str:
+    """`config.batch_size must be an integer (the field's type), got 'abc' (...)`: an override
+    whose value does not parse as its field's type."""
+    m = re.match(r"flag --config\.([^=]+)=(.*?): (.*)$", _flag_message(e))
+    if m is None:
+        return _flag_message(e)
+    key, value, detail = m.groups()
+    node = config
+    try:
+        for part in key.split("."):
+            node = node[part]
+    except (KeyError, TypeError):
+        return _flag_message(e)
+    kinds = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+    kind = kinds.get(type(node).__name__, f"a {type(node).__name__}")
+    return f"config.{key} must be {kind} (the field's type), got {value!r} ({detail})"
+
+
+def _error(e: BaseException) -> str:
+    return e.plain if isinstance(e, UnknownKeyError) else " ".join(str(e).split())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train one experiment in a workdir (resuming it); exit 0 done or preempted, 2 bad input,
     3 non-finite loss."""
-    from absl import flags
-    from ml_collections import config_flags
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in HELP_FLAGS for a in argv):
+        return _help(argv)
+    # Before anything heavy is imported: a SIGTERM while JAX loads is a clean preemption too.
+    stop = PreemptionFlag()
+    try:
+        return _train(argv)
+    except BAD_INPUT + (_data_error(),) as e:
+        print(f"error: {_error(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # the disk, not the program: say which file and why
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    finally:
+        stop.restore()
 
-    argv = list(sys.argv if argv is None else ["sqz train", *argv])
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "Experiment file (path.py[:arg]).",
-        flag_values=fv,
-        lock_config=True,
-        sys_argv=argv,  # overrides are read from here, not from the process's sys.argv
-    )
-    flags.DEFINE_string(
-        "workdir", None, "Run directory (created; resumed if it exists).", flag_values=fv
-    )
+
+BAD_INPUT = (UsageError, ConfigError, SpecError, WorkdirConflictError, WorkdirError)
+
+
+def _data_error() -> type[Exception]:
+    """The data layer's DataError once it is loaded (it imports jax), else a stand-in: an
+    argument error is reported before jax is imported."""
+    data = sys.modules.get("sqzexplore.data")
+    return data.DataError if data is not None else UsageError
+
+
+def _train(argv: list[str]) -> int:
+    config, workdir = parse_args(argv)
+    if rundir.read_result(workdir) is None:
+        rundir.check_writable_dir(workdir)
+    if config.compilation_cache_dir:
+        rundir.check_writable_dir(config.compilation_cache_dir, "config.compilation_cache_dir")
+    _apply_platform(config)
+    from sqzexplore.train.loop import NonFiniteError, train_and_evaluate
+
     try:
-        fv(argv)
-        if fv.config is None or fv.workdir is None:
-            raise flags.Error("--config and --workdir are required")
-        config = fv.config
-    except (flags.Error, ConfigError, SpecError, KeyError, AttributeError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        result = train_and_evaluate(config, fv.workdir)
-    except (ConfigError, SpecError, WorkdirConflictError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        result = train_and_evaluate(config, workdir)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return EXIT_NONFINITE
     if result.get("status") == "preempted":
         return 0
-    final = result["final"]
-    print(
-        f"done: {result['steps']} steps, top1 {final['top1']:.4f}"
-        + (f", top5 {final['top5']:.4f}" if final.get("top5") is not None else "")
-        + f", {result['complexity']['params']:,} params; results in {fv.workdir}/result.json",
-        flush=True,
-    )
+    print(final_line(result, workdir), flush=True)
     return 0
+
+
+def final_line(result: dict, workdir: str) -> str:
+    """`done: 44 steps, top-1 final 91.39% / best 91.94% (step 22); wall 31.2 s, compile ...`."""
+    final, best = result.get("final") or {}, result.get("best") or {}
+    pct = lambda v: "n/a" if v is None else f"{100 * float(v):.2f}%"
+    top5 = f", top-5 final {pct(final['top5'])}" if final.get("top5") is not None else ""
+    best_step = f" (step {best['step']})" if best.get("step") is not None else ""
+    timing = f"wall {result.get('wall_time_s', 0.0):.1f} s"
+    if result.get("compile_time_s") is not None:
+        timing += f", compile {result['compile_time_s']:.1f} s"
+    params = result.get("complexity", {}).get("params")
+    return (
+        f"done ({result.get('status', 'complete')}): {result.get('steps', '?')} steps, "
+        f"top-1 final {pct(final.get('top1'))} / best {pct(best.get('top1'))}{best_step}{top5}; "
+        f"{timing}; "
+        + (f"{params:,} params; " if params is not None else "")
+        + f"results in {workdir}/result.json"
+    )
+
+
+def _help(argv: list[str]) -> int:
+    """Print the usage and the config keys (of the experiment given with --config, if any)."""
+    config, source = None, None
+    try:
+        path, _ = _config_path([a for a in argv if a not in HELP_FLAGS])
+        if path:
+            config, source = load_config_file(path), path
+    except (UsageError, ConfigError) as e:
+        print(f"note: {_error(e)}; listing the base config instead", file=sys.stderr)
+    print(help_text(config, source))
+    return 0
+
+
+def _apply_platform(config: Any) -> None:
+    """`config.platform=cpu` picks the CPU even where an accelerator exists, when JAX has not
+    chosen its devices yet (the check after start-up refuses any other mismatch)."""
+    import jax
+
+    if config.get("platform", "auto") != "cpu" or str(jax.config.jax_platforms or ""):
+        return
+    try:
+        from jax._src import xla_bridge  # the public API cannot ask whether devices are chosen
+
+        if xla_bridge.backends_are_initialized():
+            return
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved
+        return
+    jax.config.update("jax_platforms", "cpu")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,8 +8,14 @@ Every sweep trial, paper ablation and compression retraining runs through this f
   host only dispatches; the host syncs only at log / eval / checkpoint points.
 - A non-finite loss or gradient is never applied: the run stops at the next log point with an
   error naming the first bad step; the last good checkpoint stays.
-- Checkpoints (checkpoint.py) hold the whole state; rerunning the same command resumes, and the
-  result equals an uninterrupted run's. SIGTERM saves and exits (preemption).
+- Checkpoints (checkpoint.py) hold the whole state; rerunning the same command resumes from the
+  newest intact one, and the result (result.json and metrics.jsonl) equals an uninterrupted
+  run's, whatever point the previous attempt was killed at (events.py names the points the tests
+  kill it at). A run resumed at its last step evaluates that step if it has no result yet.
+- SIGTERM (preemption): during training, evaluation or a save, the run checkpoints its current
+  step, waits until the checkpoint is on disk and says so; during start-up or compilation, it
+  exits at once (nothing trained since the last checkpoint). Either way it returns
+  {"status": "preempted", "step": N} and a rerun resumes.
 - Outputs (rundir.py): config.json, spec.json, complexity.json, metrics.jsonl, and result.json,
   written last: its presence means the run is finished.
 
@@ -39,6 +45,7 @@ from sqzexplore.config import validate_config
 from sqzexplore.durations import Durations
 from sqzexplore.progress import Progress
 from sqzexplore.runlog import MetricsWriter
+from sqzexplore.train import events, preflight
 from sqzexplore.train.evaluate import EvalRunner
 from sqzexplore.train.preempt import PreemptionFlag
 from sqzexplore.train.state import init_state, model_graphdef
@@ -66,14 +73,25 @@ def train_and_evaluate(
     spec = validate_config(config)
     workdir = os.path.abspath(workdir)
     config_dict = json.loads(config.to_json_best_effort())
-    result = rundir.read_result(workdir)
+    result = rundir.read_result(workdir)  # None unless finished (a result with a final eval)
     if result is not None:
         rundir.check_config(workdir, config_dict)
         return result
+    stop = PreemptionFlag()
+    try:
+        events.reached("startup", 0)
+        return _run(
+            config, spec, workdir, config_dict, reparam, init_params, on_eval, stop, t_start
+        )
+    finally:
+        stop.restore()
 
+
+def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop, t_start) -> dict:
     sharding.maybe_initialize_distributed(config.distributed)
     _setup_compilation_cache(config.compilation_cache_dir)
     mesh = sharding.make_mesh()
+    preflight.check(config, spec, mesh, workdir)  # devices, platform, batch split, memory, workdir
     sharding.check_divisible(config.batch_size, "config.batch_size", mesh)
     sharding.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
     is_main = jax.process_index() == 0
@@ -89,6 +107,7 @@ def train_and_evaluate(
         k: cplx[k] for k in ("params", "macs", "fp32_bytes", "fp32_mib", "activations")
     }
     steps = Durations.from_config(config, ds.train_size)
+    total, batch_size = steps.total_steps, int(config.batch_size)
 
     os.makedirs(workdir, exist_ok=True)
     rundir.check_config(workdir, config_dict)
@@ -97,136 +116,162 @@ def train_and_evaluate(
         rundir.write_json(os.path.join(workdir, rundir.SPEC_FILE), spec.to_dict())
         rundir.write_json(os.path.join(workdir, rundir.COMPLEXITY_FILE), cplx)
 
-    # ---- state: restore the newest good checkpoint, or initialise and replicate.
-    tx, schedule = optim.make_optimizer(config.optim, steps.total_steps, steps.warmup_steps)
+    # ---- state: restore the newest intact checkpoint, or initialise and replicate.
+    tx, schedule = optim.make_optimizer(config.optim, total, steps.warmup_steps)
     graphdef = model_graphdef(spec)
     replicated = sharding.replicated(mesh)
     new_state = lambda: init_state(spec, tx, config.seed, init_params=init_params, reparam=reparam)
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, sharding=replicated)
-    restored = ckpt.restore_latest(jax.eval_shape(new_state))
-    if restored is None:
-        # Initialise on one local device and replicate: compiling the initialisers' RNG for a
-        # multi-device SPMD program is several times slower, and each process computes the same
-        # values from the same seed anyway.
-        with jax.default_device(jax.local_devices()[0]):
-            local = jax.device_get(jax.jit(new_state)())
-        state = jax.tree.map(lambda a: sharding.put_replicated(a, mesh), local)
-        start_step, best = 0, Best()
-    else:
-        start_step, state, best = restored
-        print(f"resuming {workdir} from step {start_step}", flush=True)
-
-    # ---- data on the devices, once (or the stream from the restored step).
-    batch_size = int(config.batch_size)
-    if ds.on_device:
-        train_x, train_y = (sharding.put_replicated(a, mesh) for a in ds.train_arrays())
-        batch_fn = lambda images, labels, step, key: ds.device_train_batch(
-            images, labels, step, key, batch_size
-        )
-        next_batch = None
-    else:
-        train_iter = ds.train_iter(start_step, batch_size // jax.process_count(), config.seed)
-
-        def next_batch():
-            batch = next(train_iter)
-            return tuple(sharding.put_batch(batch[k], mesh) for k in ("image", "label"))
-
-        train_x, train_y = next_batch()
-        batch_fn = None
-    eval_runner = EvalRunner(
-        ds, config.eval_batch_size, graphdef, spec.num_classes, mesh, reparam=reparam
-    )
-
-    # ---- compile ahead of time (timed); the compiled step can never retrace.
-    step_fn = make_train_step(
-        graphdef,
-        tx,
-        schedule,
-        num_classes=spec.num_classes,
-        label_smoothing=config.optim.label_smoothing,
-        reparam=reparam,
-        batch_fn=batch_fn,
-        batch_sharding=sharding.batch_sharded(mesh),
-    )
-    t0 = time.perf_counter()
-    compiled_step = (
-        jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
-        .lower(state, train_x, train_y)
-        .compile()
-    )
-    compile_time = time.perf_counter() - t0
-    sharding.barrier("compiled")
-
-    writer = MetricsWriter(
+    ckpt = Checkpointer(
         workdir,
-        is_main=is_main,
-        resume_step=start_step,
-        wandb_config=config.wandb,
-        run_config=config_dict,
-        summary={"design": spec.to_dict(), "complexity": complexity_summary},
+        keep=config.keep_checkpoints,
+        sharding=replicated,
+        on_commit=lambda s: events.reached("checkpoint_committed", s),
     )
-    progress = Progress(config.progress, steps.total_steps, start_step, is_main)
-    stop = PreemptionFlag()
-    status, step = "complete", start_step
-    train_time, interval_t0, pending = 0.0, time.perf_counter(), []
-    last_eval: dict = {}
-    images_per_s = 0.0
-    log_every = int(config.log_every_steps)
-    total = steps.total_steps
     try:
-        while step < total:
-            if next_batch is not None and step > start_step:
+        restored = ckpt.restore_latest(jax.eval_shape(new_state))
+        if restored is None:
+            if stop.requested:
+                return _preempted_before_training(ckpt, 0, "start-up")
+            # Initialise on one local device and replicate: compiling the initialisers' RNG for
+            # a multi-device SPMD program is several times slower, and each process computes the
+            # same values from the same seed anyway.
+            with jax.default_device(jax.local_devices()[0]):
+                local = jax.device_get(jax.jit(new_state)())
+            state = jax.tree.map(lambda a: sharding.put_replicated(a, mesh), local)
+            start_step, best, carried = 0, Best(), []
+        else:
+            start_step, state, best, carried = restored
+            print(f"resuming {workdir} from step {start_step}", flush=True)
+        eval_runner = EvalRunner(
+            ds, config.eval_batch_size, graphdef, spec.num_classes, mesh, reparam=reparam
+        )
+        if stop.requested:
+            return _preempted_before_training(ckpt, start_step, "start-up")
+
+        # ---- data on the devices, once (or the stream from the restored step); compile AOT.
+        compile_time = 0.0
+        if start_step < total:
+            if ds.on_device:
+                train_x, train_y = (sharding.put_replicated(a, mesh) for a in ds.train_arrays())
+                batch_fn = lambda x, y, i, key: ds.device_train_batch(x, y, i, key, batch_size)
+                next_batch = None
+            else:
+                batches = ds.train_iter(start_step, batch_size // jax.process_count(), config.seed)
+                next_batch = lambda: tuple(
+                    sharding.put_batch(b, mesh) for b in _image_label(next(batches))
+                )
                 train_x, train_y = next_batch()
-            state, m = compiled_step(state, train_x, train_y)
-            pending.append(m)
-            step += 1
-            is_eval = step % steps.eval_every == 0 or step == total
-            is_ckpt = step % steps.checkpoint_every == 0 or step == total or stop.requested
-            if step % log_every == 0 or is_eval or is_ckpt:
-                host = jax.device_get(pending)
-                bad = int(jax.device_get(state.nonfinite_step))
-                now = time.perf_counter()
-                interval = now - interval_t0
-                train_time += interval
-                images_per_s = len(pending) * batch_size / max(interval, 1e-9)
-                if bad >= 0:
-                    raise NonFiniteError(
-                        f"non-finite loss or gradient at step {bad} (counting from 0); the update "
-                        f"was not applied and the run stopped. The last good checkpoint in "
-                        f"{ckpt.directory} is kept. Lower config.optim.lr or set "
-                        f"config.optim.grad_clip_norm."
-                    )
-                record = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
-                record.update(step=step, split="train", images_per_s=images_per_s)
-                writer.write(record)
-                progress.update(step, loss=record["loss"], img_s=round(images_per_s))
-                pending = []
-            if is_eval:
-                last_eval = eval_runner(state)
-                best = best.update(step, last_eval)
-                writer.write(dict(step=step, split="eval", **last_eval))
-                if on_eval is not None and on_eval(step, dict(last_eval)) and step < total:
-                    status = "pruned"
-            if is_ckpt or status == "pruned":
-                ckpt.save(step, state, best)
-            if stop.requested and step < total:
-                status = "preempted"
-            if status != "complete":
-                break
-            interval_t0 = time.perf_counter()
+                batch_fn = None
+            step_fn = make_train_step(
+                graphdef,
+                tx,
+                schedule,
+                num_classes=spec.num_classes,
+                label_smoothing=config.optim.label_smoothing,
+                reparam=reparam,
+                batch_fn=batch_fn,
+                batch_sharding=sharding.batch_sharded(mesh),
+            )
+            events.reached("compile", start_step)
+            if is_main:
+                print("compiling the train step ...", flush=True)
+            t0 = time.perf_counter()
+            compiled_step = (
+                jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+                .lower(state, train_x, train_y)
+                .compile()
+            )
+            compile_time = time.perf_counter() - t0
+            if is_main:
+                print(f"compiled in {compile_time:.1f} s", flush=True)
+            sharding.barrier("compiled")
+            if stop.requested:
+                return _preempted_before_training(ckpt, start_step, "compilation")
+
+        writer = MetricsWriter(
+            workdir,
+            is_main=is_main,
+            resume_step=start_step,
+            wandb_config=config.wandb,
+            run_config=config_dict,
+            summary={"design": spec.to_dict(), "complexity": complexity_summary},
+        )
+        progress = Progress(config.progress, total, start_step, is_main)
+        status, step = "complete", start_step
+        # Train metrics of the steps since the last log point, synced to the host: carried in
+        # a checkpoint taken between two log points, so the next record averages the same steps.
+        host_metrics = [{k: np.float32(v) for k, v in m.items()} for m in carried]
+        train_time, interval_t0, pending = 0.0, time.perf_counter(), []
+        last_eval: dict = {}
+        images_per_s = 0.0
+        try:
+            while step < total:
+                if next_batch is not None and step > start_step:
+                    train_x, train_y = next_batch()
+                state, m = compiled_step(state, train_x, train_y)
+                pending.append(m)
+                step += 1
+                events.reached("step", step)
+                # One reading of the flag per step, used for all of it: a SIGTERM handled during
+                # this step's syncs (log, eval, save) is acted on at the next step.
+                preempt = stop.requested and step < total
+                is_eval = step % steps.eval_every == 0 or step == total
+                is_ckpt = step % steps.checkpoint_every == 0 or step == total
+                is_log = step % config.log_every_steps == 0 or is_eval or is_ckpt
+                if is_log or preempt:
+                    host_metrics += jax.device_get(pending)
+                    pending = []
+                    bad = int(jax.device_get(state.nonfinite_step))
+                    interval = time.perf_counter() - interval_t0
+                    train_time += interval
+                    if bad >= 0:
+                        raise NonFiniteError(
+                            f"non-finite loss or gradient at step {bad} (counting from 0); the "
+                            f"update was not applied and the run stopped. The last good "
+                            f"checkpoint in {ckpt.directory} is kept. Lower config.optim.lr or "
+                            f"set config.optim.grad_clip_norm."
+                        )
+                if is_log:
+                    images_per_s = len(host_metrics) * batch_size / max(interval, 1e-9)
+                    record = {
+                        k: float(np.mean([h[k] for h in host_metrics])) for k in host_metrics[0]
+                    }
+                    record.update(step=step, split="train", images_per_s=images_per_s)
+                    writer.write(record)
+                    progress.update(step, loss=record["loss"], img_s=round(images_per_s))
+                    host_metrics = []
+                if is_eval:
+                    events.reached("eval", step)
+                    last_eval = eval_runner(state)
+                    best = best.update(step, last_eval)
+                    progress.update(step, top1=last_eval["top1"])
+                    writer.write(dict(step=step, split="eval", **last_eval))
+                    if on_eval is not None and on_eval(step, dict(last_eval)) and step < total:
+                        status = "pruned"
+                if is_ckpt or preempt or status == "pruned":
+                    ckpt.save(step, state, best, host=_host_json(host_metrics))
+                    events.reached("checkpoint_save", step)
+                if preempt:
+                    status = "preempted"
+                if status != "complete":
+                    break
+                if is_log or preempt:
+                    interval_t0 = time.perf_counter()
+        except BaseException:
+            writer.close()
+            raise
+        finally:
+            progress.close()
     finally:
-        stop.restore()
-        progress.close()
-        ckpt.close()
+        ckpt.close()  # waits until the last save is on disk, with its checksums
 
     if status == "preempted":
         writer.close()
-        print(
-            f"preempted at step {step}: checkpoint saved; rerun the same command to resume",
-            flush=True,
-        )
-        return {"status": "preempted", "step": step}
-
+        return _preempted(ckpt, step)
+    if not last_eval:
+        # Resumed at the last step (killed between its checkpoint and result.json): evaluate
+        # the restored final state, exactly what the first attempt evaluated.
+        last_eval = eval_runner(state)
     devices = jax.devices()
     result = {
         "status": status,
@@ -245,9 +290,46 @@ def train_and_evaluate(
     }
     writer.summary({"final": last_eval, "best": result["best"], "complexity": complexity_summary})
     writer.close()
+    events.reached("before_result", step)
     if is_main:
         rundir.write_json(os.path.join(workdir, rundir.RESULT_FILE), result)
     return result
+
+
+def _image_label(batch: dict) -> tuple:
+    return batch["image"], batch["label"]
+
+
+def _host_json(host_metrics: list[dict]) -> list[dict]:
+    # float32 values as Python floats: exact, so a resumed run averages the very same numbers.
+    return [{k: float(v) for k, v in m.items()} for m in host_metrics]
+
+
+def _preempted_before_training(ckpt: Checkpointer, step: int, phase: str) -> dict:
+    print(
+        f"preempted (SIGTERM) during {phase}, before training from step {step}: nothing new to "
+        "save; rerun the same command to "
+        + ("resume" if step else "start")
+        + (f" (checkpoints in {ckpt.directory})" if step else ""),
+        flush=True,
+    )
+    return {"status": "preempted", "step": step}
+
+
+def _preempted(ckpt: Checkpointer, step: int) -> dict:
+    if step in ckpt.committed_steps():
+        print(
+            f"preempted (SIGTERM) at step {step}: checkpoint saved in {ckpt.directory}/{step}; "
+            "rerun the same command to resume",
+            flush=True,
+        )
+    else:  # pragma: no cover - the save raised, or another process owns the directory
+        print(
+            f"preempted (SIGTERM) at step {step}: the checkpoint of step {step} is NOT on disk; "
+            f"a rerun resumes from the newest one in {ckpt.directory}",
+            flush=True,
+        )
+    return {"status": "preempted", "step": step}
 
 
 def _setup_compilation_cache(path: str | None) -> None:

@@ -3,9 +3,9 @@
 Built once per run by `make_train_step` / `make_eval_step` and jitted (AOT-compiled) by the caller;
 the trainer, the benchmarks and the tests all run these same functions.
 
-A non-finite loss or gradient is never applied: the step keeps the old parameters, optimiser state
-and statistics, and records the first such step in `state.nonfinite_step` (the trainer stops at
-the next host sync with an error naming it).
+A non-finite loss, gradient or update is never applied: the step keeps the old parameters,
+optimiser state and statistics, and records the first such step in `state.nonfinite_step` (the
+trainer stops at the next host sync with an error naming it).
 """
 
 from __future__ import annotations
@@ -91,7 +91,11 @@ def make_train_step(
         grad_norm = optax.global_norm(grads)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # The update too: a finite gradient can still give a NaN step (e.g. a NaN weight decay
+        # or learning rate), which must not reach the parameters either.
+        finite = (
+            jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+        )
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         first_bad = jnp.where((state.nonfinite_step < 0) & ~finite, step, state.nonfinite_step)
         new_state = state.replace(

@@ -1,0 +1,127 @@
+"""The sweep report in a real browser: headless Chromium loads report.html from disk, every image
+(the embedded PNGs and the SVG files beside the page) must decode, and a screenshot must show a
+page. Skips, saying why, where Chromium is not installed (Debian: `apt-get install chromium`).
+
+The same check by hand (what the test runs):
+    chromium --headless --no-sandbox --disable-gpu --disable-background-networking \
+      --disable-component-update --disable-sync --no-first-run --user-data-dir=/tmp/chr \
+      --screenshot=report.png --window-size=1200,2000 file://$PWD/runs/sweeps/sr/report/report.html
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+from test_sweep_support import run_inprocess, write_sweep
+
+from sqzexplore.sweep.params import categorical
+from sqzexplore.sweep.report import build_report
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+pytestmark = [
+    pytest.mark.slow,  # each Chromium start takes seconds
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="no Chromium to render the report in (apt-get install chromium)"
+    ),
+]
+
+# Appended to a copy of the page: after load, list every image that did not decode.
+IMAGE_CHECK = """<script>
+window.addEventListener('load', () => {
+  const images = [...document.images];
+  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0))
+                       .map(i => i.getAttribute('src').slice(0, 80));
+  const out = document.createElement('pre');
+  out.id = 'image-check';
+  out.textContent = JSON.stringify({total: images.length, broken: broken});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",  # CI runs as root
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def image_check(tmp_path, page) -> dict:
+    """{'total': n, 'broken': [src, ...]} of `page` as Chromium loads it (the probe sits next
+    to the page, so relative links resolve as they do for the page itself)."""
+    probe = page.with_name(f"probe-{page.name}")
+    probe.write_text(page.read_text().replace("</body>", IMAGE_CHECK + "</body>"))
+    done = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+    found = re.search(r'<pre id="image-check">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"no result from Chromium (rc {done.returncode}): {done.stderr[-2000:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.fixture(scope="module")
+def report_page(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    path = write_sweep(
+        tmp / "b.py",
+        name="browser_demo",
+        space={
+            "model.squeeze_ratio": categorical(0.125, 0.25, 0.5, 1.0),
+            "model.bypass": categorical("none", "simple"),
+        },
+        seeds=2,
+    )
+    sweep_dir, _ = run_inprocess(path, tmp / "w")
+    out = build_report(sweep_dir, echo=lambda s: None)
+    return sweep_dir.report / "report.html", out
+
+
+def test_every_image_of_the_report_decodes_in_chromium(tmp_path, report_page):
+    page, out = report_page
+    result = image_check(tmp_path, page)
+    assert result == {"total": len(out["figures"]), "broken": []}
+    # The SVG files the page links to are images a browser draws too.
+    svg_page = page.with_name("svg-check.html")
+    svg_page.write_text(
+        "<!doctype html><html><body>"
+        + "".join(f"<img src='{p.split('/')[-1]}'>" for p in out["svg"])
+        + "</body></html>"
+    )
+    assert image_check(tmp_path, svg_page) == {"total": len(out["svg"]), "broken": []}
+
+
+def test_the_check_fails_on_a_broken_image(tmp_path, report_page):
+    page, out = report_page
+    broken = page.with_name("broken.html")
+    broken.write_text(
+        page.read_text().replace("<h2>Summary</h2>", "<img src='data:image/png;base64,AAAA'>", 1)
+    )
+    result = image_check(tmp_path, broken)
+    assert result["total"] == len(out["figures"]) + 1
+    assert result["broken"] == ["data:image/png;base64,AAAA"]
+
+
+def test_a_screenshot_of_the_report_shows_a_page(tmp_path, report_page):
+    page, _ = report_page
+    shot = tmp_path / "report.png"
+    done = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri())
+    assert shot.is_file(), done.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1200, 2000)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # text, tables and plots, not a blank page

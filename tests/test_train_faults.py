@@ -1,0 +1,153 @@
+"""Interrupted runs finish with the uninterrupted run's results, bit for bit.
+
+Kills (SIGKILL) and preemptions (SIGTERM) are aimed at the named points between a run's writes
+(sqzexplore/train/events.py) through tests/data/fault_train.py, in subprocesses; each chain of
+interrupted attempts in one workdir must end with the same result.json metrics and metrics.jsonl
+records as one uninterrupted run. Also: checkpoint checksums, the best-so-far's exactness, and
+file modes under the umask.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sqzexplore import rundir
+from sqzexplore.checkpoint import Best, CorruptCheckpointError, verify_manifest, write_manifest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAULT = os.path.join(REPO, "tests", "data", "fault_train.py")
+# 3 epochs of 22 steps: log every 5, eval and checkpoint at 22, 44, 66.
+CONFIG = f"--config={REPO}/tests/data/tiny_digits.py:epochs=3"
+TIMING = ("wall_time_s", "compile_time_s", "train_time_s", "images_per_s")
+
+
+def _train(workdir, fault: str | None = None) -> subprocess.CompletedProcess:
+    prefix = [FAULT, fault] if fault else ["-m", "sqzexplore.train"]
+    cmd = [sys.executable, *prefix, CONFIG, f"--workdir={workdir}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO)
+    return subprocess.run(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    )
+
+
+def _committed(workdir) -> list[int]:
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(
+        int(s) for s in os.listdir(d) if s.isdigit() and os.path.exists(f"{d}/{s}/sha256.json")
+    )
+
+
+def _assert_same_run(ref, run) -> None:
+    """result.json (but timings) and metrics.jsonl (but images/s) identical to the reference."""
+    a, b = (rundir.read_json(os.path.join(d, "result.json")) for d in (ref, run))
+    assert b is not None and b["final"], b
+    assert {k: v for k, v in a.items() if k not in TIMING} == {
+        k: v for k, v in b.items() if k not in TIMING
+    }
+    strip = lambda d: [
+        {k: v for k, v in r.items() if k != "images_per_s"}
+        for r in rundir.read_jsonl(os.path.join(d, "metrics.jsonl"))
+    ]
+    assert strip(ref) == strip(run)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    p = _train(workdir)
+    assert p.returncode == 0, p.stdout
+    return workdir
+
+
+@pytest.mark.slow
+def test_kills_after_each_commit_and_before_the_result(tmp_path, reference):
+    run = tmp_path / "run"
+    p = _train(run, "checkpoint_committed@22:KILL")
+    assert p.returncode == -9, p.stdout
+    assert _committed(run) == [22] and not (run / "result.json").exists()
+    p = _train(run, "checkpoint_committed@44:KILL")
+    assert p.returncode == -9 and "resuming" in p.stdout, p.stdout
+    assert _committed(run) == [22, 44]
+    # Killed after the final checkpoint, before result.json: the rerun resumes at the last step.
+    p = _train(run, "before_result:KILL")
+    assert p.returncode == -9, p.stdout
+    assert 66 in _committed(run) and not (run / "result.json").exists()
+    # An older version could leave a result.json without a final evaluation: not a result.
+    rundir.write_json(run / "result.json", {"status": "complete", "final": {}})
+    p = _train(run)
+    assert p.returncode == 0 and "resuming" in p.stdout and "done: 66 steps" in p.stdout, p.stdout
+    _assert_same_run(reference, run)
+
+
+@pytest.mark.slow
+def test_sigterm_at_every_phase_saves_or_exits_cleanly(tmp_path, reference):
+    run = tmp_path / "run"
+    # Start-up and compilation: nothing trained yet, nothing to save; a clean exit.
+    for point, phase in (("startup", "start-up"), ("compile", "compilation")):
+        p = _train(run, f"{point}:TERM")
+        assert p.returncode == 0, p.stdout
+        assert f"preempted (SIGTERM) during {phase}" in p.stdout, p.stdout
+        assert not (run / "checkpoints").exists() or not _committed(run)
+    # Training, between two log points: the checkpoint is on disk before the message.
+    p = _train(run, "step@12:TERM")
+    assert p.returncode == 0 and "at step 12: checkpoint saved" in p.stdout, p.stdout
+    assert _committed(run) == [12]
+    # Evaluation and a checkpoint save: acted on at the next step.
+    p = _train(run, "eval@22:TERM")
+    assert p.returncode == 0 and "at step 23: checkpoint saved" in p.stdout, p.stdout
+    p = _train(run, "checkpoint_save@44:TERM")
+    assert p.returncode == 0 and "at step 45: checkpoint saved" in p.stdout, p.stdout
+    assert _committed(run)[-2:] == [44, 45]
+    assert not (run / "result.json").exists()
+    p = _train(run)
+    assert p.returncode == 0 and "done: 66 steps" in p.stdout, p.stdout
+    _assert_same_run(reference, run)
+
+
+# ---------------------------------------------------------------------------- checksums
+def _step_dir(tmp_path):
+    d = tmp_path / "7"
+    (d / "default").mkdir(parents=True)
+    (d / "default" / "data").write_bytes(bytes(range(256)) * 4)
+    (d / "meta.json").write_text("{}")
+    write_manifest(str(d))
+    return d
+
+
+@pytest.mark.parametrize("damage", ["same_size", "truncated", "deleted", "added", "no_manifest"])
+def test_manifest_detects_damage(tmp_path, damage):
+    d = _step_dir(tmp_path)
+    verify_manifest(str(d))  # intact
+    data = d / "default" / "data"
+    if damage == "same_size":
+        raw = bytearray(data.read_bytes())
+        raw[100] ^= 0xFF
+        data.write_bytes(bytes(raw))
+    elif damage == "truncated":
+        data.write_bytes(data.read_bytes()[:10])
+    elif damage == "deleted":
+        data.unlink()
+    elif damage == "added":
+        (d / "default" / "stray").write_text("x")
+    else:
+        (d / "sha256.json").unlink()
+    with pytest.raises(CorruptCheckpointError):
+        verify_manifest(str(d))
+
+
+# ---------------------------------------------------------------------------- best so far
+def test_best_is_exact_and_ties_keep_the_first_step():
+    top1 = 357 / 360
+    assert float(np.float32(top1)) != top1  # what a float32 checkpoint would have restored
+    best = Best().update(22, {"top1": top1, "count": 360})
+    assert (best.correct, best.count, best.step) == (357, 360, 22)
+    assert best.top1 == top1  # bit for bit, from the integer counts a checkpoint holds
+    restored = Best(correct=best.correct, count=best.count, step=best.step)
+    assert restored.update(44, {"top1": top1, "count": 360}).step == 22  # a tie keeps step 22
+    assert restored.update(44, {"top1": 358 / 360, "count": 360}).step == 44
+    assert restored.update(44, {"top1": 356 / 360, "count": 360}) == restored
