@@ -131,7 +131,7 @@ def _dataset(config: ml_collections.ConfigDict, spec: SqueezeNetSpec) -> Any:
     ds = load_dataset(
         config.data, spec, process_index=jax.process_index(), process_count=jax.process_count()
     )
-    if ds.on_device:  # a streamed dataset holds tf.data state per run: never shared
+    if ds.on_device:  # a streamed one is cheap to open, and each point's programs hold it
         with _lock:
             _datasets[key] = ds
             while len(_datasets) > MAX_DATASETS:
