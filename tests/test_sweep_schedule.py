@@ -139,3 +139,22 @@ def test_compile_ahead_hands_back_its_claim_when_the_worker_stops(tmp_path):
     assert not list(sweep_dir.claims.glob("*.claim"))
     states = [sd.run_state(p) for p in sorted(sweep_dir.trials.iterdir())]
     assert sorted(states, key=str) == sorted([sd.COMPLETE, None], key=str)
+
+
+def test_compile_ahead_is_off_by_default_on_a_cpu_host_with_a_worker_per_core(
+    tmp_path, monkeypatch
+):
+    from sqzexplore.rundir import write_json
+    from sqzexplore.sweep.claims import owner_record
+    from sqzexplore.sweep.workers import auto_compile_ahead
+
+    path = write_sweep(tmp_path / "g.py", space=sr_space(0.125), seeds=1)
+    sweep_dir = make_sweep_dir(path, tmp_path / "w")
+    sweep_dir.workers.mkdir(exist_ok=True)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    write_json(sweep_dir.workers / "a.json", owner_record("a"))  # this (live) process
+    assert auto_compile_ahead(sweep_dir, 300.0)  # 1 worker, 2 cores: a core to spare
+    write_json(sweep_dir.workers / "b.json", owner_record("b"))
+    assert not auto_compile_ahead(sweep_dir, 300.0)  # 2 workers on 2 cores: off
+    write_json(sweep_dir.workers / "b.json", {**owner_record("b"), "finished": 1.0})
+    assert auto_compile_ahead(sweep_dir, 300.0)  # a finished worker does not count

@@ -131,11 +131,7 @@ def run_worker(
     stop = _StopFlag()
     recent: list[str] = []  # points this process trained, newest first
     ahead: _Ahead | None = None
-    prepare = prepare_hook(runner)
-    if prepare is not None and compile_ahead is None:
-        compile_ahead = auto_compile_ahead(sweep_dir, stale_after_s)
-    if not compile_ahead:
-        prepare = None
+    prepare = prepare_hook(runner) if compile_ahead is not False else None
     try:
         while max_runs is None or sum(summary.runs.values()) < max_runs:
             if stop.requested:
@@ -154,7 +150,12 @@ def run_worker(
                 continue
             heartbeat.add(ticket.claim.path, ticket.claim.record["token"])
             recent = [ticket.point, *(p for p in recent if p != ticket.point)][:RECENT_POINTS]
-            if prepare is not None and not engine.has_free_runs(ticket.point):
+            if (
+                prepare is not None
+                and not engine.has_free_runs(ticket.point)
+                # Decided now, not at start-up, when the other local workers may not be up yet.
+                and (compile_ahead or auto_compile_ahead(sweep_dir, stale_after_s))
+            ):
                 ahead = _Ahead.start(engine, heartbeat, prepare, log)
             try:
                 outcome = execute_run(ticket, engine, runner, heartbeat, log)

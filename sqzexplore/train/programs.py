@@ -28,6 +28,7 @@ import collections
 import json
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,8 @@ _lock = threading.Lock()
 _spent = threading.local()  # compile seconds (and nesting depth) per thread
 _programs: collections.OrderedDict[str, Programs] = collections.OrderedDict()
 _datasets: collections.OrderedDict[str, Any] = collections.OrderedDict()
+# A dataset's train split on the devices, per mesh; freed with the dataset.
+_placed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _mesh_key(mesh: Mesh) -> list:
@@ -240,11 +243,15 @@ class Programs:
         return jax.device_get(compiled(jax.device_put(key_data, self._device)))
 
     def train_arrays(self) -> tuple[jax.Array, jax.Array]:
-        """A device-resident train split, placed on the devices once."""
-        return self._once(
-            "train_arrays",
-            lambda: tuple(sharding.put_replicated(a, self.mesh) for a in self.ds.train_arrays()),
-        )
+        """A device-resident train split, placed on the devices once per dataset and mesh (the
+        points of a sweep share one copy)."""
+        placed = _placed.setdefault(self.ds, {})
+        key = json.dumps(_mesh_key(self.mesh))
+        if key not in placed:
+            placed[key] = tuple(
+                sharding.put_replicated(a, self.mesh) for a in self.ds.train_arrays()
+            )
+        return placed[key]
 
     def _example_batch(self) -> tuple[Any, Any]:
         if self.ds.on_device:
