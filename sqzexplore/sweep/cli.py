@@ -24,7 +24,6 @@ import math
 import os
 import re
 import sys
-from pathlib import Path
 
 from sqzexplore.config import ConfigError
 from sqzexplore.models.spec import SpecError
