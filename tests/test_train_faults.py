@@ -80,7 +80,9 @@ def test_kills_after_each_commit_and_before_the_result(tmp_path, reference):
     # An older version could leave a result.json without a final evaluation: not a result.
     rundir.write_json(run / "result.json", {"status": "complete", "final": {}})
     p = _train(run)
-    assert p.returncode == 0 and "resuming" in p.stdout and "done: 66 steps" in p.stdout, p.stdout
+    assert (
+        p.returncode == 0 and "resuming" in p.stdout and "done (complete): 66 steps" in p.stdout
+    ), p.stdout
     _assert_same_run(reference, run)
 
 
@@ -105,7 +107,7 @@ def test_sigterm_at_every_phase_saves_or_exits_cleanly(tmp_path, reference):
     assert _committed(run)[-2:] == [44, 45]
     assert not (run / "result.json").exists()
     p = _train(run)
-    assert p.returncode == 0 and "done: 66 steps" in p.stdout, p.stdout
+    assert p.returncode == 0 and "done (complete): 66 steps" in p.stdout, p.stdout
     _assert_same_run(reference, run)
 
 
