@@ -37,7 +37,7 @@ from sqzexplore.compress import (
     unflatten_params,
 )
 from sqzexplore.config import load_config_file, spec_from_config
-from sqzexplore.train import loop
+from sqzexplore.train import programs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "data", "tiny_digits.py")
@@ -372,7 +372,7 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(world, capsys, monkeypat
     monkeypatch.chdir(world)  # default output paths (runs/...) would land in the tree
     # `sqz bench` finds benchmarks/ from the working directory, which is now outside the checkout.
     monkeypatch.setenv("SQZ_BENCHMARKS_DIR", os.path.join(REPO, "benchmarks"))
-    monkeypatch.setattr(loop, "make_train_step", refuse_to_compile)
+    monkeypatch.setattr(programs, "make_train_step", refuse_to_compile)
     before = snapshot(world)
     status, out, err = run_row([a.format(w=world) for a in argv], capsys)
     assert status == 2, (status, out, err)
@@ -416,7 +416,7 @@ def read_only_dir(tmp_path):
 def test_read_only_workdir_is_refused(read_only_dir, tmp_path, capsys, monkeypatch, inside):
     """A workdir (or the directory it would be made in) that cannot be written: one line, before
     any data is loaded or anything is written."""
-    monkeypatch.setattr(loop, "make_train_step", refuse_to_compile)
+    monkeypatch.setattr(programs, "make_train_step", refuse_to_compile)
     workdir = read_only_dir / "run" if inside else read_only_dir
     before = snapshot(str(tmp_path))
     status, out, err = run_row(["train", f"--config={TINY}", f"--workdir={workdir}"], capsys)

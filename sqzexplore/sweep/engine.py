@@ -27,22 +27,22 @@ Crash safety (a SIGKILL may land between any two storage writes):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqzexplore.models.spec import SpecError, SqueezeNetSpec
+from sqzexplore.models.spec import SpecError
 from sqzexplore.rundir import append_jsonl, read_json, read_result, write_json
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import Claim, RunClaims
 from sqzexplore.sweep.metric_table import metric
 from sqzexplore.sweep.params import jsonable
+from sqzexplore.sweep.runconfig import analytic_complexity, trial_config
 from sqzexplore.sweep.space import (
-    SweepDefinition,
     constraint_violations,
     design_labels,
     point_key,
@@ -82,42 +82,6 @@ class RunOutcome:
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def trial_config(
-    base: dict[str, Any], defn: SweepDefinition, point: dict[str, Any], seed: int, run_id: str
-) -> dict[str, Any]:
-    """The full config of one run, as JSON: base + design point + seed + sweep bookkeeping.
-
-    The bookkeeping keys (wandb group/name/tags, progress, distributed) do not change what a run
-    computes, so the trainer's resume check ignores them."""
-    config = copy.deepcopy(base)
-    for key, value in point.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = jsonable(value)
-    config["seed"] = int(seed)
-    config["progress"] = _off(config["progress"])  # the sweep draws one bar over trials instead
-    config["distributed"]["initialize"] = _off(config["distributed"]["initialize"])
-    wandb = config["wandb"]
-    wandb["group"] = defn.name
-    wandb["name"] = f"{defn.name}/{run_id}"
-    wandb["tags"] = list(dict.fromkeys([*wandb["tags"], "sweep", defn.name, *defn.tags]))
-    return config
-
-
-def _off(current: Any) -> Any:
-    # A yes/no setting, whichever form the base config gives it (a boolean or 'auto'/'false').
-    return False if isinstance(current, bool) else "false"
-
-
-def analytic_complexity(config: dict[str, Any]) -> dict[str, Any]:
-    """Params / MACs / MiB / activations of a config's model, without building it."""
-    from sqzexplore.models.complexity import complexity
-
-    return complexity(SqueezeNetSpec.from_dict(config["model"])).totals()
-
-
 def _mix_seed(seed: int, number: int) -> int:
     # A fixed integer mix (not hash(), which is salted per process).
     return (seed * 1_000_003 + number * 7_919 + 12_345) % (2**31 - 1)
@@ -142,6 +106,7 @@ class SweepEngine:
         self.claims = RunClaims(sweep_dir.claims, stale_after_s)
         self.lock = sweep_dir.lock()
         self.max_consecutive_skips = max_consecutive_skips
+        self._mine: set[str] = set()  # trial ids this engine has claimed and not yet finished
         self._study = None
         grid = self.defn.sampler == "grid"
         self.distributions = {k: p.distribution(grid) for k, p in self.defn.space.items()}
@@ -186,14 +151,20 @@ class SweepEngine:
         return self.study.get_trials(deepcopy=False)
 
     # -------------------------------------------------------------------------- scheduling
-    def next_run(self) -> RunTicket | str:
-        """Claim the next run: a pending run of a registered point, else a run of a new point.
-
-        Returns a RunTicket, WAIT (only runs in flight elsewhere remain) or DONE."""
+    def next_run(self, prefer: Sequence[str] = ()) -> RunTicket | str:
+        """Claim the next run, sharing compiles: a pending run of a point in `prefer` (points
+        whose compiled programs this worker holds), else of a point no other worker is running
+        (so that no point compiles twice at once), else a run of a new point, else a pending
+        run of a point another worker is running. Returns a RunTicket, WAIT (only runs in flight
+        elsewhere remain) or DONE."""
         with self.lock:
             self._repair(self._trials())
             trials = self._trials()
-            ticket = self._claim_pending(trials)
+            pending, elsewhere = self._pending(trials)
+            rank = {p: k for k, p in enumerate(prefer)}
+            free = [r for r in pending if r[1] not in elsewhere]
+            free.sort(key=lambda r: rank.get(r[1], len(rank)))  # stable: trial order otherwise
+            ticket = self._claim_first(free)
             if ticket is not None:
                 return ticket
             skips = 0
@@ -215,7 +186,15 @@ class SweepEngine:
                         "constraints or repeats: the search space looks exhausted",
                     },
                 )
+            ticket = self._claim_first([r for r in pending if r[1] in elsewhere])
+            if ticket is not None:
+                return ticket
             return WAIT if self._any(trials, "RUNNING") else DONE
+
+    def has_free_runs(self, point: str) -> bool:
+        """Whether `point` has unfinished runs that nobody has claimed."""
+        with self.lock:
+            return any(p == point for _, p, _ in self._pending(self._trials())[0])
 
     def finish_run(self, ticket: RunTicket, outcome: RunOutcome) -> None:
         """Record a run's end, release its claim and tell Optuna when its point is done."""
@@ -226,6 +205,7 @@ class SweepEngine:
             elif outcome.kind == "stopped" and sd.run_state(workdir) is None:
                 sd.mark(workdir, sd.STOPPED_FILE, **outcome.detail)
             self.claims.release(ticket.claim)
+            self._mine.discard(ticket.trial_id)
             self._finalize(self._frozen(ticket.number))
 
     def _registered(self, t) -> bool:
@@ -320,16 +300,29 @@ class SweepEngine:
             else:
                 self._finalize(t)
 
-    def _claim_pending(self, trials) -> RunTicket | None:
+    def _pending(self, trials) -> tuple[list[tuple[int, str, int]], set[str]]:
+        """(number, point, seed) of every unfinished, unclaimed run of a registered point, in
+        trial and seed order; and the points whose runs other workers hold live claims on."""
         import optuna
 
+        live = self.claims.live_claims()
+        elsewhere = {tid.rsplit("-s", 1)[0] for tid in live if tid not in self._mine}
+        pending = []
         for t in sorted(trials, key=lambda t: t.number):
             if t.state != optuna.trial.TrialState.RUNNING or not self._registered(t):
                 continue
+            point = t.user_attrs[ATTR_POINT]
             for seed in self.defn.seeds:
-                ticket = self._try_claim(t.user_attrs[ATTR_POINT], t.number, seed)
-                if ticket is not None:
-                    return ticket
+                tid = trial_id(point, seed)
+                if tid not in live and sd.run_state(self.dir.trial_dir(tid)) is None:
+                    pending.append((t.number, point, seed))
+        return pending, elsewhere
+
+    def _claim_first(self, runs: list[tuple[int, str, int]]) -> RunTicket | None:
+        for number, point, seed in runs:
+            ticket = self._try_claim(point, number, seed)
+            if ticket is not None:
+                return ticket
         return None
 
     def _try_claim(self, point: str, number: int, seed: int) -> RunTicket | None:
@@ -340,6 +333,7 @@ class SweepEngine:
         claim = self.claims.try_claim(tid, self.worker)
         if claim is None:
             return None
+        self._mine.add(tid)
         return RunTicket(tid, point, number, seed, claim, workdir)
 
     def _register(self, number: int, *, claim: bool) -> RunTicket | None:

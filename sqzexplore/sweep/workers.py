@@ -7,6 +7,14 @@ selects another (custom trainers, or the tests' stand-in `fake_runner:run_fake_t
 exercises the sweep machinery in seconds). A worker needs only the sweep directory: each run's
 full config is in its trial.json, written when its design point was registered.
 
+Compiles are shared: the worker asks first for runs of the points it trained last (a later seed
+reuses the compiled programs the trainer keeps in memory, train/programs.py), and the engine
+steers it away from points other workers are running (engine.next_run). With compile-ahead
+(`compile_ahead`; by default on where trials run on an accelerator, or on a CPU host with more
+cores than local workers), a worker about to start the last pending seed of its point also
+claims its next run and compiles that run's programs in a background thread meanwhile (the
+runner's `prepare(config)`, see `prepare_hook`).
+
 A worker keeps going until the sweep is done. When only other workers' runs remain it waits and
 polls (`wait_for_others`), so that a run whose worker dies is picked up again; SLURM array tasks
 turn this off so that finished tasks release their GPUs.
@@ -18,7 +26,9 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -26,15 +36,16 @@ from typing import Any
 
 import ml_collections
 
-from sqzexplore.rundir import RESULT_FILE, write_json
+from sqzexplore.rundir import RESULT_FILE, read_json, write_json
 from sqzexplore.sweep import sweepdir as sd
-from sqzexplore.sweep.claims import Heartbeat, owner_record
+from sqzexplore.sweep.claims import HOST, Heartbeat, owner_record, record_is_live
 from sqzexplore.sweep.early_stop import MedianStopper
 from sqzexplore.sweep.engine import DONE, WAIT, RunOutcome, RunTicket, SweepEngine
 from sqzexplore.sweep.space import SweepError
 
 DEFAULT_RUNNER = "sqzexplore.train:train_and_evaluate"
 Runner = Callable[..., dict]
+RECENT_POINTS = 4  # points a worker asks for first (the trainer keeps this many compiled)
 
 
 def load_runner(spec: str) -> Runner:
@@ -98,9 +109,12 @@ def run_worker(
     poll_s: float = 2.0,
     max_runs: int | None = None,
     max_consecutive_skips: int = 100,
+    compile_ahead: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> WorkerSummary:
-    """Run the sweep's runs until it is done (or `max_runs` runs ended here)."""
+    """Run the sweep's runs until it is done (or `max_runs` runs ended here).
+
+    `compile_ahead`: None decides by the host (`auto_compile_ahead`)."""
     engine = SweepEngine(
         sweep_dir,
         worker=worker,
@@ -115,12 +129,22 @@ def run_worker(
     heartbeat = Heartbeat(heartbeat_s)
     heartbeat.add(worker_file)
     stop = _StopFlag()
+    recent: list[str] = []  # points this process trained, newest first
+    ahead: _Ahead | None = None
+    prepare = prepare_hook(runner)
+    if prepare is not None and compile_ahead is None:
+        compile_ahead = auto_compile_ahead(sweep_dir, stale_after_s)
+    if not compile_ahead:
+        prepare = None
     try:
         while max_runs is None or sum(summary.runs.values()) < max_runs:
             if stop.requested:
                 summary.stopped_by_signal = True
                 break
-            ticket = engine.next_run()
+            if ahead is not None:
+                ticket, ahead = ahead.wait(), None
+            else:
+                ticket = engine.next_run(prefer=recent)
             if ticket == DONE:
                 break
             if ticket == WAIT:
@@ -129,6 +153,9 @@ def run_worker(
                 time.sleep(poll_s)
                 continue
             heartbeat.add(ticket.claim.path, ticket.claim.record["token"])
+            recent = [ticket.point, *(p for p in recent if p != ticket.point)][:RECENT_POINTS]
+            if prepare is not None and not engine.has_free_runs(ticket.point):
+                ahead = _Ahead.start(engine, heartbeat, prepare, log)
             try:
                 outcome = execute_run(ticket, engine, runner, heartbeat, log)
             except BaseException:
@@ -143,10 +170,76 @@ def run_worker(
                 summary.stopped_by_signal = bool(outcome.detail.get("preempted"))
                 break
     finally:
+        if ahead is not None:  # claimed but never started: hand it back
+            reserved = ahead.wait()
+            if isinstance(reserved, RunTicket):
+                heartbeat.discard(reserved.claim.path)
+                engine.finish_run(reserved, RunOutcome("interrupted"))
         stop.restore()
         heartbeat.stop()
         write_json(worker_file, {**me, "finished": time.time()})
     return summary
+
+
+def prepare_hook(runner: Runner) -> Callable[[ml_collections.ConfigDict], Any] | None:
+    """The runner's compile-ahead function `prepare(config)`: its `prepare` attribute, or for
+    the default trainer the program cache's `sqzexplore.train.programs.prepare`."""
+    hook = getattr(runner, "prepare", None)
+    name = f"{getattr(runner, '__module__', '')}:{getattr(runner, '__qualname__', '')}"
+    if hook is None and name == "sqzexplore.train.loop:train_and_evaluate":
+        from sqzexplore.train import programs
+
+        hook = programs.prepare
+    return hook
+
+
+def auto_compile_ahead(sweep_dir: sd.SweepDir, stale_after_s: float) -> bool:
+    """Compile ahead unless trials run on the CPU and this host has no core to spare for it
+    (as many live local workers as cores): there it would slow the training it overlaps."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return True
+    local = 0
+    for path in sweep_dir.workers.glob("*.json"):
+        try:
+            record, mtime = read_json(path) or {}, path.stat().st_mtime
+        except OSError:
+            continue
+        if record.get("host") == HOST and "finished" not in record:
+            local += record_is_live(record, mtime, stale_after_s)
+    return max(local, 1) < (os.cpu_count() or 1)
+
+
+class _Ahead:
+    """The next run, claimed early, its programs compiling in a background thread."""
+
+    def __init__(self, ticket: RunTicket | str, thread: threading.Thread | None):
+        self.ticket, self.thread = ticket, thread
+
+    @classmethod
+    def start(cls, engine: SweepEngine, heartbeat: Heartbeat, prepare, log) -> _Ahead | None:
+        ticket = engine.next_run()
+        if not isinstance(ticket, RunTicket):
+            return None  # nothing to claim now; ask again after this run
+        heartbeat.add(ticket.claim.path, ticket.claim.record["token"])
+        config = ml_collections.ConfigDict(ticket.record()["config"])
+
+        def compile_next():
+            try:
+                prepare(config)
+            except Exception as e:  # the run itself will compile (and report) it again
+                log(f"[{engine.worker}] compile-ahead of {ticket.trial_id} failed: {e}")
+
+        thread = threading.Thread(target=compile_next, name="compile-ahead", daemon=True)
+        thread.start()
+        log(f"[{engine.worker}] compiling {ticket.trial_id} ahead")
+        return cls(ticket, thread)
+
+    def wait(self) -> RunTicket | str:
+        if self.thread is not None:
+            self.thread.join()
+        return self.ticket
 
 
 def execute_run(

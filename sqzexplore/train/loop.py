@@ -39,17 +39,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from sqzexplore import optim, rundir, sharding
+from sqzexplore import rundir, sharding
 from sqzexplore.checkpoint import Best, Checkpointer
 from sqzexplore.config import validate_config
-from sqzexplore.durations import Durations
 from sqzexplore.progress import Progress
 from sqzexplore.runlog import MetricsWriter
-from sqzexplore.train import events, preflight
-from sqzexplore.train.evaluate import EvalRunner
+from sqzexplore.train import events, preflight, programs
 from sqzexplore.train.preempt import PreemptionFlag
-from sqzexplore.train.state import init_state, model_graphdef
-from sqzexplore.train.step import make_train_step
 
 
 class NonFiniteError(FloatingPointError):
@@ -96,17 +92,18 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
     sharding.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
     is_main = jax.process_index() == 0
 
-    from sqzexplore.data import load_dataset  # the data layer imports TF lazily itself
     from sqzexplore.models.complexity import complexity as analytic_complexity
 
-    ds = load_dataset(
-        config.data, spec, process_index=jax.process_index(), process_count=jax.process_count()
-    )
+    # The dataset and compiled programs: reused from an earlier run of this point in this
+    # process (another seed), else made here (programs.py). compile_time_s counts all building.
+    compile_start = programs.compile_seconds()
+    progs = programs.for_run(config, spec, mesh, reparam=reparam, init_params=init_params)
+    ds = progs.ds
     cplx = analytic_complexity(spec).to_dict()
     complexity_summary = {
         k: cplx[k] for k in ("params", "macs", "fp32_bytes", "fp32_mib", "activations")
     }
-    steps = Durations.from_config(config, ds.train_size)
+    steps = progs.steps
     total, batch_size = steps.total_steps, int(config.batch_size)
 
     os.makedirs(workdir, exist_ok=True)
@@ -117,10 +114,7 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
         rundir.write_json(os.path.join(workdir, rundir.COMPLEXITY_FILE), cplx)
 
     # ---- state: restore the newest intact checkpoint, or initialise and replicate.
-    tx, schedule = optim.make_optimizer(config.optim, total, steps.warmup_steps)
-    graphdef = model_graphdef(spec)
     replicated = sharding.replicated(mesh)
-    new_state = lambda: init_state(spec, tx, config.seed, init_params=init_params, reparam=reparam)
     ckpt = Checkpointer(
         workdir,
         keep=config.keep_checkpoints,
@@ -128,23 +122,16 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
         on_commit=lambda s: events.reached("checkpoint_committed", s),
     )
     try:
-        restored = ckpt.restore_latest(jax.eval_shape(new_state))
+        restored = ckpt.restore_latest(progs.abstract_state())
         if restored is None:
             if stop.requested:
                 return _preempted_before_training(ckpt, 0, "start-up")
-            # Initialise on one local device and replicate: compiling the initialisers' RNG for
-            # a multi-device SPMD program is several times slower, and each process computes the
-            # same values from the same seed anyway.
-            with jax.default_device(jax.local_devices()[0]):
-                local = jax.device_get(jax.jit(new_state)())
+            local = progs.init(config.seed)  # on one local device (see programs.py)
             state = jax.tree.map(lambda a: sharding.put_replicated(a, mesh), local)
             start_step, best, carried = 0, Best(), []
         else:
             start_step, state, best, carried = restored
             print(f"resuming {workdir} from step {start_step}", flush=True)
-        eval_runner = EvalRunner(
-            ds, config.eval_batch_size, graphdef, spec.num_classes, mesh, reparam=reparam
-        )
         if stop.requested:
             return _preempted_before_training(ckpt, start_step, "start-up")
 
@@ -152,8 +139,7 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
         compile_time = 0.0
         if start_step < total:
             if ds.on_device:
-                train_x, train_y = (sharding.put_replicated(a, mesh) for a in ds.train_arrays())
-                batch_fn = lambda x, y, i, key: ds.device_train_batch(x, y, i, key, batch_size)
+                train_x, train_y = progs.train_arrays()
                 next_batch = None
             else:
                 batches = ds.train_iter(start_step, batch_size // jax.process_count(), config.seed)
@@ -161,26 +147,11 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
                     sharding.put_batch(b, mesh) for b in _image_label(next(batches))
                 )
                 train_x, train_y = next_batch()
-                batch_fn = None
-            step_fn = make_train_step(
-                graphdef,
-                tx,
-                schedule,
-                num_classes=spec.num_classes,
-                label_smoothing=config.optim.label_smoothing,
-                reparam=reparam,
-                batch_fn=batch_fn,
-                batch_sharding=sharding.batch_sharded(mesh),
-            )
             events.reached("compile", start_step)
             if is_main:
                 print("compiling the train step ...", flush=True)
             t0 = time.perf_counter()
-            compiled_step = (
-                jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
-                .lower(state, train_x, train_y)
-                .compile()
-            )
+            compiled_step = progs.train_step()
             compile_time = time.perf_counter() - t0
             if is_main:
                 print(f"compiled in {compile_time:.1f} s", flush=True)
@@ -242,7 +213,7 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
                     host_metrics = []
                 if is_eval:
                     events.reached("eval", step)
-                    last_eval = eval_runner(state)
+                    last_eval = progs.evaluate(state)
                     best = best.update(step, last_eval)
                     progress.update(step, top1=last_eval["top1"])
                     writer.write(dict(step=step, split="eval", **last_eval))
@@ -271,8 +242,10 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
     if not last_eval:
         # Resumed at the last step (killed between its checkpoint and result.json): evaluate
         # the restored final state, exactly what the first attempt evaluated.
-        last_eval = eval_runner(state)
+        last_eval = progs.evaluate(state)
     devices = jax.devices()
+    wall = time.perf_counter() - t_start
+    compile_time = programs.compile_seconds() - compile_start
     result = {
         "status": status,
         "final": last_eval,
@@ -280,9 +253,10 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
         "complexity": complexity_summary,
         "steps": step,
         "epochs": step * batch_size / ds.train_size,
-        "wall_time_s": time.perf_counter() - t_start,
-        "compile_time_s": compile_time + eval_runner.compile_time,
+        "wall_time_s": wall,
+        "compile_time_s": compile_time,
         "train_time_s": train_time,
+        "overhead_s": wall - train_time - compile_time,
         "images_per_s": images_per_s,
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),

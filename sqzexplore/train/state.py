@@ -73,12 +73,15 @@ def model_graphdef(spec: SqueezeNetSpec) -> nnx.GraphDef:
 def init_state(
     spec: SqueezeNetSpec,
     tx: optax.GradientTransformation,
-    seed: int,
+    seed: int | jax.Array,
     *,
     init_params: dict | None = None,
     reparam: Any = None,
 ) -> TrainState:
     """A fresh state: the model initialised from `seed` (or `init_params`), step 0.
+
+    `seed`: an int, or a typed PRNG key (`jax.random.key(seed)`, possibly traced: programs.py
+    compiles one initialiser for every seed); both give the same values.
 
     `init_params` ({"params", optional "batch_stats"}) replaces the initial weights (fine-tuning);
     `reparam` (an object with `init(params) -> (trainable, aux)`) turns them into what is trained.
@@ -86,7 +89,8 @@ def init_state(
     """
     from sqzexplore.models.squeezenet import SqueezeNet
 
-    model = SqueezeNet(spec, rngs=nnx.Rngs(seed))
+    key = seed if _is_key(seed) else jax.random.key(seed)
+    model = SqueezeNet(spec, rngs=nnx.Rngs(key))
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params, stats = params.to_pure_dict(), stats.to_pure_dict()
     if init_params is not None:
@@ -100,7 +104,11 @@ def init_state(
         params=params,
         batch_stats=stats,
         opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(seed)),
+        rng=jax.random.key_data(key),
         aux=aux,
         nonfinite_step=jnp.full((), -1, jnp.int32),
     )
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)

@@ -1,0 +1,308 @@
+"""A run's compiled programs (init, train step, eval), kept in memory for the point's other seeds.
+
+A sweep worker trains the seeds of a design point one after another in one process. Their
+programs differ only in the seed, which the initialiser here takes as an argument (the PRNG key
+data, so every seed `jax.random.key` accepts gives the same values as before), so the second
+seed compiles nothing. `for_run` hands out the programs of a config: from a process-level cache
+keyed by the config's semantic part minus the seed plus the mesh, or newly made and cached (the
+`MAX_PROGRAMS` most recently used are kept). Runs with `reparam` or `init_params` (compression
+retraining, fine-tuning) bake those into their programs, so they get fresh, uncached ones.
+Device-resident datasets are cached the same way, keyed by `config.data` and the spec fields the
+data layer reads, so the points of a sweep share one copy.
+
+Everything is compiled ahead of time from abstract values (shapes, dtypes, shardings), so
+`prepare()` can build a run's programs before its state exists, e.g. in a background thread
+while the previous run trains (`sqz sweep worker --compile-ahead`). `compile_time` counts every
+second spent tracing, lowering and compiling (or waiting for a background thread that does),
+the initialiser included.
+
+The initialiser is compiled at XLA:CPU/GPU backend optimisation level 1 (`INIT_COMPILER_OPTIONS`):
+about half the compile time of the default, and it runs once per run. Its values are
+bit-identical to the default build (tests/test_programs.py checks several specs); the train
+step and eval keep the default options, since the step at level 1 computes different bits.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, SingleDeviceSharding
+
+from sqzexplore import optim, rundir, sharding
+from sqzexplore.durations import Durations
+from sqzexplore.models.spec import SqueezeNetSpec
+from sqzexplore.train.evaluate import EvalRunner
+from sqzexplore.train.state import TrainState, init_state, model_graphdef
+from sqzexplore.train.step import make_train_step
+
+MAX_PROGRAMS = 4  # design points whose programs one process keeps
+MAX_DATASETS = 2
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+# Counters for tests and benchmarks: programs built, and reused from the cache.
+stats: collections.Counter = collections.Counter()
+
+_lock = threading.Lock()
+_spent = threading.local()  # compile seconds (and nesting depth) per thread
+_programs: collections.OrderedDict[str, Programs] = collections.OrderedDict()
+_datasets: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+
+def _mesh_key(mesh: Mesh) -> list:
+    return [list(mesh.axis_names), [int(d.id) for d in mesh.devices.flat], jax.process_count()]
+
+
+def program_key(config: ml_collections.ConfigDict, mesh: Mesh) -> str:
+    """What the programs of a run depend on: its semantic config minus the seed, and the mesh."""
+    semantic = rundir.semantic(json.loads(config.to_json_best_effort()))
+    semantic.pop("seed", None)
+    return json.dumps({"config": semantic, "mesh": _mesh_key(mesh)}, sort_keys=True)
+
+
+def clear() -> None:
+    """Forget every cached program and dataset (tests; or to free memory)."""
+    with _lock:
+        _programs.clear()
+        _datasets.clear()
+
+
+def for_run(
+    config: ml_collections.ConfigDict,
+    spec: SqueezeNetSpec,
+    mesh: Mesh,
+    *,
+    reparam: Any = None,
+    init_params: dict | None = None,
+) -> Programs:
+    """The programs of a run of `config`: cached ones when the run bakes nothing in."""
+    if reparam is not None or init_params is not None:
+        stats["built"] += 1
+        return Programs(config, spec, mesh, reparam=reparam, init_params=init_params)
+    key = program_key(config, mesh)
+    with _lock:
+        found = _programs.get(key)
+        if found is not None:
+            _programs.move_to_end(key)
+            stats["reused"] += 1
+            return found
+    programs = Programs(config, spec, mesh)
+    with _lock:
+        # Another thread (compile-ahead) may have made the same ones meanwhile: keep one.
+        programs = _programs.setdefault(key, programs)
+        _programs.move_to_end(key)
+        while len(_programs) > MAX_PROGRAMS:
+            _programs.popitem(last=False)
+    stats["built"] += 1
+    return programs
+
+
+def prepare(config: ml_collections.ConfigDict) -> Programs:
+    """Compile the programs of a future run of `config` now (compile-ahead); cached."""
+    from sqzexplore.config import validate_config
+
+    spec = validate_config(config)
+    programs = for_run(config, spec, sharding.make_mesh())
+    programs.prepare()
+    return programs
+
+
+def _dataset(config: ml_collections.ConfigDict, spec: SqueezeNetSpec) -> Any:
+    from sqzexplore.data import load_dataset  # the data layer imports TF lazily itself
+
+    # load_dataset reads config.data and these spec fields (its docstring).
+    shape = [spec.image_size, spec.in_channels, spec.num_classes]
+    key = json.dumps(
+        [json.loads(config.data.to_json_best_effort()), shape, jax.process_index()],
+        sort_keys=True,
+    )
+    with _lock:
+        if key in _datasets:
+            _datasets.move_to_end(key)
+            return _datasets[key]
+    ds = load_dataset(
+        config.data, spec, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    if ds.on_device:  # a streamed one is cheap to open, and each point's programs hold it
+        with _lock:
+            _datasets[key] = ds
+            while len(_datasets) > MAX_DATASETS:
+                _datasets.popitem(last=False)
+    return ds
+
+
+def compile_seconds() -> float:
+    """Seconds this thread has spent building programs, waiting for another thread included
+    (a run's compile time is the change over the run)."""
+    return getattr(_spent, "seconds", 0.0)
+
+
+class Programs:
+    """The dataset, optimiser, and compiled init / train step / eval of one design point.
+
+    Each program is built on first use (or by `prepare()`), once, under a lock, so a run that
+    needs a program another thread is compiling waits for it; the time counts in
+    `compile_seconds()` of the thread that built or waited.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        spec: SqueezeNetSpec,
+        mesh: Mesh,
+        *,
+        reparam: Any = None,
+        init_params: dict | None = None,
+    ):
+        self.spec, self.mesh = spec, mesh
+        self.ds = _dataset(config, spec)
+        self.steps = Durations.from_config(config, self.ds.train_size)
+        self.batch_size = int(config.batch_size)
+        self.tx, self.schedule = optim.make_optimizer(
+            config.optim, self.steps.total_steps, self.steps.warmup_steps
+        )
+        self._reparam, self._init_params = reparam, init_params
+        self._label_smoothing = config.optim.label_smoothing
+        self._lock = threading.RLock()
+        self._eval_batch_size = config.eval_batch_size
+        self._built: dict[str, Any] = {}
+
+    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+        """`build()`'s value, built by the first caller; timed into `compile_seconds()`."""
+        if name in self._built:
+            return self._built[name]
+        depth = getattr(_spent, "depth", 0)
+        t0 = time.perf_counter()
+        _spent.depth = depth + 1
+        try:
+            with self._lock:
+                if name not in self._built:
+                    self._built[name] = build()
+                return self._built[name]
+        finally:
+            _spent.depth = depth
+            if depth == 0:  # nested builds are inside the outer one's time
+                _spent.seconds = compile_seconds() + time.perf_counter() - t0
+
+    # ---------------------------------------------------------------------------- programs
+    @property
+    def graphdef(self):
+        return self._once("graphdef", lambda: model_graphdef(self.spec))
+
+    @property
+    def _device(self):
+        # Initialise on one local device and replicate: compiling the initialisers' RNG for a
+        # multi-device SPMD program is several times slower, and each process computes the same
+        # values from the same seed anyway.
+        return jax.local_devices()[0]
+
+    def _init_fn(self, key_data: jax.Array) -> TrainState:
+        key = jax.random.wrap_key_data(key_data)
+        return init_state(
+            self.spec, self.tx, key, init_params=self._init_params, reparam=self._reparam
+        )
+
+    def _lowered_init(self):
+        def lower():
+            one_device = SingleDeviceSharding(self._device)
+            arg = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=one_device)
+            return jax.jit(self._init_fn).lower(arg)
+
+        return self._once("lowered_init", lower)
+
+    def abstract_state(self) -> TrainState:
+        """The state's shapes and dtypes (a restore target), replicated over the mesh."""
+        replicated = sharding.replicated(self.mesh)
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+            self._lowered_init().out_info,
+        )
+
+    def _compiled_init(self):
+        return self._once("init", lambda: self._lowered_init().compile(INIT_COMPILER_OPTIONS))
+
+    def init(self, seed: int) -> TrainState:
+        """A fresh state from `seed` (host values; what `init_state(spec, tx, seed)` gives)."""
+        compiled = self._compiled_init()
+        key_data = np.asarray(jax.random.key_data(jax.random.key(seed)))
+        return jax.device_get(compiled(jax.device_put(key_data, self._device)))
+
+    def train_arrays(self) -> tuple[jax.Array, jax.Array]:
+        """A device-resident train split, placed on the devices once."""
+        return self._once(
+            "train_arrays",
+            lambda: tuple(sharding.put_replicated(a, self.mesh) for a in self.ds.train_arrays()),
+        )
+
+    def _example_batch(self) -> tuple[Any, Any]:
+        if self.ds.on_device:
+            return self.train_arrays()
+        batch = sharding.batch_sharded(self.mesh)
+        images = jax.ShapeDtypeStruct(
+            (self.batch_size, *self.ds.image_shape), jnp.float32, sharding=batch
+        )
+        return images, jax.ShapeDtypeStruct((self.batch_size,), jnp.int32, sharding=batch)
+
+    def train_step(self) -> Callable:
+        """The compiled step `(state, images, labels) -> (state, metrics)`; it never retraces."""
+
+        def build():
+            batch_fn = None
+            if self.ds.on_device:
+                ds, batch_size = self.ds, self.batch_size
+                batch_fn = lambda images, labels, step, key: ds.device_train_batch(
+                    images, labels, step, key, batch_size
+                )
+            step_fn = make_train_step(
+                self.graphdef,
+                self.tx,
+                self.schedule,
+                num_classes=self.spec.num_classes,
+                label_smoothing=self._label_smoothing,
+                reparam=self._reparam,
+                batch_fn=batch_fn,
+                batch_sharding=sharding.batch_sharded(self.mesh),
+            )
+            replicated = sharding.replicated(self.mesh)
+            jitted = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+            return jitted.lower(self.abstract_state(), *self._example_batch()).compile()
+
+        return self._once("train_step", build)
+
+    @property
+    def eval_runner(self) -> EvalRunner:
+        """Exact evaluation over the eval split (compiled by `evaluate` or `prepare`)."""
+        return self._once(
+            "eval_runner",
+            lambda: EvalRunner(
+                self.ds,
+                self._eval_batch_size,
+                self.graphdef,
+                self.spec.num_classes,
+                self.mesh,
+                reparam=self._reparam,
+            ),
+        )
+
+    def _compiled_eval(self, state: Any) -> None:
+        self._once("eval", lambda: self.eval_runner.compile(state) or True)
+
+    def evaluate(self, state: TrainState) -> dict:
+        """Exact metrics over the whole eval split (`EvalRunner`), compiling it on first use."""
+        self._compiled_eval(state)
+        return self.eval_runner(state)
+
+    def prepare(self) -> None:
+        """Compile everything a run needs (init, step, eval) from abstract values."""
+        with self._lock:
+            self._compiled_init()
+            self.train_step()
+            self._compiled_eval(self.abstract_state())

@@ -1,0 +1,212 @@
+"""The in-memory program cache (train/programs.py): the seed-as-argument initialiser gives the
+landed initialiser's values bit for bit, later seeds of a point compile nothing, and the cache
+key holds exactly what the programs depend on."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from jax import monitoring
+
+from sqzexplore import sharding
+from sqzexplore.config import base_config, model_config, validate_config
+from sqzexplore.train import programs
+from sqzexplore.train.state import init_state
+
+LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts programs lowered and compiled by XLA (persistent-cache hits lower too)."""
+    counts = {LOWERING: 0, BACKEND_COMPILE: 0}
+
+    def listener(event, duration, **kwargs):
+        if event in counts:
+            counts[event] += 1
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counts
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+
+
+def small_config(**model):
+    c = base_config()
+    # A 3-Fire net: these tests compile several programs, and only their structure matters.
+    model = dict(stem_filters=8, base_e=8, incr_e=8, num_fire=3, pool_after=("fire3",)) | model
+    c.model = model_config("digits", squeeze_ratio=0.25, **model)
+    c.data.name = "digits"
+    c.batch_size = 64
+    c.eval_batch_size = 128
+    c.num_steps = 3
+    c.optim.name = "adamw"
+    c.optim.schedule = "cosine"
+    c.progress = False
+    c.compilation_cache_dir = os.environ["SQZ_TEST_XLA_CACHE"]
+    return c
+
+
+def leaves_equal(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(x, y, equal_nan=True)
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    programs.clear()
+    yield
+    programs.clear()
+
+
+@pytest.mark.parametrize(
+    "model, seeds",
+    [
+        (dict(batch_norm=True, dropout=0.1), (0, 2**31 + 5)),
+        pytest.param(
+            dict(batch_norm=False, bypass="complex", init="torchvision"),
+            (7,),
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            dict(batch_norm=False, bypass="simple", init="caffe", pct_3x3=0.75),
+            (3,),
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_initialiser_matches_the_landed_one_bit_for_bit(model, seeds):
+    config = small_config(**model)
+    spec = validate_config(config)
+    progs = programs.for_run(config, spec, sharding.make_mesh())
+    for seed in seeds:
+        # The landed trainer: init_state with an int seed, jitted with default options.
+        landed = jax.device_get(jax.jit(lambda s=seed: init_state(spec, progs.tx, s))())
+        assert leaves_equal(progs.init(seed), landed), seed
+    assert not leaves_equal(progs.init(0).params, progs.init(1).params)
+
+
+def test_cache_key_ignores_seed_and_bookkeeping_but_not_semantics():
+    mesh = sharding.make_mesh()
+    key = programs.program_key(small_config(), mesh)
+    same = small_config()
+    same.seed = 5
+    same.wandb.mode = "offline"
+    same.progress = True
+    same.compilation_cache_dir = "/elsewhere"
+    assert programs.program_key(same, mesh) == key
+    other = small_config()
+    other.optim.lr = 0.5
+    assert programs.program_key(other, mesh) != key
+    assert programs.program_key(small_config(), sharding.make_mesh(jax.devices()[:2])) != key
+
+
+def test_later_seeds_of_a_point_reuse_the_programs_and_compile_nothing():
+    mesh = sharding.make_mesh()
+    first = small_config()
+    spec = validate_config(first)
+    progs = programs.for_run(first, spec, mesh)
+    before = programs.compile_seconds()
+    progs.prepare()
+    assert programs.compile_seconds() > before
+    before = programs.compile_seconds()
+    with count_compiles() as counts:
+        for seed in (1, 2, 3):
+            config = small_config()
+            config.seed = seed
+            again = programs.for_run(config, validate_config(config), mesh)
+            assert again is progs
+            state = jax.tree.map(lambda a: sharding.put_replicated(a, mesh), again.init(seed))
+            state, metrics = again.train_step()(state, *again.train_arrays())
+            again.evaluate(state)
+            assert np.isfinite(float(metrics["loss"]))
+    assert counts == {LOWERING: 0, BACKEND_COMPILE: 0}, counts
+    assert programs.stats["reused"] >= 3
+    assert programs.compile_seconds() - before < 1.0  # nothing built: no time counted
+
+
+def test_compiled_ahead_step_equals_the_step_compiled_from_a_concrete_state():
+    """prepare() compiles from shapes alone; the landed trainer compiled from the live state."""
+    from sqzexplore.train.step import make_train_step
+
+    mesh = sharding.make_mesh()
+    config = small_config()
+    spec = validate_config(config)
+    progs = programs.for_run(config, spec, mesh)
+    progs.prepare()
+    replicated = sharding.replicated(mesh)
+    put = lambda tree: jax.tree.map(lambda a: sharding.put_replicated(a, mesh), tree)
+    x, y = progs.train_arrays()
+    step_fn = make_train_step(
+        progs.graphdef,
+        progs.tx,
+        progs.schedule,
+        num_classes=spec.num_classes,
+        batch_fn=lambda x, y, s, k: progs.ds.device_train_batch(x, y, s, k, config.batch_size),
+        batch_sharding=sharding.batch_sharded(mesh),
+    )
+    concrete = put(progs.init(3))
+    landed = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+    landed = landed.lower(concrete, x, y).compile()
+    a, b = put(progs.init(3)), put(progs.init(3))
+    for _ in range(2):
+        a, ma = landed(a, x, y)
+        b, mb = progs.train_step()(b, x, y)
+    assert leaves_equal(jax.device_get(a), jax.device_get(b))
+    assert leaves_equal(ma, mb)
+
+
+def test_reparam_and_init_params_get_fresh_programs():
+    mesh = sharding.make_mesh()
+    config = small_config()
+    spec = validate_config(config)
+    cached = programs.for_run(config, spec, mesh)
+    assert programs.for_run(config, spec, mesh) is cached
+    weights = cached.init(0)
+    tuned = programs.for_run(config, spec, mesh, init_params={"params": weights.params})
+    assert tuned is not cached
+    assert programs.for_run(config, spec, mesh, init_params={"params": weights.params}) is not tuned
+    assert leaves_equal(tuned.init(5).params, weights.params)  # the given weights, any seed
+
+
+def test_cache_keeps_the_most_recent_points(monkeypatch):
+    monkeypatch.setattr(programs, "MAX_PROGRAMS", 2)
+    mesh = sharding.make_mesh()
+    made = []
+    for lr in (0.1, 0.2, 0.3):
+        config = small_config()
+        config.optim.lr = lr
+        made.append(programs.for_run(config, validate_config(config), mesh))
+    config = small_config()
+    config.optim.lr = 0.1
+    assert programs.for_run(config, validate_config(config), mesh) is not made[0]  # evicted
+    config.optim.lr = 0.3
+    assert programs.for_run(config, validate_config(config), mesh) is made[2]
+
+
+def test_a_run_waits_for_the_programs_another_thread_is_compiling():
+    mesh = sharding.make_mesh()
+    config = small_config(dropout=0.0)
+    progs = programs.for_run(config, validate_config(config), mesh)
+    with count_compiles() as counts:
+        ahead = threading.Thread(target=progs.prepare)
+        ahead.start()
+        time.sleep(0.2)
+        before = programs.compile_seconds()
+        step = progs.train_step()  # waits for the thread instead of compiling it again
+        waited = programs.compile_seconds() - before
+        ahead.join()
+    assert step is progs.train_step()
+    assert counts[LOWERING] == 3, counts  # init, step, eval: each lowered once
+    assert waited > 0

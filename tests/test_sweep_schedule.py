@@ -1,0 +1,141 @@
+"""Scheduling that shares compiles (engine.next_run, the worker's compile-ahead), with the fake
+runner: a point another worker is running is not taken while other work exists, a worker keeps to
+the points it holds programs for, and compile-ahead claims and prepares the next point."""
+
+from __future__ import annotations
+
+import threading
+
+from fake_runner import run_fake_trial
+from test_sweep_support import make_sweep_dir, run_inprocess, sr_space, write_sweep
+
+from sqzexplore.sweep import sweepdir as sd
+from sqzexplore.sweep.engine import DONE, RunOutcome, RunTicket, SweepEngine
+from sqzexplore.sweep.workers import RECENT_POINTS, prepare_hook, run_worker
+
+
+def run(engine: SweepEngine, ticket: RunTicket) -> None:
+    """Train a claimed run with the fake runner and record it, as a worker does."""
+    import ml_collections
+
+    config = ml_collections.ConfigDict(ticket.record()["config"])
+    run_fake_trial(config, str(ticket.workdir))
+    engine.finish_run(ticket, RunOutcome("complete"))
+
+
+def test_workers_take_other_points_while_one_compiles_then_keep_their_own(tmp_path):
+    path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25, 0.5), seeds=3)
+    sweep_dir = make_sweep_dir(path, tmp_path / "w")
+    a, b = SweepEngine(sweep_dir, worker="a"), SweepEngine(sweep_dir, worker="b")
+    a1 = a.next_run()
+    b1 = b.next_run()  # a is compiling a1's point: b starts another point, not its seed 1
+    assert (a1.seed, b1.seed) == (0, 0) and b1.point != a1.point
+    run(a, a1)
+    a2 = a.next_run(prefer=[a1.point])
+    assert (a2.point, a2.seed) == (a1.point, 1)  # a reuses its programs
+    run(b, b1)
+    b2 = b.next_run(prefer=[b1.point])
+    assert (b2.point, b2.seed) == (b1.point, 1)
+    run(a, a2)
+    a3 = a.next_run(prefer=[a1.point])
+    assert (a3.point, a3.seed) == (a1.point, 2)
+    run(a, a3)
+    # a's point is done and b is running its own: a starts the third point rather than b's.
+    a4 = a.next_run(prefer=[a1.point])
+    assert a4.point not in (a1.point, b1.point) and a4.seed == 0
+    # b, still holding its point's seed 1, finds its seed 2 untouched, and the third point's
+    # other seeds stay with a.
+    assert b.has_free_runs(b1.point) and a.has_free_runs(a4.point)
+    run(b, b2)
+    b3 = b.next_run(prefer=[b1.point])
+    assert (b3.point, b3.seed) == (b1.point, 2)
+    run(b, b3)
+    # Nothing else left: b helps with a's point (a last resort, not a duplicate compile race).
+    b4 = b.next_run(prefer=[b1.point])
+    assert (b4.point, b4.seed) == (a4.point, 1)
+    run(b, b4)
+    run(a, a4)
+    a5 = a.next_run(prefer=[a4.point])
+    assert (a5.point, a5.seed) == (a4.point, 2)
+    run(a, a5)
+    assert a.next_run() == DONE and b.next_run() == DONE
+
+
+def test_preferred_points_come_first_among_free_ones(tmp_path):
+    path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25), seeds=2)
+    sweep_dir = make_sweep_dir(path, tmp_path / "w")
+    a, b = SweepEngine(sweep_dir, worker="a"), SweepEngine(sweep_dir, worker="b")
+    first, second = a.next_run(), b.next_run()
+    run(a, first)
+    run(b, second)
+    # Both points have a free seed 1: each worker takes the one it asks for first.
+    assert b.next_run(prefer=[second.point]).point == second.point
+    assert a.next_run(prefer=["unknown", first.point]).point == first.point
+
+
+def test_one_worker_trains_each_point_s_seeds_back_to_back(tmp_path):
+    path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25, 0.5, 0.75), seeds=3)
+    _, summary = run_inprocess(path, tmp_path / "w")
+    points = [t.rsplit("-s", 1)[0] for t in summary.trial_ids]
+    assert summary.runs == {"complete": 12}
+    assert points == [p for k in range(0, 12, 3) for p in [points[k]] * 3]
+    assert RECENT_POINTS >= 2
+
+
+def test_compile_ahead_claims_the_next_point_and_prepares_it_during_the_last_seed(tmp_path):
+    path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25, 0.5), seeds=2)
+    sweep_dir = make_sweep_dir(path, tmp_path / "w")
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def runner(config, workdir):
+        with lock:
+            events.append(("train", workdir.rsplit("/", 1)[-1]))
+        return run_fake_trial(config, workdir)
+
+    def prepare(config):
+        with lock:
+            events.append(("prepare", config.wandb.name.split("/")[-1]))
+
+    runner.prepare = prepare
+    assert prepare_hook(runner) is prepare
+    summary = run_worker(
+        sweep_dir,
+        runner=runner,
+        worker="t",
+        heartbeat_s=0.5,
+        log=lambda s: None,
+        compile_ahead=True,
+    )
+    assert summary.runs == {"complete": 6}
+    trained = [t for kind, t in events if kind == "train"]
+    prepared = [t for kind, t in events if kind == "prepare"]
+    # Seed 1 of each point starts with the next point's seed 0 claimed and being prepared.
+    assert prepared == [trained[2], trained[4]]
+    assert [t.endswith("-s0") for t in prepared] == [True, True]
+    for t in prepared:
+        assert events.index(("prepare", t)) < events.index(("train", t))
+    assert not list(sweep_dir.claims.glob("*.claim"))  # every claim released
+
+
+def test_compile_ahead_hands_back_its_claim_when_the_worker_stops(tmp_path):
+    path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25), seeds=1)
+    sweep_dir = make_sweep_dir(path, tmp_path / "w")
+
+    def runner(config, workdir):
+        return run_fake_trial(config, workdir)
+
+    runner.prepare = lambda config: None
+    summary = run_worker(
+        sweep_dir,
+        runner=runner,
+        worker="t",
+        heartbeat_s=0.5,
+        log=lambda s: None,
+        compile_ahead=True,
+        max_runs=1,
+    )
+    assert summary.runs == {"complete": 1}
+    assert not list(sweep_dir.claims.glob("*.claim"))
+    states = [sd.run_state(p) for p in sorted(sweep_dir.trials.iterdir())]
+    assert sorted(states, key=str) == sorted([sd.COMPLETE, None], key=str)
