@@ -148,13 +148,15 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
                 )
                 train_x, train_y = next_batch()
             events.reached("compile", start_step)
-            if is_main:
+            reused = progs.built("train_step")  # by an earlier seed of this point, in memory
+            if is_main and not reused:
                 print("compiling the train step ...", flush=True)
             t0 = time.perf_counter()
             compiled_step = progs.train_step()
             compile_time = time.perf_counter() - t0
             if is_main:
-                print(f"compiled in {compile_time:.1f} s", flush=True)
+                reuse = "train step reused from an earlier run of this point"
+                print(reuse if reused else f"compiled in {compile_time:.1f} s", flush=True)
             sharding.barrier("compiled")
             if stop.requested:
                 return _preempted_before_training(ckpt, start_step, "compilation")

@@ -175,6 +175,10 @@ class Programs:
         self._eval_batch_size = config.eval_batch_size
         self._built: dict[str, Any] = {}
 
+    def built(self, name: str) -> bool:
+        """Whether program `name` ("init", "train_step", "eval") is built already."""
+        return name in self._built
+
     def _once(self, name: str, build: Callable[[], Any]) -> Any:
         """`build()`'s value, built by the first caller; timed into `compile_seconds()`."""
         if name in self._built:
