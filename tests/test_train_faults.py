@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULT = os.path.join(REPO, "tests", "data", "fault_train.py")
 # 3 epochs of 22 steps: log every 5, eval and checkpoint at 22, 44, 66.
 CONFIG = f"--config={REPO}/tests/data/tiny_digits.py:epochs=3"
-TIMING = ("wall_time_s", "compile_time_s", "train_time_s", "images_per_s")
+TIMING = ("wall_time_s", "compile_time_s", "train_time_s", "overhead_s", "images_per_s")
 
 
 def _train(workdir, fault: str | None = None) -> subprocess.CompletedProcess:
