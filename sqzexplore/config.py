@@ -232,21 +232,7 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
         path, arg = path.split(":", 1)
     if not path:
         raise ConfigError("no config file given (--config=path/to/experiment.py[:arg])")
-    if not os.path.exists(path):
-        raise ConfigError(f"config file {path} does not exist")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path} is not a file")
-    name = "sqz_experiment_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"config file {path} is not a Python file (.py)")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise ConfigError(f"config file {path} line {e.lineno}: syntax error: {e.msg}") from None
-    except Exception as e:
-        raise ConfigError(f"config file {path}{_where(e, path)}: {_one_line(e)}") from None
+    module = import_python_file(path, "config file", ConfigError)
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"config file {path} defines no get_config(arg=None)")
     try:
@@ -264,6 +250,31 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
             f"got {type(config).__name__}"
         )
     return config
+
+
+def import_python_file(path: str, what: str, error: type[Exception]):
+    """Import the user's Python file `path` (an experiment or a sweep file) as a fresh module.
+
+    Anything wrong with the file itself (missing, not a file, a syntax error, an exception while
+    it runs) is one line `{what} PATH [line N]: ...` raised as `error`, never a traceback.
+    """
+    if not os.path.exists(path):
+        raise error(f"{what} {path} does not exist")
+    if not os.path.isfile(path):
+        raise error(f"{what} {path} is not a file")
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    name = f"sqz_{what.split()[0]}_{stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise error(f"{what} {path} is not a Python file (.py)")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise error(f"{what} {path} line {e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:
+        raise error(f"{what} {path}{_where(e, path)}: {_one_line(e)}") from None
+    return module
 
 
 def _one_line(e: BaseException) -> str:

@@ -55,7 +55,9 @@ def test_tiny_digits_sweep_with_the_real_trainer(tmp_path, capsys):
         result = r.result
         assert result["status"] == "complete" and result["steps"] == 4
         assert 0.0 <= result["final"]["top1"] <= 1.0
-        assert result["train_time_s"] > 0 and result["compile_time_s"] > 0
+        # compile_time_s may be 0: the worker's in-memory programs are shared by every run of
+        # this (test) process with the same shapes.
+        assert result["train_time_s"] > 0 and result["compile_time_s"] >= 0
         config = json.loads((trial_dir / "config.json").read_text())
         # The trainer ran the config registered in trial.json, built once by the engine.
         assert config == json.loads((trial_dir / "trial.json").read_text())["config"]

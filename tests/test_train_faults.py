@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULT = os.path.join(REPO, "tests", "data", "fault_train.py")
 # 3 epochs of 22 steps: log every 5, eval and checkpoint at 22, 44, 66.
 CONFIG = f"--config={REPO}/tests/data/tiny_digits.py:epochs=3"
-TIMING = ("wall_time_s", "compile_time_s", "train_time_s", "images_per_s")
+TIMING = ("wall_time_s", "compile_time_s", "train_time_s", "overhead_s", "images_per_s")
 
 
 def _train(workdir, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -80,7 +80,9 @@ def test_kills_after_each_commit_and_before_the_result(tmp_path, reference):
     # An older version could leave a result.json without a final evaluation: not a result.
     rundir.write_json(run / "result.json", {"status": "complete", "final": {}})
     p = _train(run)
-    assert p.returncode == 0 and "resuming" in p.stdout and "done: 66 steps" in p.stdout, p.stdout
+    assert (
+        p.returncode == 0 and "resuming" in p.stdout and "done (complete): 66 steps" in p.stdout
+    ), p.stdout
     _assert_same_run(reference, run)
 
 
@@ -105,7 +107,7 @@ def test_sigterm_at_every_phase_saves_or_exits_cleanly(tmp_path, reference):
     assert _committed(run)[-2:] == [44, 45]
     assert not (run / "result.json").exists()
     p = _train(run)
-    assert p.returncode == 0 and "done: 66 steps" in p.stdout, p.stdout
+    assert p.returncode == 0 and "done (complete): 66 steps" in p.stdout, p.stdout
     _assert_same_run(reference, run)
 
 

@@ -24,7 +24,6 @@ import math
 import os
 import re
 import sys
-from pathlib import Path
 
 from sqzexplore.config import ConfigError
 from sqzexplore.models.spec import SpecError
@@ -157,32 +156,9 @@ def _parser() -> argparse.ArgumentParser:
         "DIR/tensorboard (view with `tensorboard --logdir DIR`)",
     )
 
-    export = sub.add_parser("export-wandb", help="write the sweep as a wandb sweep YAML")
-    export.add_argument("sweep_file")
-    export.add_argument("--arg", default=None)
-    export.add_argument(
-        "--output",
-        default=None,
-        help="a file, or a directory to put <name>.wandb.yaml in (default runs/sweeps/)",
-    )
-    export.add_argument(
-        "--runs-root",
-        default=None,
-        help="where wandb agents put run workdirs (default runs/wandb/<name>)",
-    )
-    export.add_argument("--project", default=None, help="wandb project")
-    export.add_argument("--entity", default=None, help="wandb entity (user or team)")
-    export.add_argument(
-        "--mode",
-        choices=("online", "offline"),
-        default="online",
-        help="the trials' config.wandb.mode (default online)",
-    )
-    export.add_argument(
-        "--sqz",
-        default=None,
-        help="the sqz executable the agents run (default: this installation's, absolute path)",
-    )
+    from sqzexplore.sweep.wandb_export import add_export_parser
+
+    add_export_parser(sub)
     return p
 
 
@@ -363,28 +339,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_export_wandb(args) -> int:
-    from sqzexplore.sweep.sweepfile import load_sweep
-    from sqzexplore.sweep.wandb_export import wandb_sweep_config, write_wandb_yaml
+    from sqzexplore.sweep.wandb_export import export_command
 
-    defn = load_sweep(args.sweep_file, args.arg)
-    runs_root = args.runs_root or os.path.join("runs", "wandb", defn.name)
-    config = wandb_sweep_config(
-        defn,
-        runs_root=runs_root,
-        wandb_project=args.project,
-        wandb_entity=args.entity,
-        mode=args.mode,
-        sqz=args.sqz,
-        sweep_file=args.sweep_file,
-    )
-    output = Path(args.output or os.path.join("runs", "sweeps", f"{defn.name}.wandb.yaml"))
-    output = write_wandb_yaml(config, output)
-    target = "/".join(p for p in (args.entity, args.project) if p) or "ENTITY/PROJECT"
-    print(
-        f"wrote {output}; start it with `wandb sweep {output}`, then on each machine "
-        f"`wandb agent {target}/SWEEP_ID` (from any directory)"
-    )
-    return 0
+    return export_command(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,32 +12,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import importlib.util
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from sqzexplore.config import ConfigError, apply_overrides
+from sqzexplore.config import ConfigError, apply_overrides, import_python_file
 from sqzexplore.models.spec import SpecError
 from sqzexplore.sweep.space import Experiment, SweepDefinition, SweepError, find_experiment
 
 
 def load_sweep(path: str, arg: str | None = None) -> SweepDefinition:
     """Import a sweep file and return the SweepDefinition its `get_sweep(arg)` builds."""
-    if not os.path.isfile(path):
-        raise SweepError(f"sweep file {path!r} does not exist")
-    module_name = "sqz_sweep_" + re.sub(r"\W", "_", Path(path).stem)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise SweepError(f"sweep file {path!r} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise SweepError(f"sweep file {path} line {e.lineno}: syntax error: {e.msg}") from None
+    module = import_python_file(path, "sweep file", SweepError)
     if not hasattr(module, "get_sweep"):
         raise SweepError(f"sweep file {path} defines no get_sweep(arg=None)")
     if not (module.__doc__ or "").strip():

@@ -23,6 +23,7 @@ with the results and the Pareto front as wandb Tables and the report's figures a
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -179,6 +180,61 @@ def write_wandb_yaml(config: dict[str, Any], path: Path) -> Path:
         )
         yaml.safe_dump(config, f, sort_keys=False, default_flow_style=False, width=100)
     return path
+
+
+# ------------------------------------------------------------------------------ the command
+def add_export_parser(sub) -> None:
+    """`sqz sweep export-wandb`'s arguments (on the `sqz sweep` subparsers `sub`)."""
+    export = sub.add_parser("export-wandb", help="write the sweep as a wandb sweep YAML")
+    export.add_argument("sweep_file")
+    export.add_argument("--arg", default=None)
+    export.add_argument(
+        "--output",
+        default=None,
+        help="a file, or a directory to put <name>.wandb.yaml in (default runs/sweeps/)",
+    )
+    export.add_argument(
+        "--runs-root",
+        default=None,
+        help="where wandb agents put run workdirs (default runs/wandb/<name>; made absolute)",
+    )
+    export.add_argument("--project", default=None, help="wandb project")
+    export.add_argument("--entity", default=None, help="wandb entity (user or team)")
+    export.add_argument(
+        "--mode",
+        choices=WANDB_RUN_MODES,
+        default="online",
+        help="the trials' config.wandb.mode (default online)",
+    )
+    export.add_argument(
+        "--sqz",
+        default=None,
+        help="the sqz executable the agents run (default: this installation's, absolute path)",
+    )
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Write the YAML and say how to start it."""
+    from sqzexplore.sweep.sweepfile import load_sweep
+
+    defn = load_sweep(args.sweep_file, args.arg)
+    config = wandb_sweep_config(
+        defn,
+        runs_root=args.runs_root or os.path.join("runs", "wandb", defn.name),
+        wandb_project=args.project,
+        wandb_entity=args.entity,
+        mode=args.mode,
+        sqz=args.sqz,
+        sweep_file=args.sweep_file,
+    )
+    output = Path(args.output or os.path.join("runs", "sweeps", f"{defn.name}.wandb.yaml"))
+    output = write_wandb_yaml(config, output)
+    target = "/".join(p for p in (args.entity, args.project) if p) or "ENTITY/PROJECT"
+    print(
+        f"wrote {output}; start it with `wandb sweep {output}`, then on each machine "
+        f"`wandb agent {target}/SWEEP_ID` (from any directory)"
+    )
+    return 0
 
 
 # ------------------------------------------------------------------------------ summary run
