@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from fake_runner import run_fake_trial
 from test_sweep_support import make_sweep_dir, run_inprocess, sr_space, write_sweep
 
@@ -158,3 +159,16 @@ def test_compile_ahead_is_off_by_default_on_a_cpu_host_with_a_worker_per_core(
     assert not auto_compile_ahead(sweep_dir, 300.0)  # 2 workers on 2 cores: off
     write_json(sweep_dir.workers / "b.json", {**owner_record("b"), "finished": 1.0})
     assert auto_compile_ahead(sweep_dir, 300.0)  # a finished worker does not count
+
+
+def test_compile_ahead_option_reaches_the_workers_and_refuses_other_values(capsys):
+    from sqzexplore.sweep import cli
+
+    args = cli._parser().parse_args(["run", "s.py", "--compile-ahead", "on"])
+    assert cli._worker_command(args, "d", no_wait=False)[-2:] == ["--compile-ahead", "on"]
+    args = cli._parser().parse_args(["worker", "d"])
+    assert args.compile_ahead == "auto"
+    assert "--compile-ahead" not in cli._worker_command(args, "d", no_wait=False)
+    with pytest.raises(SystemExit) as e:
+        cli._parser().parse_args(["worker", "d", "--compile-ahead", "maybe"])
+    assert e.value.code == 2 and "--compile-ahead" in capsys.readouterr().err
