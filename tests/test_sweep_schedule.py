@@ -4,6 +4,7 @@ the points it holds programs for, and compile-ahead claims and prepares the next
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -172,3 +173,33 @@ def test_compile_ahead_option_reaches_the_workers_and_refuses_other_values(capsy
     with pytest.raises(SystemExit) as e:
         cli._parser().parse_args(["worker", "d", "--compile-ahead", "maybe"])
     assert e.value.code == 2 and "--compile-ahead" in capsys.readouterr().err
+
+
+def test_a_live_worker_stays_live_when_the_wall_clock_is_stepped(tmp_path):
+    """A claim's owner is judged by its start time in ticks since boot: the wall-clock creation
+    time moves with the clock (seen after a VM snapshot), which once made a live worker's run be
+    taken over by another worker mid-training."""
+    import os
+    import subprocess
+
+    from sqzexplore.sweep.claims import RunClaims, owner_record, process_start_ticks
+
+    if process_start_ticks(os.getpid()) is None:
+        pytest.skip("no /proc: liveness falls back to the wall-clock creation time")
+    claims = RunClaims(tmp_path / "claims", stale_after_s=300.0)
+    mine = claims.try_claim("p-s0", "a")
+    assert mine is not None
+    record = owner_record("a")
+    stepped = {**record, "pid_created": record["pid_created"] - 5.0}  # clock stepped by 5 s
+    claims.path("p-s0").write_text(json.dumps(stepped))
+    assert claims.live_owner("p-s0") is not None
+    assert claims.try_claim("p-s0", "b") is None  # not taken over
+    # A recycled pid (another process start) is still told apart.
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        other = {**record, "pid": child.pid, "pid_start_ticks": record["pid_start_ticks"] - 1}
+        claims.path("p-s0").write_text(json.dumps(other))
+        assert claims.live_owner("p-s0") is None
+    finally:
+        child.kill()
+        child.wait()
