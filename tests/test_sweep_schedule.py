@@ -4,8 +4,10 @@ the points it holds programs for, and compile-ahead claims and prepares the next
 
 from __future__ import annotations
 
+import json
 import threading
 
+import pytest
 from fake_runner import run_fake_trial
 from test_sweep_support import make_sweep_dir, run_inprocess, sr_space, write_sweep
 
@@ -158,3 +160,46 @@ def test_compile_ahead_is_off_by_default_on_a_cpu_host_with_a_worker_per_core(
     assert not auto_compile_ahead(sweep_dir, 300.0)  # 2 workers on 2 cores: off
     write_json(sweep_dir.workers / "b.json", {**owner_record("b"), "finished": 1.0})
     assert auto_compile_ahead(sweep_dir, 300.0)  # a finished worker does not count
+
+
+def test_compile_ahead_option_reaches_the_workers_and_refuses_other_values(capsys):
+    from sqzexplore.sweep import cli
+
+    args = cli._parser().parse_args(["run", "s.py", "--compile-ahead", "on"])
+    assert cli._worker_command(args, "d", no_wait=False)[-2:] == ["--compile-ahead", "on"]
+    args = cli._parser().parse_args(["worker", "d"])
+    assert args.compile_ahead == "auto"
+    assert "--compile-ahead" not in cli._worker_command(args, "d", no_wait=False)
+    with pytest.raises(SystemExit) as e:
+        cli._parser().parse_args(["worker", "d", "--compile-ahead", "maybe"])
+    assert e.value.code == 2 and "--compile-ahead" in capsys.readouterr().err
+
+
+def test_a_live_worker_stays_live_when_the_wall_clock_is_stepped(tmp_path):
+    """A claim's owner is judged by its start time in ticks since boot: the wall-clock creation
+    time moves with the clock (seen after a VM snapshot), which once made a live worker's run be
+    taken over by another worker mid-training."""
+    import os
+    import subprocess
+
+    from sqzexplore.sweep.claims import RunClaims, owner_record, process_start_ticks
+
+    if process_start_ticks(os.getpid()) is None:
+        pytest.skip("no /proc: liveness falls back to the wall-clock creation time")
+    claims = RunClaims(tmp_path / "claims", stale_after_s=300.0)
+    mine = claims.try_claim("p-s0", "a")
+    assert mine is not None
+    record = owner_record("a")
+    stepped = {**record, "pid_created": record["pid_created"] - 5.0}  # clock stepped by 5 s
+    claims.path("p-s0").write_text(json.dumps(stepped))
+    assert claims.live_owner("p-s0") is not None
+    assert claims.try_claim("p-s0", "b") is None  # not taken over
+    # A recycled pid (another process start) is still told apart.
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        other = {**record, "pid": child.pid, "pid_start_ticks": record["pid_start_ticks"] - 1}
+        claims.path("p-s0").write_text(json.dumps(other))
+        assert claims.live_owner("p-s0") is None
+    finally:
+        child.kill()
+        child.wait()

@@ -11,7 +11,10 @@ deletes it, so such a filesystem is an error instead. On a shared filesystem flo
 across machines (NFSv4, NFSv3 with lockd, Lustre mounted with `-o flock`; not `localflock`).
 
 A claim `<sweep>/claims/<trial_id>.claim` says which process runs a trial: host, pid, the pid's
-creation time (so a recycled pid is not mistaken for the owner) and a token. It appears
+start time (so a recycled pid is not mistaken for the owner) and a token. On Linux the start
+time compared is the kernel's, in clock ticks since boot: the wall-clock creation time psutil
+derives from it moves when the clock is stepped (seen after a VM snapshot), which made a live
+worker look dead and its run be taken over. It appears
 atomically, complete (written to a temporary file, then hard-linked into place, which fails if a
 claim exists), so a kill never leaves a torn claim. Its owner touches it every `heartbeat_s`. A
 claim is stale, and its trial is handed out again (resuming from the trial's own checkpoints),
@@ -72,11 +75,29 @@ def process_created(pid: int) -> float | None:
         return None
 
 
-def process_alive(pid: int, created: float | None) -> bool:
-    """Whether `pid` is running and is the same process (not a recycled pid, not a zombie)."""
+def process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux), None if unknown: unlike a
+    wall-clock time it does not move when the system clock is stepped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # Fields after the command name (which may hold spaces and parentheses); starttime is
+        # field 22 of the file, the 20th after the name.
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_alive(pid: int, created: float | None, start_ticks: int | None = None) -> bool:
+    """Whether `pid` is running and is the same process (not a recycled pid, not a zombie):
+    judged by `start_ticks` where both it and /proc are there, else by `created`."""
     try:
         proc = psutil.Process(pid)
-        if created is not None and abs(proc.create_time() - created) > 0.01:
+        ticks = process_start_ticks(pid) if start_ticks is not None else None
+        if ticks is not None:
+            if ticks != start_ticks:
+                return False
+        elif created is not None and abs(proc.create_time() - created) > 0.01:
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -92,6 +113,7 @@ def owner_record(worker: str) -> dict[str, Any]:
         "host": HOST,
         "pid": pid,
         "pid_created": process_created(pid),
+        "pid_start_ticks": process_start_ticks(pid),
         "worker": worker,
         "token": uuid.uuid4().hex,
         "started": time.time(),
@@ -101,7 +123,8 @@ def owner_record(worker: str) -> dict[str, Any]:
 def record_is_live(record: dict[str, Any], mtime: float, stale_after_s: float) -> bool:
     """Liveness of the owner of a claim or worker file."""
     if record.get("host") == HOST and isinstance(record.get("pid"), int):
-        return process_alive(record["pid"], record.get("pid_created"))
+        ticks = record.get("pid_start_ticks")
+        return process_alive(record["pid"], record.get("pid_created"), ticks)
     return time.time() - mtime < stale_after_s
 
 

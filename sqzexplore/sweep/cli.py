@@ -83,6 +83,13 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
         default=RUN_DEFAULTS["stale_after_s"],
         help="a claim from another host without heartbeat this long is taken over",
     )
+    p.add_argument(
+        "--compile-ahead",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="compile a worker's next design point while its current run trains (auto: on "
+        "with an accelerator, or with more CPU cores than local workers)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,6 +186,8 @@ def _worker_command(args, workdir: str, *, no_wait: bool) -> list[str]:
         cmd += ["--max-runs", str(args.max_runs)]
     if no_wait:
         cmd.append("--no-wait")
+    if args.compile_ahead != "auto":
+        cmd += ["--compile-ahead", args.compile_ahead]
     return cmd
 
 
@@ -243,6 +252,7 @@ def _run_worker(args, sweep_dir, log=print) -> None:
         poll_s=args.poll_s,
         wait_for_others=not args.no_wait,
         max_runs=args.max_runs,
+        compile_ahead={"auto": None, "on": True, "off": False}[args.compile_ahead],
         log=log,
     )
 

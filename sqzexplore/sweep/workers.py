@@ -10,10 +10,10 @@ full config is in its trial.json, written when its design point was registered.
 Compiles are shared: the worker asks first for runs of the points it trained last (a later seed
 reuses the compiled programs the trainer keeps in memory, train/programs.py), and the engine
 steers it away from points other workers are running (engine.next_run). With compile-ahead
-(`compile_ahead`; by default on where trials run on an accelerator, or on a CPU host with more
-cores than local workers), a worker about to start the last pending seed of its point also
-claims its next run and compiles that run's programs in a background thread meanwhile (the
-runner's `prepare(config)`, see `prepare_hook`).
+(`compile_ahead`, `--compile-ahead`; by default on where trials run on an accelerator, or on a
+CPU host with more cores than live local workers), a worker about to start the last pending
+seed of its point also claims its next run and compiles that run's programs in a background
+thread meanwhile (the runner's `prepare(config)`, see `prepare_hook`).
 
 A worker keeps going until the sweep is done. When only other workers' runs remain it waits and
 polls (`wait_for_others`), so that a run whose worker dies is picked up again; SLURM array tasks
