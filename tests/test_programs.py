@@ -16,7 +16,7 @@ from jax import monitoring
 
 from sqzexplore import sharding
 from sqzexplore.config import base_config, model_config, validate_config
-from sqzexplore.train import programs
+from sqzexplore.train import programs, xla_options
 from sqzexplore.train.state import init_state
 
 LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"
@@ -158,7 +158,7 @@ def test_compiled_ahead_step_equals_the_step_compiled_from_a_concrete_state():
     )
     concrete = put(progs.init(3))
     landed = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
-    landed = landed.lower(concrete, x, y).compile()
+    landed = landed.lower(concrete, x, y).compile(xla_options.step_options())  # same options
     a, b = put(progs.init(3)), put(progs.init(3))
     for _ in range(2):
         a, ma = landed(a, x, y)

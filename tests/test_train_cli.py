@@ -19,6 +19,7 @@ import pytest
 from sqzexplore.cli import main
 from sqzexplore.config import ConfigError, base_config, load_config_file, model_config
 from sqzexplore.models.spec import preset
+from sqzexplore.optim import FlatOptimizer
 from sqzexplore.train import preflight
 from sqzexplore.train.state import init_state, model_graphdef
 from sqzexplore.train.step import make_train_step
@@ -145,7 +146,7 @@ def test_a_non_finite_update_is_not_applied():
     parameters and optimiser state and records the step."""
     spec = preset("digits", stem_filters=8, base_e=8, incr_e=8, num_fire=2, pool_after=())
     graphdef = model_graphdef(spec)
-    tx = optax.sgd(float("nan"), momentum=0.9)
+    tx = FlatOptimizer(optax.sgd(float("nan"), momentum=0.9))
     state = jax.jit(lambda: init_state(spec, tx, 0))()
     step = jax.jit(make_train_step(graphdef, tx, optax.constant_schedule(0.1), num_classes=10))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 16, 1)), jnp.float32)

@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sqzexplore import sharding
+from sqzexplore.train import xla_options
 from sqzexplore.train.state import TrainState, model_graphdef
 from sqzexplore.train.step import make_eval_step
 
@@ -76,7 +77,8 @@ class EvalRunner:
             return
         t0 = time.perf_counter()
         if self.ds.on_device:
-            self._compiled = jax.jit(self._scan).lower(state, *self.arrays).compile()
+            lowered = jax.jit(self._scan).lower(state, *self.arrays)
+            self._compiled = lowered.compile(xla_options.step_options())
         else:
             self._compiled = jax.jit(self._sums)
         self.compile_time += time.perf_counter() - t0

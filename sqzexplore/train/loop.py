@@ -121,6 +121,7 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
         sharding=replicated,
         on_commit=lambda s: events.reached("checkpoint_committed", s),
     )
+    eval_compile = None  # a thread compiling the evaluation while training starts
     try:
         restored = ckpt.restore_latest(progs.abstract_state())
         if restored is None:
@@ -160,6 +161,7 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
             sharding.barrier("compiled")
             if stop.requested:
                 return _preempted_before_training(ckpt, start_step, "compilation")
+            eval_compile = progs.compile_eval_in_background()
 
         writer = MetricsWriter(
             workdir,
@@ -236,6 +238,8 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
         finally:
             progress.close()
     finally:
+        if eval_compile is not None:
+            eval_compile.join()  # never leave XLA compiling in a thread at exit
         ckpt.close()  # waits until the last save is on disk, with its checksums
 
     if status == "preempted":

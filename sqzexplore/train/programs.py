@@ -16,16 +16,15 @@ while the previous run trains (`sqz sweep worker --compile-ahead`). `compile_sec
 every second a thread spends tracing, lowering and compiling (or waiting for a background thread
 that does), the initialiser included.
 
-The initialiser is compiled at XLA:CPU/GPU backend optimisation level 1 (`INIT_COMPILER_OPTIONS`):
-less than half the compile time of the default (digits: 4.1 s vs 10.1 s of CPU), and it runs
-once per run. Its values are
-bit-identical to the default build (tests/test_programs.py checks several specs); the train
-step and eval keep the default options, since the step at level 1 computes different bits.
+Compile options: `xla_options` (the initialiser at backend optimisation level 1 everywhere,
+bit-identical and less than half the compile time: digits 4.1 s vs 10.1 s of CPU; the step and
+eval at level 1 on CPU).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import threading
 import time
@@ -42,13 +41,13 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from sqzexplore import optim, rundir, sharding
 from sqzexplore.durations import Durations
 from sqzexplore.models.spec import SqueezeNetSpec
+from sqzexplore.train import xla_options
 from sqzexplore.train.evaluate import EvalRunner
 from sqzexplore.train.state import TrainState, init_state, model_graphdef
 from sqzexplore.train.step import make_train_step
 
 MAX_PROGRAMS = 4  # design points whose programs one process keeps
 MAX_DATASETS = 2
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 # Counters for tests and benchmarks: programs built, and reused from the cache.
 stats: collections.Counter = collections.Counter()
@@ -235,7 +234,7 @@ class Programs:
         )
 
     def _compiled_init(self):
-        return self._once("init", lambda: self._lowered_init().compile(INIT_COMPILER_OPTIONS))
+        return self._once("init", lambda: self._lowered_init().compile(xla_options.INIT))
 
     def init(self, seed: int) -> TrainState:
         """A fresh state from `seed` (host values; what `init_state(spec, tx, seed)` gives)."""
@@ -285,7 +284,8 @@ class Programs:
             )
             replicated = sharding.replicated(self.mesh)
             jitted = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
-            return jitted.lower(self.abstract_state(), *self._example_batch()).compile()
+            lowered = jitted.lower(self.abstract_state(), *self._example_batch())
+            return lowered.compile(xla_options.step_options())
 
         return self._once("train_step", build)
 
@@ -311,6 +311,22 @@ class Programs:
         """Exact metrics over the whole eval split (`EvalRunner`), compiling it on first use."""
         self._compiled_eval(state)
         return self.eval_runner(state)
+
+    def compile_eval_in_background(self) -> threading.Thread | None:
+        """Start compiling the evaluation in a thread (it is first needed after some training);
+        None where it is built already or the run spans processes (its compile ends in a
+        barrier that every process must reach from the main thread). A failure is left to the
+        main thread, which compiles again when it evaluates and reports the error there."""
+        if self.built("eval") or jax.process_count() > 1:
+            return None
+
+        def compile_eval():
+            with contextlib.suppress(Exception):  # raised again where the main thread evaluates
+                self._compiled_eval(self.abstract_state())
+
+        thread = threading.Thread(target=compile_eval, name="sqz-eval-compile")
+        thread.start()
+        return thread
 
     def prepare(self) -> None:
         """Compile everything a run needs (init, step, eval) from abstract values."""
