@@ -66,13 +66,16 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     a = json.loads((tmp_path / "single" / "result.json").read_text())
     b = json.loads((tmp_path / "multi" / "result.json").read_text())
     assert b["process_count"] == 2 and b["device_count"] == 4
-    # The first log point (5 steps) agrees to float32 round-off; after 44 Adam steps the
-    # different all-reduce order (gloo across processes vs in-process) leaves small drift.
+    # The first log point (5 steps) agrees to float32 round-off: that is the check that the two
+    # processes split the data and average the gradients exactly as one process does. After 44
+    # Adam steps the different all-reduce order (gloo across processes vs in-process) leaves
+    # drift: measured 2.0235 vs 2.0271 final loss (0.18%) and 5 of 360 images (1.4%) flipped at
+    # ~30% accuracy, so the final metrics only have to agree to 1% and 3% (a process training on
+    # the wrong data or without the all-reduce misses both by far more, at the first log point).
     first = lambda d: next(
         json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
     )
     assert first("single")["step"] == first("multi")["step"]
     assert abs(first("single")["loss"] - first("multi")["loss"]) < 1e-5
-    assert abs(a["final"]["loss"] - b["final"]["loss"]) < 2e-3
-    # At ~30% accuracy after 2 epochs a few borderline images flip with that drift: allow 1%.
-    assert abs(a["final"]["top1"] - b["final"]["top1"]) <= 0.01
+    assert abs(a["final"]["loss"] - b["final"]["loss"]) < 0.01 * a["final"]["loss"]
+    assert abs(a["final"]["top1"] - b["final"]["top1"]) <= 0.03
