@@ -10,14 +10,14 @@ The paper's result (ImageNet, top-5, SqueezeNet v1.0 macroarchitecture; docs/pap
 SR = 1.0 is larger with no gain. The paper's model sizes (fp32 MiB, from the formula): SR 0.125
 4.8, 0.25 7.5, 0.5 13.0, 0.75 18.5, 1.0 24.0 (1,248,424 to 6,279,016 params).
 
-Measured on digits (`sqz sweep run sweeps/squeeze_ratio.py --workers 2`, the default 3 seeds per
-point, on a shared 2-core CPU VM, jax 0.10.2): top-1 mean +- std over seeds 97.78 +- 0.83 /
-98.98 +- 0.58 / 99.17 +- 0.28 / 99.17 +- 0.28 / 99.17 +- 0.48% at SR 0.125 / 0.25 / 0.5 / 0.75 /
-1.0 (0.71 / 1.39 / 2.76 / 4.14 / 5.51 MiB): accuracy rises to SR 0.5 and is flat above it
-(the paper's plateau starts at 0.75). 12 min 49 s wall under a load of 5-6 from other
-processes, sweep efficiency 0.81 per worker; each point compiles once and its later seeds reuse
-the programs (benchmarks/RESULTS.md). The test split has 360 images (0.28% each), so read
-nothing into differences below about a point.
+Measured on digits (the README's main job: `sqz sweep run sweeps/squeeze_ratio.py --workers 2`,
+the default 3 seeds per point, from a clean clone on the quiet 2-core CPU VM, jax 0.10.2,
+2026-12-02): top-1 mean +- std over seeds 97.87 +- 0.32 / 97.87 +- 0.16 / 98.89 +- 0.28 /
+99.26 +- 0.58 / 99.72 +- 0.00% at SR 0.125 / 0.25 / 0.5 / 0.75 / 1.0 (0.71 / 1.39 / 2.76 / 4.14
+/ 5.51 MiB): accuracy rises with SR, most from 0.25 to 0.5 (the paper's plateau starts at 0.75).
+Sweep 7 min 08 s, sweep efficiency 0.85 per worker; each point compiles once and its later
+seeds reuse the programs (benchmarks/RESULTS.md). The test split has 360 images (0.28% each),
+so read nothing into differences below about a point.
 
 Commands:
     sqz sweep run sweeps/squeeze_ratio.py                      # digits (default)

@@ -286,3 +286,18 @@ def test_all_smoke_runs_every_benchmark(tmp_path):
     assert ahead["speedup"] == pytest.approx(ahead["sequential_wall_s"] / ahead["ahead_wall_s"])
     text = md.read_text()
     assert "End to end" in text and "Compile-ahead" in text
+
+
+def test_compile_time_script_times_each_program_in_a_fresh_process(capsys):
+    """benchmarks/compile_time.py: a cold build per run, one row per run and the medians."""
+    from benchmarks import compile_time
+
+    tiny = str(REPO / "tests" / "data" / "tiny_digits.py")
+    assert compile_time.main(["--config", tiny, "--runs", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split(":")[0].strip() for r in rows] == ["this", "this med"]
+    for part in ("init", "step", "eval", "train+eval", "kernels"):
+        assert part in rows[0]
+    with pytest.raises(SystemExit):
+        compile_time.main(["--runs", "0"])
+    assert "--runs must be at least 1" in capsys.readouterr().err

@@ -160,6 +160,28 @@ def test_compile_ahead_is_off_by_default_on_a_cpu_host_with_a_worker_per_core(
     assert not auto_compile_ahead(sweep_dir, 300.0)  # 2 workers on 2 cores: off
     write_json(sweep_dir.workers / "b.json", {**owner_record("b"), "finished": 1.0})
     assert auto_compile_ahead(sweep_dir, 300.0)  # a finished worker does not count
+    # At the first run the other worker `sqz sweep run --workers 2` started may not have
+    # registered yet; the launcher's count says it exists (a frontier sweep compiled ahead
+    # on 2 cores at start-up before this).
+    monkeypatch.setenv("SQZ_LOCAL_WORKERS", "2")
+    assert not auto_compile_ahead(sweep_dir, 300.0)
+    monkeypatch.setenv("SQZ_LOCAL_WORKERS", "not a number")
+    assert auto_compile_ahead(sweep_dir, 300.0)
+
+
+def test_sweep_run_tells_its_local_workers_how_many_there_are(tmp_path, monkeypatch):
+    from sqzexplore.sweep import cli, launch
+
+    seen = {}
+
+    def fake_run_local_workers(commands, envs, logs, progress):
+        seen["envs"] = envs
+        return 0
+
+    monkeypatch.setattr(launch, "run_local_workers", fake_run_local_workers)
+    path = write_sweep(tmp_path / "g.py", space=sr_space(0.125), seeds=1)
+    cli.main(["run", str(path), "--workers", "3", "--workdir", str(tmp_path / "w")])
+    assert [env["SQZ_LOCAL_WORKERS"] for env in seen["envs"]] == ["3", "3", "3"]
 
 
 def test_compile_ahead_option_reaches_the_workers_and_refuses_other_values(capsys):

@@ -229,7 +229,12 @@ def cmd_run(args) -> int:
             _run_worker(args, sweep_dir, log=progress.write)
             rc = 0
         else:
-            envs = launch.worker_envs(n_workers, gpus)
+            # How many local workers there will be, for the auto compile-ahead rule: at the
+            # first run the others may not have registered yet.
+            envs = [
+                dict(env, **{launch.LOCAL_WORKERS_ENV: str(n_workers)})
+                for env in launch.worker_envs(n_workers, gpus)
+            ]
             commands = [
                 _worker_command(args, workdir, no_wait=args.no_wait) + ["--worker-name", f"w{k}"]
                 for k in range(n_workers)

@@ -56,6 +56,10 @@ def default_workers(gpus: Sequence[str]) -> int:
     return max(1, len(gpus))
 
 
+# `sqz sweep run --workers N` tells each local worker N (see workers.auto_compile_ahead).
+LOCAL_WORKERS_ENV = "SQZ_LOCAL_WORKERS"
+
+
 def worker_envs(n_workers: int, gpus: Sequence[str]) -> list[dict[str, str]]:
     """Environment additions of each of `n_workers` local workers."""
     if n_workers < 1:

@@ -41,6 +41,7 @@ from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import HOST, Heartbeat, owner_record, record_is_live
 from sqzexplore.sweep.early_stop import MedianStopper
 from sqzexplore.sweep.engine import DONE, WAIT, RunOutcome, RunTicket, SweepEngine
+from sqzexplore.sweep.launch import LOCAL_WORKERS_ENV
 from sqzexplore.sweep.space import SweepError
 
 DEFAULT_RUNNER = "sqzexplore.train:train_and_evaluate"
@@ -196,7 +197,8 @@ def prepare_hook(runner: Runner) -> Callable[[ml_collections.ConfigDict], Any] |
 
 def auto_compile_ahead(sweep_dir: sd.SweepDir, stale_after_s: float) -> bool:
     """Compile ahead unless trials run on the CPU and this host has no core to spare for it
-    (as many live local workers as cores): there it would slow the training it overlaps."""
+    (as many live local workers as cores, or as `sqz sweep run --workers N` started: its
+    children get N in `SQZ_LOCAL_WORKERS`): there it would slow the training it overlaps."""
     import jax
 
     if jax.default_backend() != "cpu":
@@ -209,6 +211,9 @@ def auto_compile_ahead(sweep_dir: sd.SweepDir, stale_after_s: float) -> bool:
             continue
         if record.get("host") == HOST and "finished" not in record:
             local += record_is_live(record, mtime, stale_after_s)
+    # The launcher's count covers workers that have not registered yet (at the first run).
+    with contextlib.suppress(ValueError):
+        local = max(local, int(os.environ.get(LOCAL_WORKERS_ENV, "0")))
     return max(local, 1) < (os.cpu_count() or 1)
 
 
