@@ -237,3 +237,20 @@ def test_trainer_seeds_of_a_point_in_one_process_compile_once_and_match_fresh_ru
     for key in ("final", "best", "steps"):
         assert fresh[key] == second[key], key
     assert first["final"] != second["final"]  # the seed does reach the programs
+
+
+def test_eval_compiles_in_a_background_thread_once():
+    """The trainer starts the eval compile beside the first train steps; the thread builds it,
+    and a run that already holds it starts no thread."""
+    config = small_config(num_fire=2, pool_after=())
+    progs = programs.for_run(config, validate_config(config), sharding.make_mesh())
+    thread = progs.compile_eval_in_background()
+    assert thread is not None and thread.name == "sqz-eval-compile"
+    thread.join(timeout=300)
+    assert not thread.is_alive() and progs.built("eval")
+    assert progs.compile_eval_in_background() is None
+    state = progs.init(0)  # compiles the initialiser
+    before = programs.compile_seconds()
+    metrics = progs.evaluate(state)  # uses the thread's program: no compile counted here
+    assert programs.compile_seconds() - before < 0.5
+    assert 0.0 <= metrics["top1"] <= 1.0
