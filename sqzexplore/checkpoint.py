@@ -231,6 +231,18 @@ class Checkpointer:
             type(error).__name__,
             str(error)[:300],
         )
+        if "tree structures do not match" in str(error):
+            # Intact, but laid out differently from this run's state: written by another
+            # version of sqzexplore (e.g. before the optimiser state became one flat vector).
+            print(
+                f"warning: checkpoint at step {step} holds a differently laid out train state "
+                "(written by another sqzexplore version?) and cannot resume this run; moving it "
+                "to checkpoints.unreadable/ (kept) and using the previous one, else starting "
+                "over. To continue it instead, stop this run and resume with the version that "
+                "wrote it.",
+                flush=True,
+            )
+            return
         print(
             f"warning: checkpoint at step {step} is unreadable ({type(error).__name__}); "
             "moving it to checkpoints.unreadable/ and using the previous one",

@@ -153,3 +153,37 @@ def test_best_is_exact_and_ties_keep_the_first_step():
     assert restored.update(44, {"top1": top1, "count": 360}).step == 22  # a tie keeps step 22
     assert restored.update(44, {"top1": 358 / 360, "count": 360}).step == 44
     assert restored.update(44, {"top1": 356 / 360, "count": 360}) == restored
+
+
+def test_a_checkpoint_of_another_state_layout_is_named_and_kept(tmp_path, capsys):
+    """An intact checkpoint whose train state is laid out differently (e.g. the per-array
+    optimiser state of older versions) is reported as such, kept aside, and not restored."""
+    import jax
+    import jax.numpy as jnp
+
+    from sqzexplore.checkpoint import Checkpointer
+    from sqzexplore.train.state import TrainState
+
+    def state(opt_state):
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params={"w": jnp.ones((3,))},
+            batch_stats={},
+            opt_state=opt_state,
+            rng=jnp.zeros((2,), jnp.uint32),
+            aux={},
+            nonfinite_step=jnp.full((), -1, jnp.int32),
+        )
+
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    old = state([{"mu": {"w": jnp.zeros((3,))}}, {"nu": {"w": jnp.zeros((3,))}}])
+    ckpt = Checkpointer(str(tmp_path), keep=2, sharding=sharding)
+    ckpt.save(5, old, Best())
+    ckpt.close()
+    new_layout = jax.eval_shape(lambda: state([jnp.zeros((3,))]))
+    ckpt = Checkpointer(str(tmp_path), keep=2, sharding=sharding)
+    assert ckpt.restore_latest(new_layout) is None
+    ckpt.close()
+    assert "differently laid out train state" in capsys.readouterr().out
+    kept = os.listdir(tmp_path / "checkpoints.unreadable")
+    assert len(kept) == 1 and kept[0].startswith("5-")
