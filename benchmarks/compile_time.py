@@ -91,7 +91,7 @@ def _row(name: str, r: dict) -> str:
     return (
         f"{name:>8}: init {r['init']:5.1f} s  step {r['step']:5.1f} s ({r['step_cpu']:5.1f} CPU)"
         f"  eval {r['eval']:4.1f} s  train+eval {r['train_eval']:5.1f} s"
-        f"  kernels {r['fused_kernels']:5d}  step {r['step_ms']:6.1f} ms"
+        f"  kernels {r['fused_kernels']:5.0f}  step {r['step_ms']:6.1f} ms"
     )
 
 
