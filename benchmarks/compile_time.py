@@ -106,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--runs must be at least 1, got {args.runs}")
     if args.compare and not os.path.isdir(os.path.join(args.compare, "sqzexplore")):
         p.error(f"--compare {args.compare}: no sqzexplore package there")
+    from sqzexplore.config import ConfigError, load_config_file, validate_config
+    from sqzexplore.models.spec import SpecError
+
+    path, _, arg = args.config.partition(":")
+    try:  # a bad experiment is one line here, before any process starts or anything compiles
+        validate_config(load_config_file(path, arg or None))
+    except (ConfigError, SpecError, ValueError) as e:
+        p.error(f"--config {args.config}: {e}")
     if args.one:
         print(json.dumps(measure(args.config)))
         return 0

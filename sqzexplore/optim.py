@@ -136,12 +136,10 @@ class FlatOptimizer:
     def init(self, params: Any) -> Any:
         return self.inner.init(ravel_pytree(params)[0])
 
-    def flat_update(self, grads: Any, state: Any, params: Any, flat_grads: Any = None):
-        """(flat params, flat updates, new state, unravel): `unravel(flat)` gives the tree back.
-        `flat_grads`: `grads` flattened already (then `grads` is not read)."""
+    def flat_update(self, flat_grads: jax.Array, state: Any, params: Any):
+        """(flat params, flat updates, new state, unravel) for the gradient flattened as
+        `ravel_pytree(grads)[0]`; `unravel(flat)` gives a params-shaped tree back."""
         flat_params, unravel = ravel_pytree(params)
-        if flat_grads is None:
-            flat_grads = ravel_pytree(grads)[0]
         mask = None
         if self.mask is not None:
             # Per array a broadcast bool, concatenated: no large constant in the program.
@@ -154,7 +152,7 @@ class FlatOptimizer:
 
     def update(self, grads: Any, state: Any, params: Any):
         """optax's `update` on trees: (updates tree, new state)."""
-        _, updates, state, unravel = self.flat_update(grads, state, params)
+        _, updates, state, unravel = self.flat_update(ravel_pytree(grads)[0], state, params)
         return unravel(updates), state
 
 

@@ -301,3 +301,7 @@ def test_compile_time_script_times_each_program_in_a_fresh_process(capsys):
     with pytest.raises(SystemExit):
         compile_time.main(["--runs", "0"])
     assert "--runs must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compile_time.main(["--config", str(REPO / "no_such_experiment.py"), "--runs", "1"])
+    err = capsys.readouterr().err
+    assert "no_such_experiment.py does not exist" in err and "Traceback" not in err

@@ -103,7 +103,7 @@ def make_train_step(
         flat_grads = ravel_pytree(grads)[0]
         grad_norm = jnp.sqrt(jnp.sum(jnp.square(flat_grads)))
         flat_params, updates, new_opt, unravel = tx.flat_update(
-            grads, state.opt_state, state.params, flat_grads
+            flat_grads, state.opt_state, state.params
         )
         # The update too: a finite gradient can still give a NaN step (e.g. a NaN weight decay
         # or learning rate), which must not reach the parameters either.
@@ -112,11 +112,7 @@ def make_train_step(
         first_bad = jnp.where((state.nonfinite_step < 0) & ~finite, step, state.nonfinite_step)
         new_state = state.replace(
             step=step + 1,
-            # The barrier makes the new vector once; otherwise XLA fuses the update into each of
-            # the per-array slices of `unravel`, compiling it once per parameter array.
-            params=unravel(
-                jax.lax.optimization_barrier(jnp.where(finite, flat_params + updates, flat_params))
-            ),
+            params=unravel(jnp.where(finite, flat_params + updates, flat_params)),
             opt_state=keep(new_opt, state.opt_state),
             batch_stats=keep(new_stats, state.batch_stats),
             nonfinite_step=first_bad,
