@@ -3,7 +3,7 @@
 A checkpoint is the whole `train.state.TrainState` (step, trainable parameters, batch
 statistics, optimiser state, rng) plus the best evaluation so far, so a resumed run continues
 exactly where it stopped; the data position is the step itself.
-Layout (read by `rundir.load_run`):
+Layout (read back by `Checkpointer.restore_latest` and by `load_run`):
 
     {"train": TrainState.to_dict(), "best_correct": int32, "best_count": int32, "best_step": int32}
 
@@ -17,6 +17,11 @@ fails to restore (bit rot, a same-size overwrite, truncation, a save killed befo
 is reported, moved aside to `checkpoints.unreadable/` and the previous one is used. Next to the
 state, `host.json` holds host-side values a resumed run needs (the train metrics of the steps
 since the last log point, when a run was preempted between two), covered by the checksums.
+
+There is one restore path, `_restore_newest`: the trainer's resume (`Checkpointer.restore_latest`,
+which moves unreadable steps aside) and `load_run` (a finished run's weights for compression and
+evaluation, which only reads and leaves the run directory as it is) both walk the steps newest
+first and use the newest one that verifies and restores.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Sharding
 
 from sqzexplore import rundir
+from sqzexplore.models.spec import SqueezeNetSpec
 
 log = logging.getLogger(__name__)
 
@@ -201,53 +208,24 @@ class Checkpointer:
             "best_count": scalar,
             "best_step": scalar,
         }
-        found, bad = None, []
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            step_dir = os.path.join(self.directory, str(step))
-            try:
-                verify_manifest(step_dir)
-                tree = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-                host = rundir.read_json(os.path.join(step_dir, HOST_FILE), [])
-            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
-                bad.append(step)
-                self._report_unreadable(step, e)
-                continue
+        found = None
+        newest = _restore_newest(
+            self.manager,
+            self.directory,
+            ocp.args.StandardRestore(target),
+            on_unreadable=lambda step, e: _report_unreadable(self.directory, step, e, moved=True),
+        )
+        if newest.tree is not None:
+            tree = newest.tree
             best = Best(
                 correct=int(tree["best_correct"]),
                 count=int(tree["best_count"]),
                 step=int(tree["best_step"]),
             )
-            found = (int(step), type(abstract_state).from_dict(tree["train"]), best, host)
-            break
-        if bad and jax.process_index() == 0:
-            self._move_aside(bad)
+            found = (newest.step, type(abstract_state).from_dict(tree["train"]), best, newest.host)
+        if newest.unreadable and jax.process_index() == 0:
+            self._move_aside(newest.unreadable)
         return found
-
-    def _report_unreadable(self, step: int, error: Exception) -> None:
-        log.warning(
-            "checkpoint at step %d in %s could not be restored (%s: %s); trying the previous one",
-            step,
-            self.directory,
-            type(error).__name__,
-            str(error)[:300],
-        )
-        if "tree structures do not match" in str(error):
-            # Intact, but laid out differently from this run's state: written by another
-            # version of sqzexplore (e.g. before the optimiser state became one flat vector).
-            print(
-                f"warning: checkpoint at step {step} holds a differently laid out train state "
-                "(written by another sqzexplore version?) and cannot resume this run; moving it "
-                "to checkpoints.unreadable/ (kept) and using the previous one, else starting "
-                "over. To continue it instead, stop this run and resume with the version that "
-                "wrote it.",
-                flush=True,
-            )
-            return
-        print(
-            f"warning: checkpoint at step {step} is unreadable ({type(error).__name__}); "
-            "moving it to checkpoints.unreadable/ and using the previous one",
-            flush=True,
-        )
 
     def _move_aside(self, steps: list[int]) -> None:
         self.manager.close()
@@ -264,6 +242,123 @@ class Checkpointer:
             self.finish()
         finally:
             self.manager.close()
+
+
+@dataclasses.dataclass
+class _Newest:
+    """What `_restore_newest` found: the newest usable step (tree None if none) and the newer
+    steps that could not be used, newest first."""
+
+    step: int | None = None
+    tree: Any = None
+    host: list = dataclasses.field(default_factory=list)
+    unreadable: list[int] = dataclasses.field(default_factory=list)
+
+
+def _restore_newest(
+    manager: ocp.CheckpointManager,
+    directory: str,
+    args: ocp.args.StandardRestore,
+    *,
+    on_unreadable: Callable[[int, Exception], None],
+) -> _Newest:
+    """The one restore path: walk the steps newest first, verify each step's checksums, restore
+    it with `args`, and stop at the first that works; `on_unreadable(step, error)` for each
+    step before it that failed."""
+    out = _Newest()
+    for step in sorted(manager.all_steps(), reverse=True):
+        step_dir = os.path.join(directory, str(step))
+        try:
+            verify_manifest(step_dir)
+            tree = manager.restore(step, args=args)
+            host = rundir.read_json(os.path.join(step_dir, HOST_FILE), [])
+        except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+            out.unreadable.append(int(step))
+            on_unreadable(int(step), e)
+            continue
+        out.step, out.tree, out.host = int(step), tree, host
+        break
+    return out
+
+
+def _report_unreadable(directory: str, step: int, error: Exception, *, moved: bool) -> None:
+    """Say that a checkpoint step cannot be used (and, for a resume, that it is moved aside)."""
+    log.warning(
+        "checkpoint at step %d in %s could not be restored (%s: %s); trying the previous one",
+        step,
+        directory,
+        type(error).__name__,
+        str(error)[:300],
+    )
+    aside = "moving it to checkpoints.unreadable/ (kept) and " if moved else ""
+    if "tree structures do not match" in str(error):
+        # Intact, but laid out differently from this run's state: written by another
+        # version of sqzexplore (e.g. before the optimiser state became one flat vector).
+        print(
+            f"warning: checkpoint at step {step} holds a differently laid out train state "
+            f"(written by another sqzexplore version?) and cannot resume this run; {aside}"
+            "using the previous one, else starting over. To continue it instead, stop this run "
+            "and resume with the version that wrote it.",
+            flush=True,
+        )
+        return
+    print(
+        f"warning: checkpoint at step {step} in {directory} is unreadable "
+        f"({type(error).__name__}); {aside}using the previous one",
+        flush=True,
+    )
+
+
+def load_run(workdir: str | os.PathLike) -> dict[str, Any]:
+    """A finished run's config, spec, result and trained weights, from its newest checkpoint
+    that verifies and restores.
+
+    Returns {"config", "spec", "result", "params", "batch_stats", "aux", "step"} with numpy
+    weights (pure dicts, the model's parameter paths). When the final checkpoint is damaged, an
+    earlier intact one is used (a warning names both steps; "step" says which) and the run
+    directory is left as it is. Raises FileNotFoundError for a workdir without a finished run or
+    without any usable checkpoint.
+    """
+    workdir = os.path.abspath(workdir)
+    result = rundir.read_result(workdir)
+    if result is None:
+        raise FileNotFoundError(
+            f"{workdir} holds no finished run (no {rundir.RESULT_FILE}); train it first with "
+            f"`sqz train --config=... --workdir={workdir}`"
+        )
+    config = ml_collections.ConfigDict(rundir.read_json(os.path.join(workdir, rundir.CONFIG_FILE)))
+    spec = SqueezeNetSpec.from_dict(rundir.read_json(os.path.join(workdir, rundir.SPEC_FILE)))
+    directory = os.path.join(workdir, rundir.CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory} holds no checkpoint")
+    with ocp.CheckpointManager(directory) as manager:
+        newest = _restore_newest(
+            manager,
+            directory,
+            ocp.args.StandardRestore(),
+            on_unreadable=lambda step, e: _report_unreadable(directory, step, e, moved=False),
+        )
+    if newest.tree is None:
+        why = f" (unreadable steps: {newest.unreadable})" if newest.unreadable else ""
+        raise FileNotFoundError(f"{directory} holds no usable checkpoint{why}")
+    if newest.unreadable:
+        print(
+            f"warning: {workdir}: the final checkpoint (step {newest.unreadable[0]}) is damaged; "
+            f"using step {newest.step}, the newest intact one (its weights are not the ones "
+            f"{rundir.RESULT_FILE} reports; rerun the run's `sqz train` command after deleting "
+            f"{rundir.RESULT_FILE} to redo the final steps)",
+            flush=True,
+        )
+    train_state = newest.tree["train"]
+    return {
+        "config": config,
+        "spec": spec,
+        "result": result,
+        "params": jax.tree.map(np.asarray, train_state["params"]),
+        "batch_stats": jax.tree.map(np.asarray, train_state["batch_stats"]),
+        "aux": jax.tree.map(np.asarray, train_state.get("aux", {})),
+        "step": newest.step,
+    }
 
 
 def abstract_like(tree: Any, sharding: Sharding) -> Any:

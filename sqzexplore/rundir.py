@@ -12,7 +12,8 @@ A run directory (a `sqz train` workdir, a sweep trial, a compression stage) hold
 Every file is written atomically (temporary file in the same directory, fsync, rename), so a reader
 or a rerun after a kill never sees half a file, and with the mode the process umask gives any
 ordinary file (teammates on a shared sweep filesystem can read results). Train, sweep and compress
-all read and write runs through this module.
+all read and write runs through this module. It is a leaf: it imports only the standard library
+(the weights of a finished run are read by `checkpoint.load_run`, beside the checkpointer).
 """
 
 from __future__ import annotations
@@ -174,57 +175,6 @@ def read_result(workdir: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(result, dict) or not isinstance(result.get("final"), dict):
         return None
     return result if result["final"] else None
-
-
-# ---------------------------------------------------------------------------------- finished runs
-def load_run(workdir: str | os.PathLike) -> dict[str, Any]:
-    """A finished run's config, spec, result and trained weights (from its latest checkpoint).
-
-    Returns {"config", "spec", "result", "params", "batch_stats", "aux", "step"} with numpy
-    weights (pure dicts, the model's parameter paths). Raises FileNotFoundError for a workdir
-    without a finished run.
-    """
-    import jax
-    import ml_collections
-    import numpy as np
-    import orbax.checkpoint as ocp
-
-    from sqzexplore.models.spec import SqueezeNetSpec
-
-    workdir = os.path.abspath(workdir)
-    result = read_result(workdir)
-    if result is None:
-        raise FileNotFoundError(
-            f"{workdir} holds no finished run (no result.json); train it first with "
-            f"`sqz train --config=... --workdir={workdir}`"
-        )
-    config = ml_collections.ConfigDict(read_json(os.path.join(workdir, CONFIG_FILE)))
-    spec = SqueezeNetSpec.from_dict(read_json(os.path.join(workdir, SPEC_FILE)))
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    from sqzexplore.checkpoint import CorruptCheckpointError, verify_manifest
-
-    with ocp.CheckpointManager(directory) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{directory} holds no checkpoint")
-        try:
-            verify_manifest(os.path.join(directory, str(step)))
-        except CorruptCheckpointError as e:
-            raise FileNotFoundError(
-                f"the final checkpoint of {workdir} is damaged ({e}); delete {RESULT_FILE} and "
-                f"rerun its `sqz train` command to restore it from an earlier checkpoint"
-            ) from None
-        restored = manager.restore(step, args=ocp.args.StandardRestore())
-    train_state = restored["train"]
-    return {
-        "config": config,
-        "spec": spec,
-        "result": result,
-        "params": jax.tree.map(np.asarray, train_state["params"]),
-        "batch_stats": jax.tree.map(np.asarray, train_state["batch_stats"]),
-        "aux": jax.tree.map(np.asarray, train_state.get("aux", {})),
-        "step": int(step),
-    }
 
 
 # ---------------------------------------------------------------------------------- checks

@@ -26,7 +26,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sqzexplore import optim, rundir, train
+from sqzexplore import checkpoint, optim, rundir, train
 from sqzexplore.compress import (
     CompressError,
     CompressPlan,
@@ -129,7 +129,7 @@ def no_training(monkeypatch):
 
     for name in ("train_and_evaluate", "evaluate_params"):
         monkeypatch.setattr(train, name, forbidden)
-    monkeypatch.setattr(rundir, "load_run", forbidden)
+    monkeypatch.setattr(checkpoint, "load_run", forbidden)
 
 
 # ---------------------------------------------------------------------- reparametrisations
@@ -783,7 +783,7 @@ def test_compress_digits_run_end_to_end(source_run, compressed, capsys):
     size = report["size"]
     assert os.path.getsize(os.path.join(out, "model.sqz")) == size["total"]["file_bytes"]
     assert size["total"]["file_bytes"] < size["total"]["fp32_bytes"] / 2
-    params_abs, _ = model_trees(rundir.load_run(source_run)["spec"])
+    params_abs, _ = model_trees(checkpoint.load_run(source_run)["spec"])
     assert len(size["layers"]) == len(conv_kernels(params_abs))
     for row in size["layers"].values():
         assert row["bits"] == 6 and row["density"] == pytest.approx(0.5, abs=0.02)
@@ -801,7 +801,7 @@ def test_compress_digits_run_end_to_end(source_run, compressed, capsys):
 @pytest.mark.slow
 def test_masks_survive_retraining(compressed):
     out = compressed["out"]
-    retrained = rundir.load_run(os.path.join(out, "prune_round1"))  # the checkpointed state
+    retrained = checkpoint.load_run(os.path.join(out, "prune_round1"))  # the checkpointed state
     masks = retrained["aux"]
     kernels = conv_kernels(retrained["params"])
     assert flatten_params(masks).keys() == kernels.keys()
@@ -818,9 +818,9 @@ def test_masks_survive_retraining(compressed):
 @pytest.mark.slow
 def test_finetuned_centroids_stay_shared_and_move(compressed):
     out = compressed["out"]
-    retrained = rundir.load_run(os.path.join(out, "prune_round1"))
+    retrained = checkpoint.load_run(os.path.join(out, "prune_round1"))
     initial = quantize_params(retrained["params"], retrained["aux"], 6)  # before fine-tuning
-    tuned = rundir.load_run(os.path.join(out, "finetune"))
+    tuned = checkpoint.load_run(os.path.join(out, "finetune"))
     trainable = flatten_params(tuned["params"])
     codes = flatten_params(tuned["aux"]["codes_full"])
     _, decoded = read_sqz(os.path.join(out, "model.sqz"))

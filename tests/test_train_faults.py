@@ -187,3 +187,62 @@ def test_a_checkpoint_of_another_state_layout_is_named_and_kept(tmp_path, capsys
     assert "differently laid out train state" in capsys.readouterr().out
     kept = os.listdir(tmp_path / "checkpoints.unreadable")
     assert len(kept) == 1 and kept[0].startswith("5-")
+
+
+def test_load_run_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
+    """`load_run` restores through the checkpointer's one restore path: a finished run whose
+    final checkpoint is damaged (same-size overwrite) loads the earlier intact step, says so,
+    and leaves the run directory as it is; with no intact step it is a clear error."""
+    import jax
+    import jax.numpy as jnp
+
+    from sqzexplore.checkpoint import Checkpointer, load_run
+    from sqzexplore.models.spec import PRESETS
+    from sqzexplore.train.state import TrainState
+
+    def state(value: float) -> TrainState:
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params={"w": jnp.full((3,), value)},
+            batch_stats={"m": jnp.full((2,), -value)},
+            opt_state=jnp.zeros((3,)),
+            rng=jnp.zeros((2,), jnp.uint32),
+            aux={},
+            nonfinite_step=jnp.full((), -1, jnp.int32),
+        )
+
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    ckpt = Checkpointer(str(tmp_path), keep=3, sharding=sharding)
+    for step in (1, 2):
+        ckpt.save(step, state(float(step)), Best())
+    ckpt.close()
+    rundir.write_json(tmp_path / "config.json", {"seed": 0})
+    rundir.write_json(tmp_path / "spec.json", PRESETS["digits"].to_dict())
+    rundir.write_json(tmp_path / "result.json", {"status": "complete", "final": {"top1": 0.5}})
+
+    intact = load_run(tmp_path)
+    assert intact["step"] == 2 and intact["params"]["w"].tolist() == [2.0] * 3
+    assert intact["spec"] == PRESETS["digits"] and intact["config"].seed == 0
+    capsys.readouterr()
+
+    def corrupt(step: int) -> None:
+        for root, _, files in os.walk(tmp_path / "checkpoints" / str(step)):
+            for f in files:
+                if f != "sha256.json":
+                    path = os.path.join(root, f)
+                    with open(path, "r+b") as fh:
+                        flipped = bytes(b ^ 0x5A for b in fh.read())
+                        fh.seek(0)
+                        fh.write(flipped)
+
+    corrupt(2)
+    run = load_run(tmp_path)
+    assert run["step"] == 1 and run["params"]["w"].tolist() == [1.0] * 3
+    assert run["batch_stats"]["m"].tolist() == [-1.0] * 2
+    out = capsys.readouterr().out
+    assert "final checkpoint (step 2) is damaged; using step 1" in out, out
+    assert _committed(tmp_path) == [1, 2]  # a reader moves nothing aside
+    assert not (tmp_path / "checkpoints.unreadable").exists()
+    corrupt(1)
+    with pytest.raises(FileNotFoundError, match=r"no usable checkpoint \(unreadable steps: \[2, 1\]"):
+        load_run(tmp_path)

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sqzexplore import rundir
+from sqzexplore import checkpoint, rundir
 from sqzexplore.compress.encode import encode_sqz, write_sqz
 from sqzexplore.compress.plan import CompressError, CompressPlan
 from sqzexplore.compress.prune import (
@@ -108,7 +108,7 @@ def compress_run(
     make_out_dir(out_dir)
     pin_settings(out_dir, source, plan)
 
-    run = rundir.load_run(source.workdir)
+    run = checkpoint.load_run(source.workdir)
     params, stats = run["params"], run["batch_stats"]
     before = source.final
     log(f"source: {source.workdir} (top1 {before['top1']:.4f}); output: {out_dir}")
@@ -255,7 +255,7 @@ def size_only(
     if out_dir is not None:
         out_dir = check_out_dir(out_dir, source and source.workdir)
     if source is not None:
-        run = rundir.load_run(source.workdir)
+        run = checkpoint.load_run(source.workdir)
         params, stats = run["params"], run["batch_stats"]
         weights = f"trained ({source.workdir})"
     else:

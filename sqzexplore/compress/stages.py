@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sqzexplore import rundir
+from sqzexplore import checkpoint, rundir
 from sqzexplore.compress.plan import CompressError, StagePlan
 from sqzexplore.compress.prune import apply_masks, flatten_params, merge_params, unflatten_params
 from sqzexplore.compress.quantize import QuantizedLayer, codebooks_and_aux, kernels_from_codebooks
@@ -91,7 +91,7 @@ def run_stage(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train (or reuse the finished) stage run in `workdir` from `params` and `batch_stats`.
 
-    Returns `(the stage run's weights as rundir.load_run gives them, {"workdir", "final"})`.
+    Returns `(the stage run's weights as checkpoint.load_run gives them, {"workdir", "final"})`.
     Raises StageInterrupted if it was preempted, CompressError if a finished one holds another
     aux than `reparam`'s.
     """
@@ -116,6 +116,6 @@ def run_stage(
         )
     final = eval_metrics(result["final"])
     log(f"{label}: done, top1 {final['top1']:.4f}")
-    trained = rundir.load_run(workdir)
+    trained = checkpoint.load_run(workdir)
     _check_equal_trees(trained["aux"], reparam.aux, f"the aux (masks, codes) in {workdir}")
     return trained, {"workdir": workdir, "final": final}

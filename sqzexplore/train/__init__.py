@@ -22,7 +22,7 @@ from typing import Any
 _EXPORTS = {
     "validate_config": "sqzexplore.config",
     "WorkdirConflictError": "sqzexplore.rundir",
-    "load_run": "sqzexplore.rundir",
+    "load_run": "sqzexplore.checkpoint",
     "evaluate_params": "sqzexplore.train.evaluate",
     "NonFiniteError": "sqzexplore.train.loop",
     "train_and_evaluate": "sqzexplore.train.loop",
