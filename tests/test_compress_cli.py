@@ -26,7 +26,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sqzexplore import checkpoint, optim, rundir, train
+from sqzexplore import checkpoint, optim, train
 from sqzexplore.compress import (
     CompressError,
     CompressPlan,

@@ -244,5 +244,5 @@ def test_load_run_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
     assert _committed(tmp_path) == [1, 2]  # a reader moves nothing aside
     assert not (tmp_path / "checkpoints.unreadable").exists()
     corrupt(1)
-    with pytest.raises(FileNotFoundError, match=r"no usable checkpoint \(unreadable steps: \[2, 1\]"):
+    with pytest.raises(FileNotFoundError, match=r"no usable checkpoint \(unreadable steps: \[2, 1"):
         load_run(tmp_path)
