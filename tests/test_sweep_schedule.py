@@ -13,7 +13,13 @@ from test_sweep_support import make_sweep_dir, run_inprocess, sr_space, write_sw
 
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.engine import DONE, RunOutcome, RunTicket, SweepEngine
-from sqzexplore.sweep.workers import RECENT_POINTS, prepare_hook, run_worker
+from sqzexplore.sweep.workers import (
+    DEFAULT_RUNNER,
+    RECENT_POINTS,
+    load_runner,
+    prepare_hook,
+    run_worker,
+)
 
 
 def run(engine: SweepEngine, ticket: RunTicket) -> None:
@@ -82,6 +88,15 @@ def test_one_worker_trains_each_point_s_seeds_back_to_back(tmp_path):
     assert summary.runs == {"complete": 12}
     assert points == [p for k in range(0, 12, 3) for p in [points[k]] * 3]
     assert RECENT_POINTS >= 2
+
+
+def test_the_runner_carries_its_compile_ahead_hook():
+    """The hook is the runner's own `prepare` attribute (no runner recognised by its name): the
+    default trainer carries the program cache's prepare, a runner without one has none."""
+    from sqzexplore.train import programs
+
+    assert prepare_hook(load_runner(DEFAULT_RUNNER)) is programs.prepare
+    assert prepare_hook(run_fake_trial) is None
 
 
 def test_compile_ahead_claims_the_next_point_and_prepares_it_during_the_last_seed(tmp_path):

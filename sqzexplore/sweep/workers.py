@@ -184,15 +184,12 @@ def run_worker(
 
 
 def prepare_hook(runner: Runner) -> Callable[[ml_collections.ConfigDict], Any] | None:
-    """The runner's compile-ahead function `prepare(config)`: its `prepare` attribute, or for
-    the default trainer the program cache's `sqzexplore.train.programs.prepare`."""
-    hook = getattr(runner, "prepare", None)
-    name = f"{getattr(runner, '__module__', '')}:{getattr(runner, '__qualname__', '')}"
-    if hook is None and name == "sqzexplore.train.loop:train_and_evaluate":
-        from sqzexplore.train import programs
+    """The runner's compile-ahead function, `runner.prepare(config)`, or None if it has none.
 
-        hook = programs.prepare
-    return hook
+    A runner offers compile-ahead by carrying the attribute; the default trainer carries the
+    program cache's `sqzexplore.train.programs.prepare` (set in train/loop.py).
+    """
+    return getattr(runner, "prepare", None)
 
 
 def auto_compile_ahead(sweep_dir: sd.SweepDir, stale_after_s: float) -> bool:

@@ -320,3 +320,8 @@ def _setup_compilation_cache(path: str | None) -> None:
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+# The compile-ahead hook a sweep worker looks for on its runner (sweep/workers.py `prepare_hook`):
+# the programs of a later run of this function, compiled while the current run trains.
+train_and_evaluate.prepare = programs.prepare  # type: ignore[attr-defined]
