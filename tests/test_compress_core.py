@@ -452,7 +452,12 @@ def test_size_accounting_matches_hand_computation(tmp_path):
     assert total["file_bytes"] == os.path.getsize(tmp_path / "m.sqz")
     assert total["file_bytes"] == total["header_bytes"] + 73
     assert os.listdir(tmp_path) == ["m.sqz"]  # the temporary file was renamed, not left behind
-    assert "f " in format_size_table(report) and "160" in format_size_table(report)
+    # The text table shows the same numbers, one layer a row, and a total row.
+    lines = format_size_table(report).splitlines()
+    assert lines[0].split()[:2] == ["layer", "params"] and set(lines[1]) <= {"-", " "}
+    (f_row,) = [line.split() for line in lines if line.startswith("f ")]
+    assert f_row[5:] == ["5", "4", "32", "32", "73", "160"], f_row
+    assert lines[-1].startswith(f"file {total['file_bytes']:,} B")
 
 
 def test_writer_rejects_bad_arguments(tmp_path):

@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from tabulate import tabulate
+
 from sqzexplore.compress.decode import ParamEntry, SqzFile, Stream, parse_sqz
 from sqzexplore.compress.prune import layer_name
 from sqzexplore.compress.sqzformat import MIB
@@ -123,19 +125,22 @@ def format_size_table(report: Mapping[str, Any]) -> str:
             return f"{100 * value:.1f}%"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
-    lines = [[c[0] for c in columns]]
-    for name, row in report["layers"].items():
-        lines.append([name] + [cell(row, key) for _, key in columns[1:]])
-    total = report["total"]
-    lines.append(["total"] + [cell(total, key) if key != "bits" else "" for _, key in columns[1:]])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
-    text = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(line, widths))
-        )
-        for line in lines
+    rows = [
+        [name] + [cell(row, key) for _, key in columns[1:]]
+        for name, row in report["layers"].items()
     ]
+    total = report["total"]
+    rows.append(["total"] + [cell(total, key) if key != "bits" else "" for _, key in columns[1:]])
+    # tablefmt "simple": the layer column left-aligned, the numbers right-aligned; the cells are
+    # already formatted (thousands separators, percentages), so tabulate must not reparse them.
+    table = tabulate(
+        rows,
+        headers=[c[0] for c in columns],
+        tablefmt="simple",
+        colalign=("left",) + ("right",) * (len(columns) - 1),
+        disable_numparse=True,
+    )
+    text = [table]
     text.append(
         f"file {total['file_bytes']:,} B ({total['file_mib']:.3f} MiB; header "
         f"{total['header_bytes']:,} B, other params {total['other_bytes']:,} B) vs fp32 "
