@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.common import BenchError, Stopped
+from benchmarks.common import BenchError, Section, Stopped
 from sqzexplore.models.spec import DTYPES, PRESETS
 
 if TYPE_CHECKING:  # the heavy modules are imported after the arguments are parsed
@@ -178,7 +178,8 @@ def main(argv: list[str], *, benchmarks_dir: Path) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = Report("sqz bench " + shlex.join(argv), args.json, machine)
+    sections = report_sections()
+    report = Report("sqz bench " + shlex.join(argv), args.json, sections, machine)
     previous = None
     with contextlib.suppress(ValueError):  # not the main thread: no SIGTERM handling
         previous = signal.signal(signal.SIGTERM, _raise_stopped)
@@ -200,9 +201,24 @@ def main(argv: list[str], *, benchmarks_dir: Path) -> int:
         report.data["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     report.flush()
     if args.results and (report.data["complete"] or report.has_rows()):
-        append_results(args.results, report.data)
+        append_results(args.results, report.data, sections)
         print(f"appended to {args.results}", flush=True)
     return status
+
+
+def report_sections() -> list[Section]:
+    """Every benchmark's report sections, in the order of their RESULTS.md tables (each module
+    declares its own; importing them imports jax, so this runs after the arguments parse)."""
+    from benchmarks import compile_ahead, e2e, maxbatch, step, torch_compare
+
+    return [
+        step.SECTION,
+        e2e.SECTION,
+        torch_compare.TORCH_SECTION,
+        torch_compare.RATIO_SECTION,
+        maxbatch.SECTION,
+        compile_ahead.SECTION,
+    ]
 
 
 def _raise_stopped(signum, frame):

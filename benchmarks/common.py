@@ -1,7 +1,11 @@
-"""What the benchmarks share: their errors, the timed-window loop, and device facts."""
+"""What the benchmarks share: their errors, the timed-window loop, device facts, and the shape of
+a benchmark's section in a report (each benchmark module declares its own `Section`s; report.py
+only renders them)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
 import time
@@ -12,6 +16,47 @@ from typing import Any
 SMOKE_OVERRIDES = dict(
     stem_filters=16, base_e=16, incr_e=16, squeeze_ratio=0.25, num_fire=2, pool_after=("conv1",)
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One kind of row in a `sqz bench` report, declared by the benchmark that measures it.
+
+    `name` keys the rows in the JSON results; `title`, `columns` and `cells(row)` make its
+    RESULTS.md table (report.py adds the machine as the first column); `line(row)` is printed
+    when a row is measured; `after(rows)` gives markdown lines under the table (profiles).
+    """
+
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    cells: Callable[[dict], list[str]]
+    line: Callable[[dict], str] | None = None
+    after: Callable[[list[dict]], list[str]] | None = None
+
+    def one_line(self, row: dict) -> str:
+        """The line printed when `row` is measured."""
+        if self.line is not None:
+            return self.line(row)
+        scalars = {k: v for k, v in row.items() if not isinstance(v, (list, dict))}
+        return json.dumps(scalars)[:200]
+
+
+def num(x: float | None, digits: int = 0) -> str:
+    """A number for a table cell, with thousands separators; n/a for None."""
+    return "n/a" if x is None else f"{x:,.{digits}f}"
+
+
+def nbytes(x: float | None) -> str:
+    """A byte count for a table cell, in MiB or GiB; n/a for None."""
+    if x is None:
+        return "n/a"
+    return f"{x / 2**20:,.0f} MiB" if x < 2**30 else f"{x / 2**30:,.2f} GiB"
+
+
+def mark(ok: bool | None) -> str:
+    """A target check for a table cell."""
+    return "n/a" if ok is None else ("met" if ok else "MISSED")
 
 
 class BenchError(ValueError):

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from benchmarks.common import Section
 from benchmarks.plan import Plan, StepCase, step_config
 from benchmarks.step import CompiledStep, compile_eval_step, compile_step
 from sqzexplore import sharding
@@ -138,3 +139,38 @@ def measure_compile_ahead(cases: list[StepCase], plan: Plan) -> dict:
         # Compilation the ahead mode took off the critical path (every run but the first).
         "hidden_compile_s": sum(r["compile_s"] - r["waited_s"] for r in ahead["runs"][1:]),
     }
+
+
+# ---------------------------------------------------------------------------------- its report
+def _cells(r: dict) -> list[str]:
+    seq, ahead = r["sequential"]["runs"], r["ahead"]["runs"]
+    per_run = lambda runs, key: " / ".join(f"{x[key]:.1f}" for x in runs)
+    return [
+        r["preset"], str(r["image_size"]), str(r["batch"]), r["dtype"],
+        ", ".join(f"{x:g}" for x in r["squeeze_ratios"]), str(r["steps_per_run"]),
+        f"{r['sequential_wall_s']:.1f}", f"{r['ahead_wall_s']:.1f}", f"{r['speedup']:.2f}",
+        per_run(seq, "compile_s"), per_run(ahead, "compile_s"), per_run(seq, "train_s"),
+        per_run(ahead, "train_s"), per_run(ahead, "waited_s"),
+    ]  # fmt: skip
+
+
+def _line(r: dict) -> str:
+    return (
+        f"{r['preset']} b{r['batch']} {r['dtype']}, {len(r['squeeze_ratios'])} runs of "
+        f"{r['steps_per_run']} steps: sequential {r['sequential_wall_s']:.1f}s, ahead "
+        f"{r['ahead_wall_s']:.1f}s (x{r['speedup']:.2f})"
+    )
+
+
+SECTION = Section(
+    name="compile_ahead",
+    title="Compile-ahead (runs of one preset at several squeeze ratios, each compiling its train "
+    "and eval steps, training, evaluating once; ahead: the next run compiles in a "
+    "background thread while this one trains; per-run values in run order):",
+    columns=("preset", "image", "batch", "dtype", "squeeze ratios", "steps/run",
+             "sequential wall s", "ahead wall s", "speedup", "compile s (sequential)",
+             "compile s (ahead, background)", "train s (sequential)", "train s (ahead)",
+             "waited s (ahead)"),
+    cells=_cells,
+    line=_line,
+)  # fmt: skip

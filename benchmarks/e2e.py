@@ -17,8 +17,9 @@ from typing import Any
 
 import jax
 
-from benchmarks.common import SMOKE_OVERRIDES, BenchError
+from benchmarks.common import SMOKE_OVERRIDES, BenchError, Section, mark, num
 from benchmarks.plan import EXPERIMENTS, E2ECase, Plan
+from benchmarks.profile import profile_markdown
 from benchmarks.step import compile_step, step_row, time_step
 from sqzexplore import train
 
@@ -105,3 +106,47 @@ def measure_e2e(
     row["loop_vs_step"] = row["loop_img_s"] / row["step_img_s"] if row["loop_img_s"] else None
     row["meets_target"] = bool(row["loop_vs_step"] and row["loop_vs_step"] >= TARGET_LOOP_VS_STEP)
     return row
+
+
+# ---------------------------------------------------------------------------------- its report
+def _cells(r: dict) -> list[str]:
+    return [
+        r["experiment"], r["source"], r["pipeline"], str(r["batch"]), r["dtype"], str(r["steps"]),
+        num(r["step_img_s"]), num(r.get("device_step_img_s")), num(r.get("loop_img_s")),
+        num(r.get("loop_vs_step"), 2), mark(r.get("meets_target")), f"{r['compile_s']:.1f}",
+        f"{r['wall_time_s']:.1f}", f"{r['train_fraction_of_wall']:.2f}",
+    ]  # fmt: skip
+
+
+def _line(r: dict) -> str:
+    ratio = r.get("loop_vs_step")
+    return (
+        f"{r['experiment']}/{r['source']} ({r['pipeline']}) b{r['batch']}: loop "
+        f"{num(r.get('loop_img_s'))} img/s vs step {num(r['step_img_s'])}"
+        + (f" = {ratio:.2f}" if ratio else "")
+    )
+
+
+def _profiles(rows: list[dict]) -> list[str]:
+    """The two reference steps' profiles of each row."""
+    lines: list[str] = []
+    for r in rows:
+        for key, kind in (("step_profile", "fixed"), ("device_step_profile", "device")):
+            if r.get(key):
+                title = f"{r['experiment']} b{r['batch']} {r['dtype']} step ({kind} data)"
+                lines += profile_markdown(title, r[key])
+    return lines
+
+
+SECTION = Section(
+    name="e2e",
+    title="End to end (`train_and_evaluate`, the experiment's recipe and eval/checkpoint "
+    "cadence; loop img/s = steps x batch / train_time_s; target loop/step >= "
+    f"{TARGET_LOOP_VS_STEP}):",
+    columns=("experiment", "data", "pipeline", "batch", "dtype", "steps",
+             "step img/s (fixed batch)", "step img/s (device data)", "loop img/s", "loop/step",
+             "target", "compile s", "wall s", "train/wall"),
+    cells=_cells,
+    line=_line,
+    after=_profiles,
+)  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from benchmarks.common import device_memory
+from benchmarks.common import Section, device_memory, nbytes, num
 from benchmarks.plan import Plan, StepCase, Timing, step_config
 from benchmarks.step import compile_step, compiled_memory, time_step
 from sqzexplore import sharding
@@ -120,3 +120,26 @@ def measure_maxbatch(case: StepCase, plan: Plan, *, cap: int = 1 << 16) -> dict:
         "bytes_limit": device_memory().get("bytes_limit"),
         "tried": sorted(tried.values(), key=lambda t: t["batch"]),
     }
+
+
+# ---------------------------------------------------------------------------------- its report
+def _cells(r: dict) -> list[str]:
+    return [
+        r["preset"], str(r["image_size"]), r["dtype"], num(r["max_batch"]),
+        num(r["max_power_of_two"]), num(r["predicted_from_footprint"]),
+        num(r["first_failed"]), nbytes(r["step_bytes_at_max"]), num(r["img_s_at_max"]),
+        nbytes(r["bytes_limit"]),
+    ]  # fmt: skip
+
+
+SECTION = Section(
+    name="maxbatch",
+    title="Largest batch that fits (one device; predicted from the compiled footprint at two "
+    "sizes, then run to confirm):",
+    columns=("preset", "image", "dtype", "max batch", "largest power of two", "predicted",
+             "first failed", "step memory at max", "img/s at max", "allocator limit"),
+    cells=_cells,
+    line=lambda r: (
+        f"{r['preset']} {r['dtype']}: max batch {r['max_batch']} (failed at {r['first_failed']})"
+    ),
+)  # fmt: skip

@@ -15,15 +15,22 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import jax
 
-if TYPE_CHECKING:
-    from benchmarks.step import CompiledStep
+
+class Steppable(Protocol):
+    """What a profile runs: a compiled step and its inputs (benchmarks.step.CompiledStep is
+    one); `state` is replaced by the traced steps' result (its buffers are donated)."""
+
+    compiled: Any
+    state: Any
+    images: Any
+    labels: Any
 
 
-def profile_step(step: CompiledStep, *, steps: int) -> dict:
+def profile_step(step: Steppable, *, steps: int) -> dict:
     """Trace `steps` steps with the JAX profiler and summarise where the time went: the top ops
     (XLA ops or GPU kernels on an accelerator, XLA thunks on a CPU) and, on an accelerator, the
     fraction of the traced wall time some kernel was running (below ~0.9: the host or the launch
@@ -243,3 +250,21 @@ def union_length(intervals: list[tuple[float, float]]) -> float:
         total += b - max(a, end)
         end = b
     return total
+
+
+def profile_markdown(title: str, p: dict) -> list[str]:
+    """A profile as RESULTS.md lines: categories on one line, then the top ops."""
+    busy = p.get("device_busy_fraction")
+    head = f"Profile of {title}, {p.get('source', '?')}"
+    if busy is not None:
+        head += f"; device busy {100 * busy:.0f}% of wall"
+    if "error" in p:
+        return [f"{head}: failed ({p['error']})", ""]
+    cats = "; ".join(f"{k} {100 * v:.0f}%" for k, v in p["categories"].items())
+    lines = [f"{head}: {cats}"]
+    for op in p.get("top", [])[:8]:
+        hlo = f": `{op['hlo'][:110]}`" if op.get("hlo") else ""
+        lines.append(
+            f"  - `{op['name']}` {op['ms_per_step']:.3f} ms/step ({100 * op['share']:.1f}%){hlo}"
+        )
+    return [*lines, ""]

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import BenchError, device_memory, timed_windows
+from benchmarks.common import BenchError, Section, device_memory, nbytes, num, timed_windows
 from benchmarks.plan import Plan, Timing
+from benchmarks.profile import profile_markdown, profile_step
 from sqzexplore import optim, sharding
 from sqzexplore.config import validate_config
 from sqzexplore.train import init_state, make_eval_step, make_train_step
@@ -259,7 +260,52 @@ def step_row(step: CompiledStep, plan: Plan, *, profile: bool = False) -> dict:
     if peaks and row["achieved_flop_s"]:
         row["pct_peak_bf16_flops"] = 100 * row["achieved_flop_s"] / peaks[1]
     if profile:
-        from benchmarks.profile import profile_step
-
         row["profile"] = profile_step(step, steps=3 if plan.smoke else 10)
     return row
+
+
+# ---------------------------------------------------------------------------------- its report
+def _cells(r: dict) -> list[str]:
+    gflop = num(r["flops"] / 1e9 if r["flops"] else None, 1)
+    gb = num(r["bytes_accessed"] / 1e9 if r["bytes_accessed"] else None, 2)
+    tflops = num(r["achieved_flop_s"] / 1e12 if r["achieved_flop_s"] else None, 2)
+    gbs = num(r["achieved_bytes_s"] / 1e9 if r["achieved_bytes_s"] else None, 0)
+    if r.get("pct_peak_bandwidth") is not None:
+        gbs += f" ({r['pct_peak_bandwidth']:.0f}% of peak BW)"
+    windows = r["img_s_windows"]
+    return [
+        f"{r['preset']}{' +BN' if r['batch_norm'] else ''}", str(r["image_size"]),
+        str(r["batch"]), r["dtype"], r["data"], f"{r['lower_s']:.2f} + {r['compile_s']:.2f}",
+        f"{r['img_s']:,.0f} (windows {min(windows):,.0f}-{max(windows):,.0f})",
+        f"{r['ms_per_step']:.2f}", nbytes(r["step_bytes"]), nbytes(r["device_peak_bytes"]),
+        f"{gflop} / {gb}", f"{tflops}, {gbs}",
+    ]  # fmt: skip
+
+
+def _line(r: dict) -> str:
+    return (
+        f"{r['preset']} {r['image_size']}px b{r['batch']} {r['dtype']} ({r['data']}): "
+        f"{r['img_s']:,.0f} img/s, compile {r['compile_s']:.1f}s"
+    )
+
+
+def _profiles(rows: list[dict]) -> list[str]:
+    lines: list[str] = []
+    for r in rows:
+        if r.get("profile"):
+            title = f"{r['preset']} b{r['batch']} {r['dtype']} step ({r['data']} data)"
+            lines += profile_markdown(title, r["profile"])
+    return lines
+
+
+SECTION = Section(
+    name="step",
+    title="Train step (the trainer's jitted step; synthetic batch resident on the devices; "
+    "median of timed windows, one host sync per window):",
+    columns=("preset", "image", "batch", "dtype", "data", "lower + compile s", "img/s",
+             "ms/step", "step memory", "device peak", "XLA GFLOP / GB per step",
+             "achieved TFLOP/s, GB/s"),
+    cells=_cells,
+    line=_line,
+    after=_profiles,
+)  # fmt: skip

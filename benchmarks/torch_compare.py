@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.common import timed_windows
-from benchmarks.plan import TORCHVISION_MODELS, Plan, StepCase
+from benchmarks.common import Section, mark, nbytes, num, timed_windows
+from benchmarks.plan import TORCHVISION_MODELS, Plan, StepCase, step_config
 from sqzexplore.models.spec import PRESETS
 
 if TYPE_CHECKING:
@@ -57,8 +57,7 @@ def run_torch(plan: Plan, benchmarks_dir: Path, report: Report, *, profile: bool
     if not plan.torch:
         report.note("torch: no v1.0/v1.1 cases in this plan (torchvision has only those two)")
         return
-    from benchmarks.plan import step_config
-    from benchmarks.step import measure_step
+    from benchmarks.step import measure_step  # jax: imported here, never in the torch child
 
     # The JAX side of each ratio first (it is the number this project owns): reuse this run's
     # bf16 rows, measure the missing ones.
@@ -198,3 +197,39 @@ def torch_ratios(torch_rows: list[dict], step_rows: list[dict]) -> list[dict]:
             entry[f"vs_{mode}_meets_target"] = None if ratio is None else ratio >= target
         out.append(entry)
     return out
+
+
+# ---------------------------------------------------------------------------------- its report
+def _torch_cells(r: dict) -> list[str]:
+    head = [r["model"], r["mode"], str(r["image_size"]), str(r["batch"])]
+    if "error" in r:
+        return [*head, f"failed: {r['error'][:120]}", "", "", "", r.get("torch", "")]
+    return [*head, f"{r['img_s']:,.0f}", f"{r['ms_per_step']:.2f}", f"{r['first_step_s']:.1f}",
+            nbytes(r.get("peak_bytes")), r["torch"]]  # fmt: skip
+
+
+def _ratio_cells(r: dict) -> list[str]:
+    return [
+        r["preset"], str(r["batch"]), str(r["image_size"]), num(r["jax_img_s"]),
+        num(r["torch_eager_img_s"]), num(r["vs_eager"], 2), mark(r["vs_eager_meets_target"]),
+        num(r["torch_compile_img_s"]), num(r["vs_compile"], 2),
+        mark(r["vs_compile_meets_target"]),
+    ]  # fmt: skip
+
+
+TORCH_SECTION = Section(
+    name="torch",
+    title="torchvision (bf16 autocast, channels-last, same optimiser, same device and batch):",
+    columns=("model", "mode", "image", "batch", "img/s", "ms/step", "first step s",
+             "peak memory", "torch"),
+    cells=_torch_cells,
+)  # fmt: skip
+
+RATIO_SECTION = Section(
+    name="torch_ratio",
+    title=f"JAX bf16 step / torchvision (targets: >= {TARGET_VS_TORCH_EAGER}x eager AMP, "
+    f">= {TARGET_VS_TORCH_COMPILE}x torch.compile):",
+    columns=("preset", "batch", "image", "JAX img/s", "eager img/s", "JAX/eager", "target",
+             "compile img/s", "JAX/compile", "target"),
+    cells=_ratio_cells,
+)  # fmt: skip

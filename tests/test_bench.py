@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import jax
@@ -48,26 +49,23 @@ def _run_python(code: str, cwd: Path = REPO, timeout: float = 300) -> subprocess
     )  # fmt: skip
 
 
-def test_help_is_fast_and_imports_no_jax(tmp_path):
-    """`sqz bench --help` parses before importing jax (it answered in 6 s when it did not)."""
+def test_help_imports_no_jax(tmp_path):
+    """`sqz bench --help` parses before importing jax (importing it is what made the help take
+    6 s; how long the help takes on a given machine is not asserted)."""
     code = (
-        "import sys, time\n"
-        "start = time.perf_counter()\n"
+        "import sys\n"
         "from sqzexplore.cli import main\n"
         "try:\n"
         "    main(['bench', '--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "elapsed = time.perf_counter() - start\n"
         "heavy = sorted(m for m in ('jax', 'flax', 'optax', 'tensorflow') if m in sys.modules)\n"
-        "print(f'{elapsed:.3f}', heavy, file=sys.stderr)\n"
+        "print(heavy, file=sys.stderr)\n"
     )
     done = _run_python(code, cwd=REPO / "sqzexplore" / "models")  # found by walking up
     assert done.returncode == 0 and "compile-ahead" in done.stdout, done.stderr
     assert "--benchmarks-dir" in done.stdout
-    elapsed, heavy = done.stderr.split(" ", 1)
-    assert heavy.strip() == "[]", done.stderr
-    assert float(elapsed) < 1.0, done.stderr
+    assert done.stderr.strip() == "[]", done.stderr
 
 
 def test_benchmarks_dir_is_found_from_the_working_directory(tmp_path, monkeypatch):
@@ -128,7 +126,9 @@ def test_step_smoke_writes_json_and_markdown_without_tensorflow(tmp_path):
     assert text.startswith("# Benchmark results")
     assert machine["machine"] in text and "sqz bench step --smoke" in text
     table_rows = [line for line in text.splitlines() if line.startswith(f"| {machine['machine']}")]
-    assert len(table_rows) == 1 and "| digits |" in table_rows[0]
+    assert len(table_rows) == 1
+    cells = [c.strip() for c in table_rows[0].strip("|").split("|")]
+    assert cells[:6] == [machine["machine"], "digits", "16", "8", "float32", "fixed"], cells
 
 
 def test_initial_state_is_init_states_tree_filled_on_the_host():
@@ -151,14 +151,56 @@ def test_initial_state_is_init_states_tree_filled_on_the_host():
 
 
 def test_torch_and_maxbatch_skip_with_notes_on_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch_compare, "torch_available", lambda: "torch not installed: skipped")
+    """Without torch (hidden from the import system, so `torch_available` itself decides) the
+    torch benchmark measures nothing, not even its JAX side, and says why; maxbatch on a CPU
+    says it needs a GPU."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("torch", "torchvision") else real_find_spec(name, *a),
+    )
     out = tmp_path / "skip.json"
     main = lambda argv: bench_cli.main(argv, benchmarks_dir=REPO / "benchmarks")
     assert main(["torch", "--smoke", "--json", str(out)]) == 0
+    data = _read(out)
+    assert data["complete"] and data["torch"] == [] and data["step"] == []
+    assert data["notes"] == [
+        "torch and torchvision not installed: torchvision comparison skipped (install torch and "
+        "torchvision in this environment to measure the ratios)"
+    ]
     assert main(["maxbatch", "--smoke", "--json", str(out)]) == 0  # rewrites the file
     data = _read(out)
-    assert data["complete"] and data["maxbatch"] == [] and data["torch"] == []
-    assert any("needs a GPU" in note for note in data["notes"])
+    assert data["complete"] and data["maxbatch"] == []
+    assert len(data["notes"]) == 1 and "needs a GPU" in data["notes"][0]
+
+
+def test_each_benchmark_renders_its_own_table():
+    """report.py renders the sections the benchmarks declare: a markdown table per section with
+    rows, the machine first, every cell as the benchmark formatted it."""
+    report = importlib.import_module("benchmarks.report")
+    ratio = dict(
+        preset="v1.0", batch=256, image_size=224, jax_img_s=15_000.0, torch_eager_img_s=9_000.0,
+        vs_eager=15 / 9, vs_eager_meets_target=True, torch_compile_img_s=16_000.0,
+        vs_compile=15 / 16, vs_compile_meets_target=False,
+    )  # fmt: skip
+    machine = dict(
+        machine="box", device_count=1, device_kind="cpu", platform="cpu", host_cpu="x",
+        host_cores=2, load_average_1min=None, python="3", jax="j", jaxlib="j", flax="f",
+        optax="o", compilation_cache_dir=None,
+    )  # fmt: skip
+    data = {"started": "now", "command": "sqz bench torch", "machine": machine, "notes": [],
+            "complete": True, "torch_ratio": [ratio], "step": []}  # fmt: skip
+    text = report.render_markdown(data, bench_cli.report_sections())
+    lines = text.splitlines()
+    start = lines.index(torch_compare.RATIO_SECTION.title)
+    header, rule, row = lines[start + 2 : start + 5]
+    split = lambda line: [c.strip() for c in line.strip("|").split("|")]
+    assert split(header) == ["machine", *torch_compare.RATIO_SECTION.columns]
+    assert set(rule) <= {"|", "-", ":", " "}
+    assert split(row) == ["box", "v1.0", "256", "224", "15,000", "9,000", "1.67", "met",
+                          "16,000", "0.94", "MISSED"]  # fmt: skip
+    assert "Train step" not in text and "**Incomplete run**" not in text
 
 
 @pytest.mark.parametrize(
@@ -195,30 +237,52 @@ def test_compile_ahead_plan_runs_distinct_design_points():
 
 
 def test_compile_ahead_overlaps_the_next_compile_with_training(monkeypatch):
-    """The scheduling itself, with stand-in runs (0.3 s to compile, 0.3 s to train): ahead, only
-    the first compile is waited for; sequentially, every one is."""
-    seconds = 0.3
+    """The scheduling itself, with stand-in runs that log when they start and end: ahead, the
+    next run's compile starts before the current run's training ends (each training waits for
+    it, so without overlap it would time out); sequentially, each compile starts only after the
+    previous training ended. Orders are asserted, not durations."""
+    events: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    started = {}  # squeeze ratio -> Event: its compile has started
+
+    def log(kind, sr):
+        with lock:
+            events.append((kind, sr))
 
     def prepare(config):
-        time.sleep(seconds)
-        return compile_ahead.Run(config, step=None, eval_step=None, mask=None, compile_s=seconds)
+        log("compile", config)
+        started.setdefault(config, threading.Event()).set()
+        return compile_ahead.Run(config, step=None, eval_step=None, mask=None, compile_s=0.0)
 
     def train(run, steps):
-        time.sleep(seconds)
-        return seconds
+        log("train", run.squeeze_ratio)
+        if overlap:  # ahead: the next compile runs in the background meanwhile
+            nxt = configs.index(run.squeeze_ratio) + 1
+            if nxt < len(configs):
+                overlapped = started.setdefault(configs[nxt], threading.Event()).wait(60)
+                log("overlapped" if overlapped else "NOT overlapped", run.squeeze_ratio)
+        log("trained", run.squeeze_ratio)
+        return 1.0
 
     monkeypatch.setattr(compile_ahead, "prepare", prepare)
     monkeypatch.setattr(compile_ahead, "train", train)
     monkeypatch.setattr(compile_ahead, "_record", lambda run, t, steps, waited_s: {
-        "squeeze_ratio": run.squeeze_ratio, "waited_s": waited_s})  # fmt: skip
+        "squeeze_ratio": run.squeeze_ratio})  # fmt: skip
     configs = [0.125, 0.25, 0.5]
+    overlap = False
     sequential = compile_ahead.run_sequential(configs, 1)
+    assert events == [(kind, sr) for sr in configs for kind in ("compile", "train", "trained")]
+    assert [r["squeeze_ratio"] for r in sequential["runs"]] == configs
+    events.clear()
+    started.clear()
+    overlap = True
     ahead = compile_ahead.run_ahead(configs, 1)
     assert [r["squeeze_ratio"] for r in ahead["runs"]] == configs
-    assert sequential["wall_s"] >= 6 * seconds
-    assert ahead["runs"][0]["waited_s"] >= 0.9 * seconds
-    assert all(r["waited_s"] < 0.5 * seconds for r in ahead["runs"][1:]), ahead
-    assert ahead["wall_s"] < 5 * seconds  # 1 exposed compile + 3 trainings, not 6 phases
+    assert ("overlapped", 0.125) in events and ("overlapped", 0.25) in events, events
+    for i, sr in enumerate(configs[1:]):
+        # compile of run i+1 before the end of run i's training; its own training after
+        assert events.index(("compile", sr)) < events.index(("trained", configs[i])), events
+        assert events.index(("compile", sr)) < events.index(("train", sr)), events
 
 
 def test_torch_ratios_against_targets():
