@@ -676,28 +676,26 @@ def test_the_model_is_checked_before_the_file_is_decoded(world, monkeypatch, no_
 
 
 def test_help_answers_without_importing_jax():
+    """`--help` and argument errors answer before jax, flax, numpy, orbax or TensorFlow are
+    imported (importing them is what makes an answer slow; no duration is asserted)."""
     code = (
-        "import sys, time\n"
-        "start = time.perf_counter()\n"
+        "import sys\n"
         "from sqzexplore.cli import main\n"
         "try:\n"
         "    main(['compress', '--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "elapsed = time.perf_counter() - start\n"
         "heavy = sorted(m for m in ('jax', 'flax', 'numpy', 'orbax', 'tensorflow') "
         "if m in sys.modules)\n"
-        "print(f'{elapsed:.3f}', heavy, file=sys.stderr)\n"
+        "print(heavy, file=sys.stderr)\n"
     )
     env = {**os.environ, "PYTHONPATH": REPO}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
     )
     assert done.returncode == 0 and "--bits BITS" in done.stdout, done.stderr
-    elapsed, heavy = done.stderr.split(" ", 1)
-    assert heavy.strip() == "[]", done.stderr
-    assert float(elapsed) < 1.0, done.stderr
-    # An argument error is as quick, from the real command, with no traceback.
+    assert done.stderr.strip() == "[]", done.stderr
+    # An argument error, from the real command: one line, no traceback.
     done = subprocess.run(
         [sys.executable, "-m", "sqzexplore.cli", "compress", "--bits=9", "--workdir=x"],
         capture_output=True,

@@ -120,7 +120,7 @@ def test_later_seeds_of_a_point_reuse_the_programs_and_compile_nothing():
     before = programs.compile_seconds()
     progs.prepare()
     assert programs.compile_seconds() > before
-    before = programs.compile_seconds()
+    before, stats = programs.compile_seconds(), dict(programs.stats)
     with count_compiles() as counts:
         for seed in (1, 2, 3):
             config = small_config()
@@ -132,8 +132,9 @@ def test_later_seeds_of_a_point_reuse_the_programs_and_compile_nothing():
             again.evaluate(state)
             assert np.isfinite(float(metrics["loss"]))
     assert counts == {LOWERING: 0, BACKEND_COMPILE: 0}, counts
-    assert programs.stats["reused"] >= 3
-    assert programs.compile_seconds() - before < 1.0  # nothing built: no time counted
+    assert programs.stats["reused"] == stats.get("reused", 0) + 3
+    assert programs.stats["built"] == stats.get("built", 0)
+    assert programs.compile_seconds() == before  # nothing built: no time counted at all
 
 
 def test_compiled_ahead_step_equals_the_step_compiled_from_a_concrete_state():
@@ -228,7 +229,9 @@ def test_trainer_seeds_of_a_point_in_one_process_compile_once_and_match_fresh_ru
     with count_compiles() as counts:
         second = run(2, "s2")
     assert counts == {LOWERING: 0, BACKEND_COMPILE: 0}, counts
-    assert first["compile_time_s"] > 0 and second["compile_time_s"] < 0.5
+    # Nothing built in the second run, so no building time is counted (not a timing bound:
+    # a cached program adds exactly nothing to compile_seconds()).
+    assert first["compile_time_s"] > 0 and second["compile_time_s"] == 0.0
     for r in (first, second):
         parts = r["train_time_s"] + r["compile_time_s"] + r["overhead_s"]
         assert parts == pytest.approx(r["wall_time_s"], abs=1e-6)
@@ -251,6 +254,8 @@ def test_eval_compiles_in_a_background_thread_once():
     assert progs.compile_eval_in_background() is None
     state = progs.init(0)  # compiles the initialiser
     before = programs.compile_seconds()
-    metrics = progs.evaluate(state)  # uses the thread's program: no compile counted here
-    assert programs.compile_seconds() - before < 0.5
+    with count_compiles() as counts:
+        metrics = progs.evaluate(state)  # uses the thread's program: nothing compiled here
+    assert counts == {LOWERING: 0, BACKEND_COMPILE: 0}, counts
+    assert programs.compile_seconds() == before
     assert 0.0 <= metrics["top1"] <= 1.0

@@ -261,7 +261,9 @@ def test_report_of_a_sweep_with_nothing_finished(tmp_path):
     sweep_dir, _ = run_inprocess(path, tmp_path / "w", max_runs=0)
     out = build_report(sweep_dir, echo=lambda s: None)
     assert out["points"] == 0 and out["fronts"] == {"complexity.params": 0, "complexity.macs": 0}
-    assert math.isnan(out["efficiency"]) or out["efficiency"] == 0
+    # One worker session ran (and found nothing to train): no train time over a wall time > 0.
+    assert out["max_parallel_workers"] == 1
+    assert out["efficiency"] == 0.0 and out["efficiency_per_worker"] == 0.0
 
 
 # ------------------------------------------------------------------------------ what a reader sees

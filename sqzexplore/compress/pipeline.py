@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sqzexplore import checkpoint, rundir
+from sqzexplore import checkpoint, rundir, train
 from sqzexplore.compress.encode import encode_sqz, write_sqz
 from sqzexplore.compress.plan import CompressError, CompressPlan
 from sqzexplore.compress.prune import (
@@ -59,6 +59,8 @@ from sqzexplore.compress.runs import (
 )
 from sqzexplore.compress.size import size_report
 from sqzexplore.compress.stages import Log, MaskedKernels, SharedWeightKernels, run_stage
+from sqzexplore.models.spec import PRESETS
+from sqzexplore.models.squeezenet import SqueezeNet
 
 _print = functools.partial(print, flush=True)
 
@@ -100,8 +102,6 @@ def compress_run(
     is read or anything compiles (`CompressError` names the setting). Rerunning resumes or
     reuses the stage runs.
     """
-    from sqzexplore.train import evaluate_params
-
     source = check_finished_run(workdir)
     out_dir = check_out_dir(out_dir or default_out_dir(source.workdir, plan.bits), workdir)
     plan = plan.for_model(model_trees(source.spec)[0], source.epochs)
@@ -184,7 +184,7 @@ def compress_run(
         f"[{total_stages}/{total_stages}] wrote {path}: {size['total']['file_bytes']:,} bytes; "
         "evaluating the decoded model"
     )
-    after = eval_metrics(evaluate_params(source.config, decoded_params, decoded_stats))
+    after = eval_metrics(train.evaluate_params(source.config, decoded_params, decoded_stats))
     last_retrain = stages[f"prune_round{plan.rounds}"]["retrain"]
     report = {
         "mode": "compress",
@@ -210,14 +210,12 @@ def compress_run(
 
 def check_file(path: str, workdir: str) -> dict[str, Any]:
     """Decode a .sqz file, check it against the run in `workdir` and evaluate it there."""
-    from sqzexplore.train import evaluate_params
-
     source = check_finished_run(workdir)
     if not os.path.isfile(path):
         what = "is a directory" if os.path.isdir(path) else "does not exist"
         raise CompressError("decode", f"{path} {what}; give a .sqz file")
     params, stats = load_sqz_for(path, source.spec)
-    after = eval_metrics(evaluate_params(source.config, params, stats))
+    after = eval_metrics(train.evaluate_params(source.config, params, stats))
     return {
         "mode": "decode",
         "source": source.workdir,
@@ -238,9 +236,6 @@ def size_only(
     """File size of a model pruned and quantized WITHOUT retraining: a preset's initial weights
     (`preset`, `seed`) or a finished run's trained ones (`workdir`). Writes model.sqz and
     report.json to `out_dir` if given."""
-    from sqzexplore.models.spec import PRESETS
-    from sqzexplore.models.squeezenet import SqueezeNet
-
     if (preset is None) == (workdir is None):
         raise CompressError("preset", "give exactly one of --preset and --workdir")
     source = None

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sqzexplore import checkpoint, rundir
+from sqzexplore import checkpoint, rundir, train
 from sqzexplore.compress.plan import CompressError, StagePlan
 from sqzexplore.compress.prune import apply_masks, flatten_params, merge_params, unflatten_params
 from sqzexplore.compress.quantize import QuantizedLayer, codebooks_and_aux, kernels_from_codebooks
@@ -95,15 +95,13 @@ def run_stage(
     Raises StageInterrupted if it was preempted, CompressError if a finished one holds another
     aux than `reparam`'s.
     """
-    from sqzexplore.train import train_and_evaluate
-
     config = stage.config(source.config)
     resumed = rundir.read_result(workdir) is not None
     log(
         f"{label}: {'reusing the finished run in' if resumed else 'training'} {workdir} "
         f"({config.num_epochs:.3g} epochs, lr {config.optim.lr:.3g})"
     )
-    result = train_and_evaluate(
+    result = train.train_and_evaluate(
         config,
         workdir,
         reparam=reparam,
