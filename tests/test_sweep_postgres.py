@@ -2,8 +2,9 @@
 through `--storage postgresql://...`, one is SIGKILLed mid-run, a rerun finishes the sweep, and
 nothing is lost or trained twice; the results equal the journal-file engine's for the same sweep.
 
-Starts a throwaway local server (tests/postgres_server.py; Debian's `postgresql` package) and
-skips, saying why, only where its binaries are absent. The fake runner keeps it to seconds.
+Starts a throwaway local server (tests/postgres_server.py; Debian's `postgresql` package). Where
+its binaries are absent it skips, saying why, except under CI=true, where it fails
+(tests/required_service.py). The fake runner keeps it to seconds.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import time
 import optuna
 import pytest
 from postgres_server import create_database, missing_reason, postgres_server
+from required_service import import_or_require, require
 from test_sweep_support import FAKE_RUNNER, run_inprocess, sr_space, sweep_cli, write_sweep
 
 from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
 
-pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
-psycopg = pytest.importorskip("psycopg", reason="psycopg (requirements.txt) is not installed")
+pytestmark = require(missing_reason())
+psycopg = import_or_require("psycopg", "psycopg (requirements.txt) is not installed")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The sweep report in a real browser: headless Chromium loads report.html from disk, every image
 (the embedded PNGs and the SVG files beside the page) must decode, and a screenshot must show a
-page. Skips, saying why, where Chromium is not installed (Debian: `apt-get install chromium`).
+page. Skips, saying why, where Chromium is not installed (Debian: `apt-get install chromium`),
+except under CI=true, where that fails (tests/required_service.py).
 
 The same check by hand (what the test runs):
     chromium --headless --no-sandbox --disable-gpu --disable-background-networking \
@@ -18,6 +19,7 @@ import subprocess
 
 import pytest
 from PIL import Image
+from required_service import require
 from test_sweep_support import run_inprocess, write_sweep
 
 from sqzexplore.sweep.params import categorical
@@ -28,8 +30,8 @@ CHROMIUM = next(
 )
 pytestmark = [
     pytest.mark.slow,  # each Chromium start takes seconds
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="no Chromium to render the report in (apt-get install chromium)"
+    *require(
+        None if CHROMIUM else "no Chromium to render the report in (apt-get install chromium)"
     ),
 ]
 
