@@ -12,6 +12,11 @@ The paper's numbers (docs/paper.md): Strategy 3 is argued from He & Sun (2015)
 SqueezeNet v1.1 moved the pools earlier for "2.4x less computation than v1.0, same accuracy"
 (release notes): at 224x224, v1.0 818.92M MACs vs v1.1 349.15M MACs (derived).
 
+Measured on digits (`sqz sweep run sweeps/downsampling.py --arg seeds=1 --workers 2`, 2-core AMD
+EPYC CPU VM under load, 2026-11-27, before the durations fix): at equal parameters, top-1 88.89%
+with the earliest pools (1.01M MACs) to 98.61% with the latest (12.60M MACs); every option:
+experiments/README.md.
+
 Commands:
     sqz sweep run sweeps/downsampling.py                       # digits (default)
     sqz sweep run sweeps/downsampling.py --arg runlocal        # smoke: 2 options, 1 seed

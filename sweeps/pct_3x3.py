@@ -9,6 +9,10 @@ with 50% 3x3 filters (13MB); more 3x3 filters make the model larger without impr
 paper's model sizes at SR = 0.5 (fp32 MiB): 1% 5.6, 12.5% 7.4, 25% 9.2, 37.5% 11.1, 50% 13.0,
 62.5% 14.9, 75% 16.7, 87.5% 18.6, 99% 20.3.
 
+Measured on digits (`sqz sweep run sweeps/pct_3x3.py --arg seeds=1 --workers 2`, 2-core AMD EPYC
+CPU VM under load, 2026-11-27, before the durations fix): top-1 96.67% at 1% 3x3, then flat at
+98-99.7% from 12.5% on; every point: experiments/README.md.
+
 Commands:
     sqz sweep run sweeps/pct_3x3.py                            # digits (default)
     sqz sweep run sweeps/pct_3x3.py --arg runlocal             # smoke: 2 points, 1 seed

@@ -14,7 +14,8 @@ network, then:
         --config.data.data_dir=$TFDS_DATA_DIR
 
 Expected (not measured here; no CIFAR-10 on this machine): about 90-92% test top-1 with 0.74M
-parameters, a few minutes on one H100/H200 (the whole split lives in device memory). With
+parameters, a few minutes on one H100/H200 (the whole split lives in device memory). Measured
+results, once there are any, go to experiments/README.md. With
 `batch_norm=False` (the paper's plain SqueezeNet) use lr=0.02; expect a few points lower.
 """
 

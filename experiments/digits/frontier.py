@@ -8,8 +8,9 @@ seed, runlocal).
 Command (one design point; sweeps override `model.*` fields the same way):
     sqz train --config=experiments/digits/frontier.py:sr=0.25 --workdir=runs/frontier_sr025
 
-Expected: above 95% test top-1 at SR 0.125 in under a minute of training on a 2-core CPU
-(measured numbers, with the command and machine, are in experiments/README.md).
+Measured as the base of the README's main job (`sqz sweep run sweeps/squeeze_ratio.py --workers
+2`, quiet 2-core CPU VM, jax 0.10.2, 2026-12-02): 97.87% mean test top-1 over 3 seeds at SR 0.125,
+99.72% at SR 1.0; every point: experiments/README.md (Fig. 3a).
 """
 
 import os
