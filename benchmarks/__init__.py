@@ -11,8 +11,9 @@ One module per benchmark:
 - torch_compare.py: torchvision's SqueezeNets on the same device, as ratios to the JAX step.
 - maxbatch.py: the largest batch whose step fits on one device.
 - profile.py: where a step's time goes, from a JAX profiler trace.
-- report.py: the machine, the JSON results and the markdown blocks of RESULTS.md.
-- common.py: errors, the timed-window loop and device facts the benchmarks share.
+- report.py: the machine, the JSON results and the markdown blocks of RESULTS.md, rendered from
+  the `Section` (title, columns, cells) each benchmark module declares for its rows.
+- common.py: errors, the timed-window loop, device facts and `Section`, shared by the benchmarks.
 
 Importing this package imports nothing heavy: `sqz bench --help` must not wait for jax.
 """
