@@ -35,11 +35,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.common import BenchError, Section, Stopped
+from benchmarks.common import BenchError, Section, Stopped, is_accelerator
+from benchmarks.plan import Plan, build_plan, step_config
 from sqzexplore.models.spec import DTYPES, PRESETS
 
 if TYPE_CHECKING:  # the heavy modules are imported after the arguments are parsed
-    from benchmarks.plan import Plan
     from benchmarks.report import Report
 
 COMMANDS = ("step", "e2e", "torch", "maxbatch", "compile-ahead", "all")
@@ -102,9 +102,6 @@ def run(args: argparse.Namespace, plan: Plan, report: Report, benchmarks_dir: Pa
     A row that fails (other than for a bad request) becomes a note naming the case and the
     error, and the run goes on: one broken case must not cost the others' measurements.
     """
-    from benchmarks.common import is_accelerator
-    from benchmarks.plan import step_config
-
     wanted = COMMANDS[:-1] if args.command == "all" else (args.command,)
     if "step" in wanted:
         from benchmarks.step import measure_step
@@ -168,7 +165,6 @@ def main(argv: list[str], *, benchmarks_dir: Path) -> int:
     args = parser().parse_args(argv)
     import jax
 
-    from benchmarks.plan import build_plan
     from benchmarks.report import Report, append_results, devices_line, machine_info
 
     machine = machine_info()

@@ -22,6 +22,7 @@ from benchmarks.plan import EXPERIMENTS, E2ECase, Plan
 from benchmarks.profile import profile_markdown
 from benchmarks.step import compile_step, step_row, time_step
 from sqzexplore import train
+from sqzexplore.config import load_config_file
 
 TARGET_LOOP_VS_STEP = 0.9  # the Performance issue's "within 10%"
 
@@ -30,8 +31,6 @@ def e2e_config(case: E2ECase, plan: Plan, repo_root: Path, data_dir: str | None)
     """The repository's experiment file for `case.experiment`, set to `plan.e2e_steps` steps of
     the case's batch, dtype and data source; eval, logging and checkpoint cadence stay the
     experiment's (those stalls are what the wall-time numbers include)."""
-    from sqzexplore.config import load_config_file
-
     path = repo_root / EXPERIMENTS[case.experiment]
     if not path.exists():
         raise BenchError(f"e2e needs the experiment file {path} (--benchmarks-dir's checkout)")

@@ -24,6 +24,7 @@ from benchmarks.plan import Plan, Timing
 from benchmarks.profile import profile_markdown, profile_step
 from sqzexplore import optim, sharding
 from sqzexplore.config import validate_config
+from sqzexplore.data import load_dataset
 from sqzexplore.train import init_state, make_eval_step, make_train_step
 from sqzexplore.train.state import model_graphdef
 
@@ -124,8 +125,6 @@ def compile_step(config, *, data: str = "fixed", mesh=None, cold: bool = True) -
     if data == "fixed":
         images, labels = synthetic_batch(spec, int(config.batch_size), mesh)
     elif data == "device":
-        from sqzexplore.data import load_dataset
-
         ds = load_dataset(config.data, spec)
         if not ds.on_device:
             raise BenchError(f"data source {config.data.name!r} is not device-resident")
