@@ -1,8 +1,13 @@
 """SqueezeNetSpec: one point of the SqueezeNet design space, validated before anything is built.
 
 The spec is the single description that the model (`squeezenet.py`), the analytic complexity
-(`complexity.py`), the trainer, the sweeps and the compressor all read. It is a frozen, hashable
-dataclass that round-trips through JSON, so a run's `spec.json` rebuilds exactly its model.
+(`complexity.py`), the trainer, the sweeps and the compressor all read. `layer_plan()` turns it
+into plain data, jax-free: every conv (name, role, kernel, stride, padding, channels, groups,
+BatchNorm, bias, input and output size), every pool and every bypass, in order of computation.
+The model builds its convs from that plan, the complexity sums it, compression takes its layer
+order, roles and released densities from it, and the tests check the built model against it.
+The spec is a frozen, hashable dataclass that round-trips through JSON, so a run's `spec.json`
+rebuilds exactly its model.
 
 Microarchitecture follows the paper's section 5 (docs/paper.md#microarchitecture): for Fire module i
 (fire2 is i = 0)
@@ -21,10 +26,11 @@ layers followed by a max-pool (Strategy 3: late downsampling).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 BYPASS_MODES = ("none", "simple", "complex")
 INIT_SCHEMES = ("caffe", "torchvision")
@@ -313,6 +319,349 @@ class SqueezeNetSpec:
 
     def replace(self, **changes) -> SqueezeNetSpec:
         return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ the layer plan
+    def layer_plan(self, image_size: int | None = None) -> LayerPlan:
+        """Every conv, pool and bypass of this design point at `image_size` (default the spec's),
+        in order of computation; SpecError when the feature map collapses at that size."""
+        return _layer_plan(self, self.image_size if image_size is None else image_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _layer_plan(spec: SqueezeNetSpec, image_size: int) -> LayerPlan:
+    sizes = spec.feature_sizes(image_size)
+    bn = spec.batch_norm
+    layers: list[PlanLayer] = []
+
+    def conv(
+        name,
+        block,
+        role,
+        kernel,
+        c_in,
+        c_out,
+        size_in,
+        size_out,
+        *,
+        stride=1,
+        padding=0,
+        groups=1,
+        normalized=True,
+    ):
+        # A BatchNorm right after a conv makes its bias redundant (BN's own bias replaces it);
+        # conv10 and the complex-bypass convs are never normalised.
+        layers.append(
+            ConvLayer(
+                name=name,
+                block=block,
+                role=role,
+                kernel=kernel,
+                stride=stride,
+                padding=padding,
+                in_channels=c_in,
+                out_channels=c_out,
+                groups=groups,
+                batch_norm=normalized and bn,
+                bias=not (normalized and bn),
+                in_size=size_in,
+                out_size=size_out,
+            )
+        )
+
+    def pool(after: str, channels: int) -> None:
+        before, out = sizes[after]
+        name = "maxpool" + after.removeprefix("conv").removeprefix("fire")
+        layers.append(
+            PoolLayer(
+                name,
+                name,
+                after,
+                "max",
+                spec.pool_size,
+                spec.pool_stride,
+                spec.pool_ceil,
+                channels,
+                before,
+                out,
+            )
+        )
+
+    size = sizes["conv1"][0]
+    conv(
+        "conv1",
+        "conv1",
+        "conv1",
+        spec.stem_kernel,
+        spec.in_channels,
+        spec.stem_filters,
+        image_size,
+        size,
+        stride=spec.stem_stride,
+        padding=spec.stem_padding,
+    )
+    if "conv1" in spec.pool_after:
+        pool("conv1", spec.stem_filters)
+    c_in, size_in = spec.stem_filters, sizes["conv1"][1]
+    for i, fire in enumerate(spec.fires()):
+        name, size = fire.name, sizes[fire.name][0]  # a Fire module keeps its input's size
+        conv(f"{name}/squeeze", name, "squeeze", 1, c_in, fire.squeeze, size_in, size)
+        # pct_3x3 of 0 or 1 empties one expand branch; it is then simply not built.
+        if fire.expand1x1:
+            conv(
+                f"{name}/expand1x1", name, "expand1x1", 1, fire.squeeze, fire.expand1x1, size, size
+            )
+        if fire.expand3x3:
+            conv(
+                f"{name}/expand3x3",
+                name,
+                "expand3x3",
+                3,
+                fire.squeeze,
+                fire.expand3x3,
+                size,
+                size,
+                padding=1,
+            )
+        shortcut = spec.bypass_kind(i)
+        if shortcut == "conv":
+            conv(
+                f"{name}/bypass",
+                name,
+                "bypass",
+                1,
+                c_in,
+                fire.expand,
+                size_in,
+                size,
+                normalized=False,
+            )
+        if shortcut != "none":
+            bypass_conv = f"{name}/bypass" if shortcut == "conv" else None
+            layers.append(
+                BypassLayer(f"{name}/shortcut", name, shortcut, bypass_conv, fire.expand, size)
+            )
+        if name in spec.pool_after:
+            pool(name, fire.expand)
+        c_in, size_in = fire.expand, sizes[name][1]
+    size = sizes["conv10"][0]
+    conv(
+        "conv10",
+        "conv10",
+        "classifier",
+        1,
+        c_in,
+        spec.num_classes,
+        size_in,
+        size,
+        padding=spec.classifier_padding,
+        normalized=False,
+    )
+    layers.append(
+        PoolLayer("avgpool", "avgpool", "conv10", "avg", size, 1, False, spec.num_classes, size, 1)
+    )
+    return LayerPlan(image_size, tuple(layers))
+
+
+# ---------------------------------------------------------------------- the layer plan
+# Roles of the convs in a plan, in the order a Fire module builds them.
+CONV_ROLES = ("conv1", "squeeze", "expand1x1", "expand3x3", "bypass", "classifier")
+FIRE_ROLES = ("squeeze", "expand1x1", "expand3x3", "bypass")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvLayer:
+    """One convolution of the network (with its BatchNorm, if any), as the model builds it.
+
+    `name` is its parameter path prefix ('conv1', 'fire2/squeeze', 'fire3/bypass', 'conv10');
+    `block` the Table 1 row it belongs to ('conv1', 'fire2', 'conv10'). Sizes are square.
+    """
+
+    name: str
+    block: str
+    role: str  # one of CONV_ROLES
+    kernel: int
+    stride: int
+    padding: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    batch_norm: bool
+    bias: bool
+    in_size: int
+    out_size: int
+
+    kind: ClassVar[str] = "conv"
+
+    @property
+    def height(self) -> int:
+        return self.out_size
+
+    @property
+    def width(self) -> int:
+        return self.out_size
+
+    @property
+    def weights(self) -> int:
+        """Kernel scalars: a grouped conv sees `in_channels / groups` inputs per filter."""
+        return self.kernel * self.kernel * (self.in_channels // self.groups) * self.out_channels
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int]:
+        """HWIO, as the model's (and every checkpoint's) kernel."""
+        return (self.kernel, self.kernel, self.in_channels // self.groups, self.out_channels)
+
+    @property
+    def params(self) -> int:
+        extra = self.out_channels if self.bias else 0
+        if self.batch_norm:
+            extra += 2 * self.out_channels  # BatchNorm scale and bias
+        return self.weights + extra
+
+    @property
+    def macs(self) -> int:
+        return self.out_size * self.out_size * self.weights
+
+    @property
+    def activations(self) -> int:
+        return self.out_size * self.out_size * self.out_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "kernel": self.kernel,
+            "stride": self.stride,
+            "padding": self.padding,
+            "groups": self.groups,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "height": self.height,
+            "width": self.width,
+            "bias": self.bias,
+            "batch_norm": self.batch_norm,
+            "params": self.params,
+            "macs": self.macs,
+            "activations": self.activations,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolLayer:
+    """A pool: a max-pool named after the layer it follows ('maxpool4' after fire4, as in
+    Table 1), or the final global average pool ('avgpool')."""
+
+    name: str
+    block: str  # its own Table 1 row: the same as `name`
+    after: str  # the block it follows
+    op: str  # 'max' | 'avg'
+    kernel: int
+    stride: int
+    ceil: bool
+    channels: int
+    in_size: int
+    out_size: int
+
+    kind: ClassVar[str] = "pool"
+
+
+@dataclasses.dataclass(frozen=True)
+class BypassLayer:
+    """The shortcut added to a Fire module's output (paper section 6): 'identity' (simple
+    bypass) or 'conv' (complex bypass, through the 1x1 conv named `conv`)."""
+
+    name: str  # '<fire>/shortcut'
+    block: str
+    shortcut: str  # 'identity' | 'conv'
+    conv: str | None  # the bypass conv's name for 'conv'
+    channels: int
+    size: int
+
+    kind: ClassVar[str] = "bypass"
+
+
+PlanLayer = ConvLayer | PoolLayer | BypassLayer
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """Every layer of a design point in order of computation, at one input size.
+
+    Plain data, no jax: the model builds its convs from `convs`, the analytic complexity sums
+    them, compression takes its layer order and roles from them, and tests check the built model
+    against them.
+    """
+
+    image_size: int
+    layers: tuple[PlanLayer, ...]
+
+    @property
+    def convs(self) -> tuple[ConvLayer, ...]:
+        return tuple(x for x in self.layers if isinstance(x, ConvLayer))
+
+    @property
+    def pools(self) -> tuple[PoolLayer, ...]:
+        return tuple(x for x in self.layers if isinstance(x, PoolLayer))
+
+    @property
+    def bypasses(self) -> tuple[BypassLayer, ...]:
+        return tuple(x for x in self.layers if isinstance(x, BypassLayer))
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """Table 1 rows in order: 'conv1', 'maxpool1', 'fire2', ..., 'conv10', 'avgpool'."""
+        return tuple(dict.fromkeys(x.block for x in self.layers))
+
+    def block(self, name: str) -> tuple[PlanLayer, ...]:
+        """The entries of one Table 1 row."""
+        found = tuple(x for x in self.layers if x.block == name)
+        if not found:
+            raise KeyError(f"no block {name!r}; blocks: {', '.join(self.blocks)}")
+        return found
+
+    def conv(self, name: str) -> ConvLayer:
+        for c in self.convs:
+            if c.name == name:
+                return c
+        raise KeyError(f"no conv {name!r}; convs: {', '.join(c.name for c in self.convs)}")
+
+    @property
+    def fire_blocks(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.block for c in self.convs if c.role in FIRE_ROLES))
+
+    @property
+    def params(self) -> int:
+        return sum(c.params for c in self.convs)
+
+
+def conv_order_key(name: str) -> tuple:
+    """Sort key putting a parameter path ('fire2/squeeze/kernel', 'conv1_bn/scale') in the order a
+    plan lists its convs: conv1, fire2 ... fireN (each in FIRE_ROLES order), conv10, then anything
+    else alphabetically. It parses the names `layer_plan` gives, for parameter trees that come
+    without their spec (a .sqz file's payload, a mask tree)."""
+    head, _, rest = name.partition("/")
+    role = rest.split("/")[0].removesuffix("_bn")
+    if head in ("conv1", "conv1_bn"):
+        return (0, 0, (0, name))
+    if head.startswith("fire") and head[4:].isdigit():
+        rank = FIRE_ROLES.index(role) if role in FIRE_ROLES else len(FIRE_ROLES)
+        return (1, int(head[4:]), (rank, rest))
+    if head == "conv10":
+        return (2, 0, (0, name))
+    return (3, 0, (0, name))
+
+
+def conv_block_role(name: str) -> tuple[str, str | None]:
+    """`(block, role)` of a conv named as `layer_plan` names them ('fire2/expand3x3' ->
+    ('fire2', 'expand3x3'), 'conv10' -> ('conv10', 'classifier')); role None for a name no plan
+    gives."""
+    head, _, rest = name.partition("/")
+    if name == "conv1":
+        return "conv1", "conv1"
+    if name == "conv10":
+        return "conv10", "classifier"
+    if head.startswith("fire") and head[4:].isdigit() and rest in FIRE_ROLES:
+        return head, rest
+    return head, None
 
 
 # ---------------------------------------------------------------------- named presets
