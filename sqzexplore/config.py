@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from sqzexplore.models.spec import PRESETS, SpecError, SqueezeNetSpec
+from sqzexplore.models.spec import PRESETS, SpecError, SqueezeNetSpec, field_infos
 
 
 class ConfigError(ValueError):
@@ -128,16 +128,24 @@ def model_config(preset: str = "v1.0", **overrides: Any) -> ml_collections.Confi
         )
     d = PRESETS[preset].to_dict()
     d.update(overrides)
-    # fire_widths may be None or a list; ConfigDict needs a placeholder type that accepts both.
-    fire_widths = d.pop("fire_widths")
-    # A tuple from the start: a field created as a list stays a list (ConfigDict keeps the first
-    # type), and ml_collections' config_flags cannot override list fields from the command line.
-    d["pool_after"] = tuple(d["pool_after"])
-    cfg = ml_collections.ConfigDict(d)
-    cfg.fire_widths = ml_collections.FieldReference(
-        None if fire_widths is None else tuple(tuple(w) for w in fire_widths), field_type=tuple
-    )
+    cfg = ml_collections.ConfigDict()
+    for key, info in field_infos().items():
+        value = d.pop(key)
+        if info.kind is tuple:
+            # A tuple from the start: a field created as a list stays a list (ConfigDict keeps
+            # the first type), and ml_collections' config_flags cannot override list fields from
+            # the command line.
+            value = None if value is None else _tuple(value)
+            if info.optional:  # None or a tuple (fire_widths): a typed reference takes both
+                value = ml_collections.FieldReference(value, field_type=tuple)
+        cfg[key] = value
+    if d:
+        raise ConfigError(f"config.model: unknown spec field(s) {sorted(d)}")
     return cfg
+
+
+def _tuple(value: Any) -> tuple:
+    return tuple(_tuple(v) if isinstance(v, (list, tuple)) else v for v in value)
 
 
 def _tristate_field() -> ml_collections.FieldReference:

@@ -41,6 +41,78 @@ class SpecError(ValueError):
     """A design point that cannot be built; the message names the field and what is allowed."""
 
 
+# The key under which a spec field's `FieldInfo` sits in its dataclass field metadata.
+SPEC_FIELD = "sqzexplore.spec"
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """What a spec field means and accepts: its help text, its type (`kind`) and its allowed
+    range or choices. Config defaults, `sqz train --help`, `sqz describe --set`, the wandb design
+    fields and the spec's own validation all read it, so adding a field is one line here.
+
+    `design`: a dimension of the design space that dashboards compare runs by. `formula_only`:
+    checked only when `fire_widths` is unset (the field feeds the width formulas).
+    """
+
+    help: str
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | None = None
+    design: bool = False
+    formula_only: bool = False
+    example: str | None = None  # a command-line spelling, for tuple-valued fields
+    optional: bool = False  # None is allowed (and means "use the formulas")
+
+    @property
+    def allowed(self) -> str:
+        """The allowed values in words: 'an integer >= 1', 'in (0, 1]', 'one of (...)'."""
+        if self.choices is not None:
+            return f"one of {self.choices}"
+        if self.kind is int:
+            return f"an integer >= {int(self.low)}" if self.low is not None else "an integer"
+        if self.kind is float and self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is tuple:
+            return f"a tuple such as {self.example}" if self.example else "a tuple"
+        return "a string"
+
+    @property
+    def line(self) -> str:
+        """One help line: the meaning, then the range where the meaning does not say it."""
+        if self.kind in (int, float) and (self.low is not None or self.high is not None):
+            return f"{self.help}; {self.allowed}"
+        return self.help
+
+    def check(self, name: str, value: Any) -> None:
+        """SpecError naming the field and the allowed range when `value` is outside it."""
+        if self.choices is not None:
+            if value not in self.choices:
+                raise SpecError(f"{name} must be {self.allowed}, got {value!r}")
+            return
+        if self.kind is int:
+            if not isinstance(value, int) or isinstance(value, bool) or value < self.low:
+                raise SpecError(f"{name} must be {self.allowed}, got {value!r}")
+        elif self.kind is float:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise SpecError(f"{name} must be a number {self.allowed}, got {value!r}")
+            below = value <= self.low if self.low_open else value < self.low
+            above = value >= self.high if self.high_open else value > self.high
+            if below or above or value != value:  # NaN is in no range
+                raise SpecError(f"{name} must be {self.allowed}, got {value!r}")
+
+
+def _field(default: Any, help: str, *, kind: type | None = None, **info: Any) -> Any:
+    kind = kind or (str if "choices" in info else type(default))
+    return dataclasses.field(default=default, metadata={SPEC_FIELD: FieldInfo(help, kind, **info)})
+
+
 @dataclasses.dataclass(frozen=True)
 class FireWidths:
     """Widths of one Fire module: squeeze filters and the two halves of the expand layer."""
@@ -59,43 +131,74 @@ class FireWidths:
 class SqueezeNetSpec:
     """A SqueezeNet design point. Defaults are SqueezeNet v1.0 (paper Table 1)."""
 
-    name: str = "custom"
-    num_classes: int = 1000
-    image_size: int = 224
-    in_channels: int = 3
+    name: str = _field("custom", "label of the design point")
+    num_classes: int = _field(1000, "classifier outputs; must match the dataset", low=1)
+    image_size: int = _field(224, "input height and width in pixels", low=1)
+    in_channels: int = _field(3, "input channels (1 grey, 3 RGB)", low=1)
     # Stem (conv1).
-    stem_filters: int = 96
-    stem_kernel: int = 7
-    stem_stride: int = 2
-    stem_padding: int = 0
+    stem_filters: int = _field(96, "conv1 filters", low=1)
+    stem_kernel: int = _field(7, "conv1 kernel size", low=1)
+    stem_stride: int = _field(2, "conv1 stride", low=1)
+    stem_padding: int = _field(0, "conv1 padding", low=0)
     # Microarchitecture metaparameters (paper section 5).
-    num_fire: int = 8
-    base_e: int = 128
-    incr_e: int = 128
-    freq: int = 2
-    pct_3x3: float = 0.5
-    squeeze_ratio: float = 0.125
-    # Explicit (squeeze, expand1x1, expand3x3) per Fire module; overrides the formula when set.
-    fire_widths: tuple[tuple[int, int, int], ...] | None = None
-    # Downsampling (Strategy 3).
-    pool_after: tuple[str, ...] = ("conv1", "fire4", "fire8")
-    pool_size: int = 3
-    pool_stride: int = 2
-    pool_ceil: bool = True
-    # Macroarchitecture (paper section 6).
-    bypass: str = "none"
-    # Classifier and regularisation.
-    classifier_padding: int = (
-        0  # the Caffe v1.0 prototxt pads conv10 by 1 (docs/paper.md#classifier-padding)
+    num_fire: int = _field(8, "number of Fire modules (fire2 ... fire{num_fire+1})", low=0)
+    base_e: int = _field(
+        128, "expand filters of the first Fire module", low=1, design=True, formula_only=True
     )
+    incr_e: int = _field(
+        128,
+        "expand filters added every `freq` Fire modules",
+        low=0,
+        design=True,
+        formula_only=True,
+    )
+    freq: int = _field(2, "Fire modules between expand-width increases", low=1, design=True)
+    pct_3x3: float = _field(0.5, "share of 3x3 expand filters", low=0.0, high=1.0, design=True)
+    squeeze_ratio: float = _field(
+        0.125,
+        "squeeze filters / expand filters (SR)",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        design=True,
+    )
+    # Explicit (squeeze, expand1x1, expand3x3) per Fire module; overrides the formula when set.
+    fire_widths: tuple[tuple[int, int, int], ...] | None = _field(
+        None,
+        "explicit ((squeeze, e1x1, e3x3), ...) per Fire module; None: formulas",
+        kind=tuple,
+        optional=True,
+        example='"((16,64,64),(16,64,64))" (squeeze, expand1x1, expand3x3 per Fire)',
+    )
+    # Downsampling (Strategy 3).
+    pool_after: tuple[str, ...] = _field(
+        ("conv1", "fire4", "fire8"),
+        "layers followed by a max-pool, e.g. ('conv1', 'fire4', 'fire8')",
+        kind=tuple,
+        example="\"('conv1','fire4','fire8')\"",
+        design=True,
+    )
+    pool_size: int = _field(3, "max-pool window", low=1)
+    pool_stride: int = _field(2, "max-pool stride", low=1)
+    pool_ceil: bool = _field(True, "ceil-mode pooling (Caffe) instead of floor")
+    # Macroarchitecture (paper section 6).
+    bypass: str = _field(
+        "none", "residual bypass: none | simple | complex", choices=BYPASS_MODES, design=True
+    )
+    # Classifier and regularisation. The Caffe v1.0 prototxt pads conv10 by 1
+    # (docs/paper.md#classifier-padding).
+    classifier_padding: int = _field(0, "conv10 padding (1 in the Caffe v1.0 prototxt)", low=0)
     # The paper's classifier has a ReLU after conv10. With few classes a class whose conv10
     # outputs all go negative gets a constant 0 logit and no gradient ever again (a dead class);
     # small-data experiments may turn it off. On in every paper preset.
-    classifier_relu: bool = True
-    dropout: float = 0.5
-    batch_norm: bool = False
-    init: str = "caffe"
-    dtype: str = "float32"  # compute dtype; parameters always stay float32
+    classifier_relu: bool = _field(True, "ReLU after conv10 (as in the paper)")
+    dropout: float = _field(0.5, "dropout before conv10", low=0.0, high=1.0, high_open=True)
+    batch_norm: bool = _field(False, "BatchNorm after every conv (not in the paper)")
+    init: str = _field("caffe", "weight initialisation: caffe | torchvision", choices=INIT_SCHEMES)
+    # Compute dtype; parameters always stay float32.
+    dtype: str = _field(
+        "float32", "compute dtype: float32 | bfloat16 (parameters stay float32)", choices=DTYPES
+    )
 
     def __post_init__(self):
         # Normalise list-valued fields (from JSON or ConfigDict) to tuples so the spec is hashable.
@@ -203,47 +306,11 @@ class SqueezeNetSpec:
     def validate(self) -> None:
         """Raise SpecError naming the first offending field and its allowed values."""
 
-        def positive(field: str, allow_zero: bool = False):
-            value = getattr(self, field)
-            low = 0 if allow_zero else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                rng = ">= 0" if allow_zero else ">= 1"
-                raise SpecError(f"{field} must be an integer {rng}, got {value!r}")
-
-        for field in (
-            "num_classes",
-            "image_size",
-            "in_channels",
-            "stem_filters",
-            "stem_kernel",
-            "stem_stride",
-            "freq",
-            "pool_size",
-            "pool_stride",
-        ):
-            positive(field)
-        positive("stem_padding", allow_zero=True)
-        positive("classifier_padding", allow_zero=True)
-        positive("num_fire", allow_zero=True)
-        if self.fire_widths is None:
-            positive("base_e")
-            positive("incr_e", allow_zero=True)
-        for field in ("pct_3x3", "squeeze_ratio"):
-            value = getattr(self, field)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise SpecError(f"{field} must be a number, got {value!r}")
-        if not 0.0 <= self.pct_3x3 <= 1.0:
-            raise SpecError(f"pct_3x3 must be in [0, 1], got {self.pct_3x3}")
-        if not 0.0 < self.squeeze_ratio <= 1.0:
-            raise SpecError(f"squeeze_ratio must be in (0, 1], got {self.squeeze_ratio}")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise SpecError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.bypass not in BYPASS_MODES:
-            raise SpecError(f"bypass must be one of {BYPASS_MODES}, got {self.bypass!r}")
-        if self.init not in INIT_SCHEMES:
-            raise SpecError(f"init must be one of {INIT_SCHEMES}, got {self.init!r}")
-        if self.dtype not in DTYPES:
-            raise SpecError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for f in dataclasses.fields(self):
+            meta = f.metadata.get(SPEC_FIELD)
+            if meta is None or (meta.formula_only and self.fire_widths is not None):
+                continue
+            meta.check(f.name, getattr(self, f.name))
         if self.fire_widths is not None:
             if len(self.fire_widths) != self.num_fire:
                 raise SpecError(
@@ -663,6 +730,14 @@ def conv_block_role(name: str) -> tuple[str, str | None]:
         return head, rest
     return head, None
 
+
+def field_infos() -> dict[str, FieldInfo]:
+    """`{field: FieldInfo}` of every SqueezeNetSpec field, in declaration order."""
+    return {f.name: f.metadata[SPEC_FIELD] for f in dataclasses.fields(SqueezeNetSpec)}
+
+
+# Spec fields a dashboard compares runs by (wandb's flat config, the report's design columns).
+DESIGN_FIELDS: tuple[str, ...] = tuple(k for k, v in field_infos().items() if v.design)
 
 # ---------------------------------------------------------------------- named presets
 PRESETS: dict[str, SqueezeNetSpec] = {
