@@ -24,7 +24,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sqzexplore.config import ConfigError, load_config_file, spec_from_config
+from sqzexplore.config import (
+    ConfigError,
+    UnknownKeyError,
+    apply_overrides,
+    load_config_file,
+    spec_config,
+    spec_from_config,
+)
 from sqzexplore.models.complexity import complexity
 from sqzexplore.models.spec import (
     DESIGN_FIELDS,
@@ -90,26 +97,32 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def apply_spec_overrides(spec: SqueezeNetSpec, overrides: Sequence[str]) -> SqueezeNetSpec:
-    """The spec with `--set` fields replaced, validated again; SpecError names a bad field."""
+    """The spec with `--set` fields replaced, validated again; SpecError names a bad field.
+
+    The fields are set on the spec's typed config section by `config.apply_overrides`, the path
+    sweeps and experiment configs take, so a value is checked by its field's type."""
     if not overrides:
         return spec
-    d = spec.to_dict()
+    config = spec_config(spec)
+    infos = field_infos()
     for item in overrides:
         field, value = parse_override(item)
-        if field not in d:
-            raise SpecError(f"--set: unknown spec field {field!r}; known fields: {sorted(d)}")
-        info = field_infos()[field]
-        if info.kind is tuple and not info.optional and isinstance(value, str):
-            value = (value,)  # `--set pool_after=fire4`: one position
-        tuple_ok = isinstance(value, (list, tuple)) or (info.optional and value is None)
-        if info.kind is tuple and not tuple_ok:
-            raise SpecError(f"--set: {field} must be {info.allowed}, got {value!r}")
-        d[field] = value
-    try:
-        return SqueezeNetSpec.from_dict(d)
-    except TypeError as e:
-        fields = ", ".join(parse_override(item)[0] for item in overrides)
-        raise SpecError(f"--set: a value of the wrong type among {fields} ({e})") from None
+        info = infos.get(field)
+        if info is not None and info.kind is tuple:
+            if not info.optional and isinstance(value, str):
+                value = (value,)  # `--set pool_after=fire4`: one position
+            if not (isinstance(value, (list, tuple)) or (info.optional and value is None)):
+                raise SpecError(f"--set: {field} must be {info.allowed}, got {value!r}")
+        try:
+            apply_overrides(config, {f"model.{field}": value})
+        except UnknownKeyError as e:
+            hint = f"did you mean {e.close.removeprefix('model.')!r}? " if e.close else ""
+            raise SpecError(
+                f"--set: unknown spec field {field!r}; {hint}known fields: {sorted(infos)}"
+            ) from None
+        except ConfigError as e:
+            raise SpecError(f"--set: {e}") from None
+    return SqueezeNetSpec.from_dict(config.model.to_dict())
 
 
 def load_spec(preset_name: str | None, config_path: str | None) -> SqueezeNetSpec:
