@@ -127,7 +127,7 @@ def model_config(preset: str = "v1.0", **overrides: Any) -> ml_collections.Confi
         raise ConfigError(
             f"config.model: unknown preset {preset!r}; available: {', '.join(PRESETS)}"
         )
-    d = PRESETS[preset].to_dict()
+    d = PRESETS[preset].to_dict(full=True)
     unknown = sorted(set(overrides) - set(d))
     if unknown:
         raise ConfigError(f"config.model: unknown spec field(s) {unknown}")
@@ -137,7 +137,7 @@ def model_config(preset: str = "v1.0", **overrides: Any) -> ml_collections.Confi
 
 def spec_config(spec: SqueezeNetSpec) -> ml_collections.ConfigDict:
     """A config whose `model` section is `spec` (every field typed as in `model_config`)."""
-    return ml_collections.ConfigDict({"model": _model_section(spec.to_dict())})
+    return ml_collections.ConfigDict({"model": _model_section(spec.to_dict(full=True))})
 
 
 def _model_section(d: dict[str, Any]) -> ml_collections.ConfigDict:

@@ -66,6 +66,9 @@ class FieldInfo:
     formula_only: bool = False
     example: str | None = None  # a command-line spelling, for tuple-valued fields
     optional: bool = False  # None is allowed (and means "use the formulas")
+    # Left out of `to_dict` (spec.json, a .sqz header) at its default, so a field added later
+    # leaves the files of every design point that does not use it byte-identical.
+    omit_default: bool = False
 
     @property
     def allowed(self) -> str:
@@ -357,8 +360,13 @@ class SqueezeNetSpec:
         self.feature_sizes()
 
     # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, full: bool = False) -> dict[str, Any]:
+        """JSON-ready fields; without `full`, those marked `omit_default` are left out at their
+        default (from_dict restores them)."""
         d = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if not full and f.metadata[SPEC_FIELD].omit_default and d[f.name] == f.default:
+                del d[f.name]
         d["pool_after"] = list(self.pool_after)
         if self.fire_widths is not None:
             d["fire_widths"] = [list(w) for w in self.fire_widths]
