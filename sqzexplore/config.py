@@ -16,12 +16,13 @@ import math
 import os
 import re
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from sqzexplore.models.spec import PRESETS, SpecError, SqueezeNetSpec
+from sqzexplore.models.spec import PRESETS, SpecError, SqueezeNetSpec, field_infos
 
 
 class ConfigError(ValueError):
@@ -126,18 +127,37 @@ def model_config(preset: str = "v1.0", **overrides: Any) -> ml_collections.Confi
         raise ConfigError(
             f"config.model: unknown preset {preset!r}; available: {', '.join(PRESETS)}"
         )
-    d = PRESETS[preset].to_dict()
+    d = PRESETS[preset].to_dict(full=True)
+    unknown = sorted(set(overrides) - set(d))
+    if unknown:
+        raise ConfigError(f"config.model: unknown spec field(s) {unknown}")
     d.update(overrides)
-    # fire_widths may be None or a list; ConfigDict needs a placeholder type that accepts both.
-    fire_widths = d.pop("fire_widths")
-    # A tuple from the start: a field created as a list stays a list (ConfigDict keeps the first
-    # type), and ml_collections' config_flags cannot override list fields from the command line.
-    d["pool_after"] = tuple(d["pool_after"])
-    cfg = ml_collections.ConfigDict(d)
-    cfg.fire_widths = ml_collections.FieldReference(
-        None if fire_widths is None else tuple(tuple(w) for w in fire_widths), field_type=tuple
-    )
+    return _model_section(d)
+
+
+def spec_config(spec: SqueezeNetSpec) -> ml_collections.ConfigDict:
+    """A config whose `model` section is `spec` (every field typed as in `model_config`)."""
+    return ml_collections.ConfigDict({"model": _model_section(spec.to_dict(full=True))})
+
+
+def _model_section(d: dict[str, Any]) -> ml_collections.ConfigDict:
+    # One entry per spec field, typed by the field's metadata (`spec.field_infos`).
+    cfg = ml_collections.ConfigDict()
+    for key, info in field_infos().items():
+        value = d[key]
+        if info.kind is tuple:
+            # A tuple from the start: a field created as a list stays a list (ConfigDict keeps
+            # the first type), and ml_collections' config_flags cannot override list fields from
+            # the command line.
+            value = None if value is None else _tuple(value)
+            if info.optional:  # None or a tuple (fire_widths): a typed reference takes both
+                value = ml_collections.FieldReference(value, field_type=tuple)
+        cfg[key] = value
     return cfg
+
+
+def _tuple(value: Any) -> tuple:
+    return tuple(_tuple(v) if isinstance(v, (list, tuple)) else v for v in value)
 
 
 def _tristate_field() -> ml_collections.FieldReference:
@@ -291,11 +311,18 @@ def _where(e: BaseException, path: str) -> str:
     return f" line {line}" if line is not None else ""
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
     """Set dotted keys (`model.squeeze_ratio`) on a config; unknown keys are an error.
 
+    The one override path for typed configs: a sweep's fixed values and every trial's design
+    point (`typed_config` + this, in sweep/runconfig.py), `sqz describe --set`, and the check of
+    a loaded experiment (`check_known_keys`) all set values here. `sqz train --config.KEY=VALUE`
+    parses the text with ml_collections' config_flags (by the same field types) and is then
+    checked here too.
+
     `ConfigDict.update_from_flattened_dict` on the config locked for the update, so a misspelt key
-    is refused (not added) and a value of the wrong type is refused by the field's type.
+    is refused (not added: an `UnknownKeyError` with `.key`, `.close` and `.known`) and a value of
+    the wrong type is refused by the field's type (a ConfigError naming the key).
     """
     was_locked = config.is_locked
     config.lock()
@@ -308,10 +335,36 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
             except KeyError:
                 raise unknown_key_error(config, dotted) from None
             except (TypeError, ValueError) as e:
-                raise ConfigError(f"config.{dotted}: {e}") from None
+                raise ConfigError(_type_message(config, dotted, value, e)) from None
     finally:
         if not was_locked:
             config.unlock()
+
+
+def _type_message(config: ml_collections.ConfigDict, dotted: str, value: Any, e: Exception) -> str:
+    """`config.model.freq must be an integer >= 1, got 1.5`: a value its field's type refuses,
+    with the spec field's allowed range where there is one."""
+    section, _, field = dotted.rpartition(".")
+    info = field_infos().get(field) if section == "model" else None
+    if info is not None:
+        return f"config.{dotted} must be {info.allowed}, got {value!r}"
+    current = config
+    for part in dotted.split("."):
+        current = current[part]
+    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    kind = kinds.get(type(current))
+    if kind is None:
+        return f"config.{dotted}: {' '.join(str(e).split())}"
+    return f"config.{dotted} must be {kind} (the field's type), got {value!r}"
+
+
+def typed_config(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A config given as JSON (a sweep's base config, a run's config.json) as a typed ConfigDict:
+    `base_config()` with every leaf of `d` set by `apply_overrides`, so the leaves regain their
+    field types and a key the defaults do not have is refused."""
+    config = base_config()
+    apply_overrides(config, _flatten(dict(d)))
+    return config
 
 
 def unknown_key_message(config: ml_collections.ConfigDict, dotted: str) -> str:

@@ -6,7 +6,8 @@
 
 The spec comes from a named preset or from an experiment file's `config.model`; `--set` then
 replaces spec fields (values parsed as Python literals, else taken as strings), so a design can be
-sized while exploring. Output is the paper's Table 1 layout with totals, or JSON (`--json`):
+sized while exploring. Output is the paper's Table 1 layout with totals and the spec's design
+dimensions (the fields its metadata marks as such, `spec.DESIGN_FIELDS`), or JSON (`--json`):
 `{"spec", "params", "macs", "fp32_bytes", "fp32_mib", "activations", "image_size", "layers"}`.
 The paper's presets (v1.0, v1.1) are described at the paper's 227x227 input (conv1 111x111, as
 in its Table 1) unless --image-size says otherwise; they train at their spec's 224. The table's
@@ -23,19 +24,28 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sqzexplore.config import ConfigError, load_config_file, spec_from_config
+from sqzexplore.config import (
+    ConfigError,
+    UnknownKeyError,
+    apply_overrides,
+    load_config_file,
+    spec_config,
+    spec_from_config,
+)
 from sqzexplore.models.complexity import complexity
-from sqzexplore.models.spec import PRESETS, SpecError, SqueezeNetSpec
+from sqzexplore.models.spec import (
+    DESIGN_FIELDS,
+    PRESETS,
+    SpecError,
+    SqueezeNetSpec,
+    field_infos,
+)
 
 EXIT_USAGE = 2
 # The paper's Table 1 (and the Caffe prototxts) use 227x227 inputs; the v1.0/v1.1 presets train
 # at 224 (torchvision's size). `sqz describe --preset` shows the paper's numbers by default.
 PAPER_IMAGE_SIZE = 227
 PAPER_PRESETS = ("v1.0", "v1.1")
-_TUPLE_EXAMPLES = {
-    "pool_after": "\"('conv1','fire4','fire8')\"",
-    "fire_widths": '"((16,64,64),(16,64,64))" (squeeze, expand1x1, expand3x3 per Fire)',
-}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -87,27 +97,32 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def apply_spec_overrides(spec: SqueezeNetSpec, overrides: Sequence[str]) -> SqueezeNetSpec:
-    """The spec with `--set` fields replaced, validated again; SpecError names a bad field."""
+    """The spec with `--set` fields replaced, validated again; SpecError names a bad field.
+
+    The fields are set on the spec's typed config section by `config.apply_overrides`, the path
+    sweeps and experiment configs take, so a value is checked by its field's type."""
     if not overrides:
         return spec
-    d = spec.to_dict()
+    config = spec_config(spec)
+    infos = field_infos()
     for item in overrides:
         field, value = parse_override(item)
-        if field not in d:
-            raise SpecError(f"--set: unknown spec field {field!r}; known fields: {sorted(d)}")
-        if field == "pool_after" and isinstance(value, str):
-            value = (value,)  # `--set pool_after=fire4`: one position
-        tuple_ok = isinstance(value, (list, tuple)) or (field == "fire_widths" and value is None)
-        if field in ("pool_after", "fire_widths") and not tuple_ok:
+        info = infos.get(field)
+        if info is not None and info.kind is tuple:
+            if not info.optional and isinstance(value, str):
+                value = (value,)  # `--set pool_after=fire4`: one position
+            if not (isinstance(value, (list, tuple)) or (info.optional and value is None)):
+                raise SpecError(f"--set: {field} must be {info.allowed}, got {value!r}")
+        try:
+            apply_overrides(config, {f"model.{field}": value})
+        except UnknownKeyError as e:
+            hint = f"did you mean {e.close.removeprefix('model.')!r}? " if e.close else ""
             raise SpecError(
-                f"--set: {field} must be a tuple such as {_TUPLE_EXAMPLES[field]}, got {value!r}"
-            )
-        d[field] = value
-    try:
-        return SqueezeNetSpec.from_dict(d)
-    except TypeError as e:
-        fields = ", ".join(parse_override(item)[0] for item in overrides)
-        raise SpecError(f"--set: a value of the wrong type among {fields} ({e})") from None
+                f"--set: unknown spec field {field!r}; {hint}known fields: {sorted(infos)}"
+            ) from None
+        except ConfigError as e:
+            raise SpecError(f"--set: {e}") from None
+    return SqueezeNetSpec.from_dict(config.model.to_dict())
 
 
 def load_spec(preset_name: str | None, config_path: str | None) -> SqueezeNetSpec:
@@ -126,7 +141,15 @@ def describe(spec: SqueezeNetSpec, image_size: int | None = None, as_json: bool 
     cx = complexity(spec, image_size)
     if as_json:
         return json.dumps({"spec": spec.to_dict(), **cx.to_dict()}, indent=2)
-    return cx.table()
+    return f"{cx.table()}\n{design_line(spec)}"
+
+
+def design_line(spec: SqueezeNetSpec) -> str:
+    """`design: base_e=128, ..., bypass=none`: the spec's design dimensions (`DESIGN_FIELDS`)."""
+    values = {k: getattr(spec, k) for k in DESIGN_FIELDS}
+    return "design: " + ", ".join(
+        f"{k}={v!r}" if isinstance(v, tuple) else f"{k}={v}" for k, v in values.items()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

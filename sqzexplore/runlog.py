@@ -23,6 +23,7 @@ from typing import Any
 
 from sqzexplore import rundir
 from sqzexplore.config import WANDB_MODES
+from sqzexplore.models.spec import DESIGN_FIELDS
 
 
 class MetricsWriter:
@@ -111,8 +112,9 @@ def _wandb_run_id(workdir: str) -> str:
     return hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:16]
 
 
-# Spec fields a dashboard compares runs by, flat at the top of a wandb run's config.
-DESIGN_KEYS = ("squeeze_ratio", "pct_3x3", "pool_after", "bypass", "base_e", "incr_e", "freq")
+# Spec fields a dashboard compares runs by, flat at the top of a wandb run's config: those the
+# spec's field metadata marks as design dimensions.
+DESIGN_KEYS = DESIGN_FIELDS
 
 
 def design_fields(run_config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None):

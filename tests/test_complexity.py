@@ -247,7 +247,7 @@ def _param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
 def _analytic_shapes(cx) -> dict[str, tuple[int, ...]]:
     out = {}
     for c in cx.convs:
-        out[f"{c.name}/kernel"] = (c.kernel, c.kernel, c.in_channels, c.out_channels)
+        out[f"{c.name}/kernel"] = c.kernel_shape
         if c.bias:
             out[f"{c.name}/bias"] = (c.out_channels,)
         if c.batch_norm:

@@ -1,5 +1,6 @@
 """`sqz describe` and the ImageNet experiment configs it reads."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -7,9 +8,12 @@ import sys
 
 import pytest
 
+from sqzexplore import runlog
 from sqzexplore.config import ConfigError, load_config_file, spec_from_config
 from sqzexplore.describe import main
 from sqzexplore.durations import Durations
+from sqzexplore.models.spec import DESIGN_FIELDS, SpecError, SqueezeNetSpec, field_infos, preset
+from sqzexplore.train.usage import KEY_HELP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V1_0 = os.path.join(ROOT, "experiments", "imagenet", "squeezenet_v1_0.py")
@@ -220,3 +224,43 @@ def test_runlocal_is_the_same_experiment_shrunk(path, arg):
     assert (
         Durations.from_config(local, local.data.synthetic_train_size).total_steps == local.num_steps
     )
+
+
+# ------------------------------------------------------------------ spec-field metadata
+def test_every_spec_field_carries_its_help_type_and_range():
+    infos = field_infos()
+    assert list(infos) == [f.name for f in dataclasses.fields(SqueezeNetSpec)]
+    for name, info in infos.items():
+        assert info.help and info.kind in (int, float, bool, str, tuple), name
+    # The same metadata is what `sqz train --help` says and what wandb's design fields are.
+    assert {k: v for k, v in KEY_HELP.items() if k.startswith("model.")} == {
+        f"model.{k}": v.line for k, v in infos.items()
+    }
+    assert runlog.DESIGN_KEYS == DESIGN_FIELDS
+    assert {"squeeze_ratio", "pct_3x3", "pool_after", "bypass"} <= set(DESIGN_FIELDS)
+    assert "dtype" not in DESIGN_FIELDS and "name" not in DESIGN_FIELDS
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("squeeze_ratio", 0.0, "squeeze_ratio must be in (0, 1], got 0.0"),
+        ("pct_3x3", 1.5, "pct_3x3 must be in [0, 1], got 1.5"),
+        ("pct_3x3", "half", "pct_3x3 must be a number in [0, 1], got 'half'"),
+        ("dropout", 1.0, "dropout must be in [0, 1), got 1.0"),
+        ("stem_padding", -1, "stem_padding must be an integer >= 0, got -1"),
+        ("freq", 1.5, "freq must be an integer >= 1, got 1.5"),
+        ("bypass", "all", "bypass must be one of ('none', 'simple', 'complex'), got 'all'"),
+    ],
+)
+def test_range_errors_name_the_field_and_the_allowed_range(field, value, message):
+    with pytest.raises(SpecError) as err:
+        preset("v1.0", **{field: value})
+    assert str(err.value) == message
+
+
+def test_the_table_ends_with_the_design_dimensions(capsys):
+    assert main(["--preset", "digits", "--set", "squeeze_ratio=0.25"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("design: ") and "squeeze_ratio=0.25" in last
+    assert all(f"{k}=" in last for k in DESIGN_FIELDS)

@@ -16,7 +16,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from sqzexplore.models import (
     Fire,
-    FireWidths,
     SpecError,
     SqueezeNet,
     SqueezeNetSpec,
@@ -24,7 +23,7 @@ from sqzexplore.models import (
     init_model,
     preset,
 )
-from sqzexplore.models.spec import BYPASS_MODES, DTYPES
+from sqzexplore.models.spec import BYPASS_MODES, DTYPES, BypassLayer, ConvLayer, LayerPlan
 
 # ---------------------------------------------------------------------------- reference
 # docs/paper.md#table-1, written out by hand rather than read from the spec, so a wrong formula
@@ -357,27 +356,22 @@ def valid_specs(draw) -> SqueezeNetSpec:
         reject()
 
 
-def expected_param_count(spec: SqueezeNetSpec) -> int:
-    """Params from the spec's widths, written independently of the model's constructor."""
-
-    def conv(k, c_in, c_out, normalized=True):
-        # A BatchNorm'd conv has no bias but a BN scale and bias per channel.
-        return k * k * c_in * c_out + c_out * (2 if normalized and spec.batch_norm else 1)
-
-    total = conv(spec.stem_kernel, spec.in_channels, spec.stem_filters)
-    c = spec.stem_filters
-    for i, f in enumerate(spec.fires()):
-        total += conv(1, c, f.squeeze)
-        total += conv(1, f.squeeze, f.expand1x1) if f.expand1x1 else 0
-        total += conv(3, f.squeeze, f.expand3x3) if f.expand3x3 else 0
-        total += conv(1, c, f.expand, normalized=False) if spec.bypass_kind(i) == "conv" else 0
-        c = f.expand
-    return total + conv(1, c, spec.num_classes, normalized=False)
+def plan_param_leaves(plan: LayerPlan) -> dict[str, tuple[int, ...]]:
+    """The parameter leaves a layer plan promises: each conv's HWIO kernel, its bias or its
+    BatchNorm scale and bias."""
+    out = {}
+    for c in plan.convs:
+        out[f"{c.name}/kernel"] = c.kernel_shape
+        if c.bias:
+            out[f"{c.name}/bias"] = (c.out_channels,)
+        if c.batch_norm:
+            out[f"{c.name}_bn/scale"] = out[f"{c.name}_bn/bias"] = (c.out_channels,)
+    return out
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(spec=valid_specs(), batch=st.integers(1, 3), train=st.booleans())
-def test_any_valid_spec_builds_with_the_spec_feature_sizes(spec, batch, train):
+def test_any_valid_spec_builds_its_layer_plan(spec, batch, train):
     size = spec.image_size
     x = jax.ShapeDtypeStruct((batch, size, size, spec.in_channels), jnp.float32)
     key = jax.random.key(0) if train and spec.dropout > 0 else None
@@ -391,14 +385,24 @@ def test_any_valid_spec_builds_with_the_spec_feature_sizes(spec, batch, train):
     )
     assert features["logits"].shape == (batch, spec.num_classes)
     assert features["logits"].dtype == jnp.float32
-    for layer, (before, after) in spec.feature_sizes().items():
-        assert features[layer].shape[1:3] == (before, before), layer
-        if layer in spec.pool_after:
-            pooled = "maxpool" + layer.removeprefix("conv").removeprefix("fire")
-            assert features[pooled].shape[1:3] == (after, after), pooled
-    for fire in spec.fires():
-        assert features[fire.name].shape[-1] == fire.expand
-    assert count_params(model) == expected_param_count(spec)
+    plan = spec.layer_plan()
+    # The built model is the plan: the same parameter tensors, path by path, ...
+    assert param_leaves(model) == plan_param_leaves(plan)
+    assert count_params(model) == plan.params
+    # ... and every block's output has the plan's size and channels.
+    for block in plan.blocks:
+        entries = plan.block(block)
+        if block == "avgpool":
+            continue
+        if block in plan.fire_blocks:
+            size = entries[0].out_size
+            expands = [c for c in entries if getattr(c, "role", "") in ("expand1x1", "expand3x3")]
+            channels = sum(c.out_channels for c in expands)
+        elif entries[0].kind == "pool":
+            size, channels = entries[0].out_size, entries[0].channels
+        else:
+            size, channels = entries[0].out_size, entries[0].out_channels
+        assert features[block].shape == (batch, size, size, channels), block
 
 
 def test_bad_input_is_rejected_with_a_clear_error():
@@ -410,14 +414,27 @@ def test_bad_input_is_rejected_with_a_clear_error():
         model(jnp.ones((1, 4, 4, 1)))
     with pytest.raises(TypeError, match="SqueezeNetSpec"):
         SqueezeNet({"name": "v1.0"}, rngs=nnx.Rngs(0))
+    # A plan block whose identity shortcut joins 16 input channels to 4 + 4 output channels.
+    conv = functools.partial(
+        ConvLayer,
+        block="fire3",
+        kernel=1,
+        stride=1,
+        padding=0,
+        groups=1,
+        batch_norm=False,
+        bias=True,
+        in_size=4,
+        out_size=4,
+    )
+    block = (
+        conv(name="fire3/squeeze", role="squeeze", in_channels=16, out_channels=2),
+        conv(name="fire3/expand1x1", role="expand1x1", in_channels=2, out_channels=4),
+        conv(name="fire3/expand3x3", role="expand3x3", in_channels=2, out_channels=4),
+        BypassLayer("fire3/shortcut", "fire3", "identity", None, 8, 4),
+    )
     with pytest.raises(ValueError, match="identity bypass around fire3"):
-        Fire(
-            16,  # in 16 channels, out 4 + 4
-            FireWidths("fire3", 2, 4, 4),
-            bypass_kind="identity",
-            spec=preset("digits"),
-            rngs=nnx.Rngs(0),
-        )
+        Fire(block, spec=preset("digits"), rngs=nnx.Rngs(0))
 
 
 # ---------------------------------------------------------------------------- behaviour

@@ -104,7 +104,7 @@ def compress_run(
     """
     source = check_finished_run(workdir)
     out_dir = check_out_dir(out_dir or default_out_dir(source.workdir, plan.bits), workdir)
-    plan = plan.for_model(model_trees(source.spec)[0], source.epochs)
+    plan = plan.for_model(model_trees(source.spec)[0], source.epochs, source.spec.layer_plan())
     make_out_dir(out_dir)
     pin_settings(out_dir, source, plan)
 
@@ -246,7 +246,7 @@ def size_only(
         if preset not in PRESETS:
             raise CompressError("preset", f"unknown preset {preset!r}; available: {list(PRESETS)}")
         spec = PRESETS[preset]
-    plan = plan.for_model(model_trees(spec)[0])
+    plan = plan.for_model(model_trees(spec)[0], layers=spec.layer_plan())
     if out_dir is not None:
         out_dir = check_out_dir(out_dir, source and source.workdir)
     if source is not None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqzexplore.compress.sqzformat import MAX_BITS, MAX_GAP_BITS, MIN_BITS, MIN_GAP_BITS
+from sqzexplore.models.spec import LayerPlan
 
 MAX_ROUNDS = 10
 MAX_EPOCHS = 1e6
@@ -183,10 +184,13 @@ class CompressPlan:
         )
         object.__setattr__(self, "rounds", check_integer("rounds", self.rounds, 1, MAX_ROUNDS))
 
-    def for_model(self, params: Any, source_epochs: float = 0.0) -> CompressPlan:
+    def for_model(
+        self, params: Any, source_epochs: float = 0.0, layers: LayerPlan | None = None
+    ) -> CompressPlan:
         """This plan resolved against a model's conv layers (`params`: any tree with the model's
-        parameter paths, e.g. `runs.model_trees(spec)[0]`); layer names it does not know are a
-        CompressError. Nothing is loaded or compiled."""
+        parameter paths, e.g. `runs.model_trees(spec)[0]`; `layers`: the spec's layer plan, which
+        the params are checked against and the released densities follow); layer names it does
+        not know are a CompressError. Nothing is loaded or compiled."""
         from sqzexplore.compress.prune import conv_kernels, resolve_densities
         from sqzexplore.compress.quantize import resolve_bits
 
@@ -196,7 +200,7 @@ class CompressPlan:
         except ValueError as err:
             raise CompressError("bits", str(err)) from None
         try:
-            density = resolve_densities(params, self.density)
+            density = resolve_densities(params, self.density, layers)
         except ValueError as err:
             raise CompressError("density", str(err)) from None
         return dataclasses.replace(

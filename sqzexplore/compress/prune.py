@@ -27,13 +27,14 @@ inside `jax.jit` with `apply_masks`.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sqzexplore.models.spec import FIRE_ROLES, LayerPlan, conv_block_role, conv_order_key
 
 # ---------------------------------------------------------------------- parameter paths
 
@@ -44,23 +45,11 @@ def _as_tree(params: Any) -> Any:
     return to_pure_dict() if callable(to_pure_dict) else params
 
 
-_ROLE_ORDER = {"squeeze": 0, "expand1x1": 1, "expand3x3": 2, "bypass": 3}
-
-
 def network_order_key(path: str) -> tuple:
-    """Sort key putting paths in network order: conv1, fire2 ... fireN (squeeze, expand1x1,
-    expand3x3, bypass), conv10, then anything else alphabetically."""
-    head, _, rest = path.partition("/")
-    role = rest.split("/")[0].removesuffix("_bn")
-    role_rank = (_ROLE_ORDER.get(role, len(_ROLE_ORDER)), rest)
-    if head.startswith("conv1_bn") or head == "conv1":
-        return (0, 0, (0, path))
-    match = re.fullmatch(r"fire(\d+)", head)
-    if match:
-        return (1, int(match.group(1)), role_rank)
-    if head == "conv10":
-        return (2, 0, (0, path))
-    return (3, 0, (0, path))
+    """Sort key putting paths in the layer plan's order: conv1, fire2 ... fireN (squeeze,
+    expand1x1, expand3x3, bypass), conv10, then anything else alphabetically
+    (`spec.conv_order_key`, which owns the plan's layer names)."""
+    return conv_order_key(path)
 
 
 def flatten_params(params: Any) -> dict[str, Any]:
@@ -167,34 +156,43 @@ def released_density(layer: str, num_fire: int) -> float:
     Fire module i of `num_fire` (fire2 is i = 0) takes the densities of the paper Fire module at
     the same relative depth, `round(i * 7 / (num_fire - 1))`, which is i itself for v1.0/v1.1.
     """
-    layer = layer_name(layer)
-    if layer == "conv1":
-        return RELEASED_CONV1_DENSITY
-    if layer == "conv10":
-        return RELEASED_CONV10_DENSITY
-    match = re.fullmatch(r"fire(\d+)/(squeeze|expand1x1|expand3x3|bypass)", layer)
-    if not match:
+    block, role = conv_block_role(layer_name(layer))
+    if role is None:
         raise ValueError(
             f"no released density for layer {layer!r} (known: conv1, fireN/squeeze, "
             "fireN/expand1x1, fireN/expand3x3, fireN/bypass, conv10); pass densities explicitly"
         )
-    index = int(match.group(1)) - 2
-    if not 0 <= index < max(num_fire, 1):
+    index = int(block.removeprefix("fire")) - 2 if block.startswith("fire") else 0
+    if role in FIRE_ROLES and not 0 <= index < max(num_fire, 1):
         raise ValueError(f"layer {layer!r} is outside a net of {num_fire} Fire modules")
+    return _released(role, index, num_fire)
+
+
+def released_densities(plan: LayerPlan) -> dict[str, float]:
+    """`{kernel path: density}` of the released SqueezeNet mapped onto a layer plan: each conv by
+    its role, each Fire block by its depth among the plan's Fire blocks."""
+    fires = plan.fire_blocks
+    return {
+        f"{c.name}/kernel": _released(
+            c.role, fires.index(c.block) if c.block in fires else 0, len(fires)
+        )
+        for c in plan.convs
+    }
+
+
+def _released(role: str, fire_index: int, num_fire: int) -> float:
+    if role == "conv1":
+        return RELEASED_CONV1_DENSITY
+    if role == "classifier":
+        return RELEASED_CONV10_DENSITY
     paper_fires = len(RELEASED_FIRE_DENSITIES)
-    paper_index = round(index * (paper_fires - 1) / (num_fire - 1)) if num_fire > 1 else 0
+    paper_index = round(fire_index * (paper_fires - 1) / (num_fire - 1)) if num_fire > 1 else 0
     squeeze, expand1x1, expand3x3 = RELEASED_FIRE_DENSITIES[paper_index]
-    role = match.group(2)
     # A bypass conv feeds the same Fire output as the squeeze reads; the paper prunes no bypass
     # convs, so it inherits its Fire module's squeeze density.
     return {"squeeze": squeeze, "bypass": squeeze, "expand1x1": expand1x1, "expand3x3": expand3x3}[
         role
     ]
-
-
-def _fire_count(kernel_paths: list[str]) -> int:
-    numbers = {int(m.group(1)) for p in kernel_paths if (m := re.match(r"fire(\d+)/", p))}
-    return max(numbers) - 1 if numbers else 0
 
 
 def _check_density(layer: str, density: Any) -> float:
@@ -206,21 +204,47 @@ def _check_density(layer: str, density: Any) -> float:
     return density
 
 
-def resolve_densities(params: Any, densities: Any = "released") -> dict[str, float]:
+def check_against_plan(params: Any, plan: LayerPlan) -> None:
+    """Refuse a parameter tree whose conv kernels are not exactly the plan's (names and HWIO
+    shapes), naming the first difference."""
+    kernels = conv_kernels(params)
+    expected = {f"{c.name}/kernel": c.kernel_shape for c in plan.convs}
+    if list(kernels) != list(expected):
+        raise ValueError(
+            f"the parameters' conv kernels ({', '.join(kernels)}) are not the layer plan's "
+            f"({', '.join(expected)})"
+        )
+    for path, shape in expected.items():
+        if tuple(np.shape(kernels[path])) != shape:
+            raise ValueError(
+                f"{path} has shape {tuple(np.shape(kernels[path]))}, the layer plan's is {shape}"
+            )
+
+
+def resolve_densities(
+    params: Any, densities: Any = "released", plan: LayerPlan | None = None
+) -> dict[str, float]:
     """Density per conv kernel path (`{"fire2/squeeze/kernel": 1.0, ...}`), validated.
 
     `densities` is "released", one number for all kernels, or a mapping keyed by layer name or
-    kernel path (unnamed layers stay at 1.0; unknown names are an error).
+    kernel path (unnamed layers stay at 1.0; unknown names are an error). With the model's layer
+    `plan`, the params are checked against it and the released densities follow its roles and
+    Fire depth; without, they follow the plan's layer names (`spec.conv_block_role`).
     """
     kernels = conv_kernels(params)
     paths = list(kernels)
+    if plan is not None:
+        check_against_plan(params, plan)
     if isinstance(densities, str):
         if densities != "released":
             raise ValueError(
                 f"densities must be 'released', a number in (0, 1] or a per-layer mapping, "
                 f"got {densities!r}"
             )
-        num_fire = _fire_count(paths)
+        if plan is not None:
+            return released_densities(plan)
+        roles = [conv_block_role(layer_name(p)) for p in paths]
+        num_fire = len({block for block, role in roles if role in FIRE_ROLES})
         return {p: released_density(p, num_fire) for p in paths}
     if isinstance(densities, Mapping):
         named = per_layer(paths, densities, "densities")

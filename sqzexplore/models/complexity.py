@@ -1,24 +1,24 @@
 """Analytic complexity of a SqueezeNet design point: params, MACs, activations, bytes per layer.
 
-The twin of `squeezenet.py` (pycls habit): it walks the same spec the same way the model's
-constructor does, but builds nothing, so a sweep can size, filter or rank thousands of design
-points in milliseconds, and `sqz describe` can print the paper's Table 1 for any spec. It imports
-no jax or TensorFlow.
+It sums the spec's layer plan (`SqueezeNetSpec.layer_plan`), the same list of convs the model's
+constructor builds from, but builds nothing, so a sweep can size, filter or rank thousands of
+design points in milliseconds, and `sqz describe` can print the paper's Table 1 for any spec. It
+imports no jax or TensorFlow.
 
-What is counted, per conv (bypass convs included):
+What is counted, per conv of the plan (bypass convs included; `ConvLayer`):
 
-- params: kernel `k*k*C_in*C_out`, plus the bias `C_out`; with `spec.batch_norm` every conv
+- params: kernel `k*k*(C_in/groups)*C_out`, plus the bias `C_out`; with `spec.batch_norm` every conv
   except conv10 and the complex-bypass convs drops its bias and gains a BatchNorm scale and bias
   (`2*C_out`; running mean/var are statistics, not parameters): exactly the model's `count_params`.
-- MACs: `H_out*W_out*C_out*k*k*C_in` (padding positions included, as in torchvision's figures);
-  pools, ReLUs, BatchNorm, the bypass additions and the global average pool count none.
+- MACs: `H_out*W_out*C_out*k*k*C_in/groups` (padding positions included, as in torchvision's
+  figures); pools, ReLUs, BatchNorm, the bypass additions and the global average pool count none.
 - activations: elements of every conv output (`H_out*W_out*C_out`; the definition of pycls and
   "Fast and Accurate Model Scaling"), so a Fire module counts its squeeze, both expand halves and
   its bypass conv; pools add none.
 
 Rows follow the paper's Table 1: conv1, maxpool1 (a pool is named after the layer it follows:
-maxpool4 after fire4), fire2 ..., conv10, avgpool. Sizes come from `spec.feature_sizes`, so ceil
-or floor pooling, the stem and `classifier_padding` are all honoured.
+maxpool4 after fire4), fire2 ..., conv10, avgpool. Sizes come from the plan
+(`spec.feature_sizes`), so ceil or floor pooling, the stem and `classifier_padding` are honoured.
 """
 
 from __future__ import annotations
@@ -26,58 +26,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sqzexplore.models.spec import SqueezeNetSpec
+from sqzexplore.models.spec import ConvLayer, PoolLayer, SqueezeNetSpec
 
 MIB = 2**20
 FP32_BYTES = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvCost:
-    """One convolution (with its BatchNorm, if any): the unit the model and a compressor see."""
-
-    name: str  # parameter path prefix in the model: 'conv1', 'fire2/squeeze', 'fire2/bypass', ...
-    kernel: int
-    in_channels: int
-    out_channels: int
-    height: int  # output size
-    width: int
-    bias: bool
-    batch_norm: bool
-
-    @property
-    def weights(self) -> int:
-        return self.kernel * self.kernel * self.in_channels * self.out_channels
-
-    @property
-    def params(self) -> int:
-        extra = self.out_channels if self.bias else 0
-        if self.batch_norm:
-            extra += 2 * self.out_channels  # BatchNorm scale and bias
-        return self.weights + extra
-
-    @property
-    def macs(self) -> int:
-        return self.height * self.width * self.weights
-
-    @property
-    def activations(self) -> int:
-        return self.height * self.width * self.out_channels
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kernel": self.kernel,
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "height": self.height,
-            "width": self.width,
-            "bias": self.bias,
-            "batch_norm": self.batch_norm,
-            "params": self.params,
-            "macs": self.macs,
-            "activations": self.activations,
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +41,7 @@ class LayerCost:
     height: int  # output size
     width: int
     channels: int
-    convs: tuple[ConvCost, ...] = ()
+    convs: tuple[ConvLayer, ...] = ()
     # Fire modules only: widths and the shortcut ('none' | 'identity' | 'conv').
     squeeze: int | None = None
     expand1x1: int | None = None
@@ -110,7 +62,7 @@ class LayerCost:
 
     @property
     def bypass_params(self) -> int:
-        return sum(c.params for c in self.convs if c.name.endswith("/bypass"))
+        return sum(c.params for c in self.convs if c.role == "bypass")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -165,7 +117,7 @@ class Complexity:
         return self.fp32_bytes / MIB
 
     @property
-    def convs(self) -> tuple[ConvCost, ...]:
+    def convs(self) -> tuple[ConvLayer, ...]:
         """Every conv in order of computation (the model's parameterised layers)."""
         return tuple(c for layer in self.layers for c in layer.convs)
 
@@ -245,86 +197,46 @@ def _format_macs(macs: int) -> str:
     return f"{macs / 1e6:,.2f}M" if macs else "0"
 
 
-def _pool_name(after: str) -> str:
-    return "maxpool" + after.removeprefix("conv").removeprefix("fire")
-
-
 def complexity(spec: SqueezeNetSpec, image_size: int | None = None) -> Complexity:
     """Params, MACs and activations of `spec` at `image_size` (default `spec.image_size`).
 
-    Raises SpecError when the feature map collapses at that size.
+    Sums the spec's layer plan, one row per Table 1 block. Raises SpecError when the feature map
+    collapses at that size.
     """
-    image_size = spec.image_size if image_size is None else image_size
-    sizes = spec.feature_sizes(image_size)
-    bn = spec.batch_norm
-
-    def conv(name: str, kernel: int, c_in: int, c_out: int, size: int, normalized: bool = True):
-        # Mirrors the model's conv factory: a BatchNorm replaces the bias of normalised convs.
-        return ConvCost(
-            name=name,
-            kernel=kernel,
-            in_channels=c_in,
-            out_channels=c_out,
-            height=size,
-            width=size,
-            bias=not (normalized and bn),
-            batch_norm=normalized and bn,
-        )
-
+    plan = spec.layer_plan(image_size)
     layers: list[LayerCost] = []
-
-    def pool_row(after: str, channels: int) -> None:
-        size = sizes[after][1]
-        layers.append(LayerCost(_pool_name(after), "maxpool", size, size, channels))
-
-    size = sizes["conv1"][0]
-    layers.append(
-        LayerCost(
-            "conv1",
-            "conv",
-            size,
-            size,
-            spec.stem_filters,
-            convs=(conv("conv1", spec.stem_kernel, spec.in_channels, spec.stem_filters, size),),
+    for block in plan.blocks:
+        entries = plan.block(block)
+        first = entries[0]
+        if isinstance(first, PoolLayer):
+            kind = "maxpool" if first.op == "max" else "avgpool"
+            layers.append(
+                LayerCost(first.name, kind, first.out_size, first.out_size, first.channels)
+            )
+            continue
+        convs = tuple(x for x in entries if isinstance(x, ConvLayer))
+        if block not in plan.fire_blocks:  # conv1, conv10
+            size = first.out_size
+            layers.append(LayerCost(block, "conv", size, size, first.out_channels, convs=convs))
+            continue
+        by_role = {c.role: c for c in convs}
+        shortcut = [x.shortcut for x in entries if x.kind == "bypass"]
+        e1, e3 = (
+            by_role[r].out_channels if r in by_role else 0 for r in ("expand1x1", "expand3x3")
         )
-    )
-    if "conv1" in spec.pool_after:
-        pool_row("conv1", spec.stem_filters)
-
-    for i, (fire, c_in) in enumerate(zip(spec.fires(), spec.fire_in_channels(), strict=True)):
-        size = sizes[fire.name][0]  # a Fire module keeps its input's spatial size
-        s, e1, e3, name = fire.squeeze, fire.expand1x1, fire.expand3x3, fire.name
-        convs = [conv(f"{name}/squeeze", 1, c_in, s, size)]
-        # pct_3x3 of 0 or 1 empties one expand branch; the model then does not build it.
-        if e1:
-            convs.append(conv(f"{name}/expand1x1", 1, s, e1, size))
-        if e3:
-            convs.append(conv(f"{name}/expand3x3", 3, s, e3, size))
-        bypass = spec.bypass_kind(i)
-        if bypass == "conv":
-            # Complex bypass: a plain 1x1 conv with bias, never batch-normalised.
-            convs.append(conv(f"{name}/bypass", 1, c_in, fire.expand, size, normalized=False))
+        size = by_role["squeeze"].out_size  # a Fire module keeps its input's spatial size
         layers.append(
             LayerCost(
-                name,
+                block,
                 "fire",
                 size,
                 size,
-                fire.expand,
-                convs=tuple(convs),
-                squeeze=s,
+                e1 + e3,
+                convs=convs,
+                squeeze=by_role["squeeze"].out_channels,
                 expand1x1=e1,
                 expand3x3=e3,
-                bypass=bypass,
+                bypass=shortcut[0] if shortcut else "none",
             )
         )
-        if name in spec.pool_after:
-            pool_row(name, fire.expand)
-
-    size = sizes["conv10"][0]
-    classifier = conv(
-        "conv10", 1, spec.classifier_in_channels, spec.num_classes, size, normalized=False
-    )
-    layers.append(LayerCost("conv10", "conv", size, size, spec.num_classes, convs=(classifier,)))
-    layers.append(LayerCost("avgpool", "avgpool", 1, 1, spec.num_classes))
-    return Complexity(spec=spec, image_size=image_size, layers=tuple(layers))
+    return Complexity(spec=spec, image_size=plan.image_size, layers=tuple(layers))

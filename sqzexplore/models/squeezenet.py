@@ -1,4 +1,7 @@
-"""The SqueezeNet model (Flax NNX), built from any valid `SqueezeNetSpec`.
+"""The SqueezeNet model (Flax NNX), built from any valid `SqueezeNetSpec`'s layer plan.
+
+Every conv (kernel, stride, padding, groups, bias, BatchNorm) comes from `spec.layer_plan()`, in
+plan order, and the forward pass follows the plan's entries (convs, Fire blocks, max-pools).
 
 With the same weights it computes the same logits as the Caffe and torchvision SqueezeNets:
 max-pools round up (ceil mode), conv10 is followed by a ReLU (`spec.classifier_relu`, on in every
@@ -21,18 +24,24 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sqzexplore.models.spec import FireWidths, SqueezeNetSpec
+from sqzexplore.models.spec import (
+    BypassLayer,
+    ConvLayer,
+    PlanLayer,
+    PoolLayer,
+    SqueezeNetSpec,
+)
 
 # Caffe "xavier" (its default variance_norm FAN_IN): uniform(+-sqrt(3 / fan_in)).
 _CAFFE_CONV_INIT = nnx.initializers.variance_scaling(1.0, "fan_in", "uniform")
 # torch.nn.init.kaiming_uniform_ defaults (a=0, leaky_relu): gain sqrt(2), bound sqrt(6 / fan_in).
 _TORCHVISION_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "uniform")
-# Both releases start the classifier small so the initial logits are near-uniform.
 _CLASSIFIER_INIT = nnx.initializers.normal(stddev=0.01)
 
 _CONV_INITS = {"caffe": _CAFFE_CONV_INIT, "torchvision": _TORCHVISION_CONV_INIT}
@@ -43,7 +52,7 @@ _BN_EPSILON = 1e-5
 
 
 class _ConvFactory:
-    """Builds the convs (and BatchNorms) of one spec with its init scheme and dtypes."""
+    """Builds the convs (and BatchNorms) of a layer plan with the spec's init scheme and dtypes."""
 
     def __init__(self, spec: SqueezeNetSpec, rngs: nnx.Rngs):
         self.spec = spec
@@ -51,38 +60,30 @@ class _ConvFactory:
         self.dtype = jnp.dtype(spec.dtype)
         self.kernel_init = _CONV_INITS[spec.init]
 
-    def conv(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: int,
-        *,
-        stride: int = 1,
-        padding: int = 0,
-        normalized: bool = True,
-        kernel_init=None,
-    ) -> nnx.Conv:
-        # A BatchNorm right after the conv makes its bias redundant (BN's own bias replaces it).
-        use_bias = not (normalized and self.spec.batch_norm)
+    def conv(self, layer: ConvLayer) -> nnx.Conv:
+        # Both releases start the classifier small so the initial logits are near-uniform.
+        init = _CLASSIFIER_INIT if layer.role == "classifier" else self.kernel_init
+        p = layer.padding
         return nnx.Conv(
-            in_channels,
-            out_channels,
-            kernel_size=(kernel, kernel),
-            strides=(stride, stride),
-            padding=((padding, padding), (padding, padding)),
-            use_bias=use_bias,
+            layer.in_channels,
+            layer.out_channels,
+            kernel_size=(layer.kernel, layer.kernel),
+            strides=(layer.stride, layer.stride),
+            padding=((p, p), (p, p)),
+            feature_group_count=layer.groups,
+            use_bias=layer.bias,
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            kernel_init=kernel_init or self.kernel_init,
+            kernel_init=init,
             bias_init=nnx.initializers.zeros_init(),
             rngs=self.rngs,
         )
 
-    def batch_norm(self, channels: int) -> nnx.BatchNorm | None:
-        if not self.spec.batch_norm:
+    def batch_norm(self, layer: ConvLayer) -> nnx.BatchNorm | None:
+        if not layer.batch_norm:
             return None
         return nnx.BatchNorm(
-            channels,
+            layer.out_channels,
             momentum=_BN_MOMENTUM,
             epsilon=_BN_EPSILON,
             dtype=self.dtype,
@@ -101,45 +102,37 @@ def _conv_bn_relu(conv: nnx.Conv, bn: nnx.BatchNorm | None, x: jax.Array, train:
 class Fire(nnx.Module):
     """Fire module: squeeze 1x1 + ReLU, then expand 1x1 and 3x3 (pad 1) + ReLU, concatenated.
 
-    The expand1x1 channels come first, as in Caffe's concat and torchvision's `torch.cat`, so
-    weights port across without permuting conv10's (or the next squeeze's) input channels.
-    `bypass_kind` is 'none', 'identity' (simple bypass) or 'conv' (complex bypass: a 1x1 conv
-    with bias, no BatchNorm, no ReLU), added to the concatenated output. `spec` supplies the
-    init scheme, BatchNorm and compute dtype.
+    Built from one Fire block of a layer plan (`LayerPlan.block("fire2")`): its convs by role
+    (squeeze, expand1x1, expand3x3, and the complex-bypass conv) and its shortcut, if any. The
+    expand1x1 channels come first, as in Caffe's concat and torchvision's `torch.cat`, so
+    weights port across without permuting conv10's (or the next squeeze's) input channels. The
+    shortcut is 'identity' (simple bypass) or 'conv' (complex bypass: a 1x1 conv with bias, no
+    BatchNorm, no ReLU), added to the concatenated output.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        widths: FireWidths,
-        *,
-        bypass_kind: str = "none",
-        spec: SqueezeNetSpec,
-        rngs: nnx.Rngs,
-    ):
-        if bypass_kind == "identity" and in_channels != widths.expand:
-            raise ValueError(
-                f"identity bypass around {widths.name} needs in_channels == expand, got "
-                f"{in_channels} and {widths.expand}"
-            )
+    def __init__(self, block: Sequence[PlanLayer], *, spec: SqueezeNetSpec, rngs: nnx.Rngs):
         factory = _ConvFactory(spec, rngs)
-        self.bypass_kind = bypass_kind
-        s, e1, e3 = widths.squeeze, widths.expand1x1, widths.expand3x3
-        self.squeeze = factory.conv(in_channels, s, 1)
-        self.squeeze_bn = factory.batch_norm(s)
-        # pct_3x3 of 0 or 1 leaves one expand branch empty; it is then simply not built.
-        self.expand1x1 = factory.conv(s, e1, 1) if e1 else None
-        self.expand1x1_bn = factory.batch_norm(e1) if e1 else None
-        self.expand3x3 = factory.conv(s, e3, 3, padding=1) if e3 else None
-        self.expand3x3_bn = factory.batch_norm(e3) if e3 else None
-        if bypass_kind == "conv":
-            self.bypass = factory.conv(in_channels, widths.expand, 1, normalized=False)
-        elif bypass_kind in ("none", "identity"):
-            self.bypass = None
-        else:
-            raise ValueError(
-                f"bypass_kind must be 'none', 'identity' or 'conv', got {bypass_kind!r}"
-            )
+        convs = {x.role: x for x in block if isinstance(x, ConvLayer)}
+        shortcuts = [x for x in block if isinstance(x, BypassLayer)]
+        self.bypass_kind = shortcuts[0].shortcut if shortcuts else "none"
+        squeeze = convs["squeeze"]
+        if self.bypass_kind == "identity":
+            expand = sum(convs[r].out_channels for r in ("expand1x1", "expand3x3") if r in convs)
+            if squeeze.in_channels != expand:
+                raise ValueError(
+                    f"identity bypass around {squeeze.block} needs in_channels == expand, got "
+                    f"{squeeze.in_channels} and {expand}"
+                )
+        # Built in plan order (squeeze, expand1x1, expand3x3, bypass): the order the parameter
+        # RNG is drawn in, so a seed gives the same weights as ever.
+        self.squeeze = factory.conv(squeeze)
+        self.squeeze_bn = factory.batch_norm(squeeze)
+        # pct_3x3 of 0 or 1 leaves one expand branch empty; the plan then has no such conv.
+        for role in ("expand1x1", "expand3x3"):
+            layer = convs.get(role)
+            setattr(self, role, factory.conv(layer) if layer else None)
+            setattr(self, f"{role}_bn", factory.batch_norm(layer) if layer else None)
+        self.bypass = factory.conv(convs["bypass"]) if "bypass" in convs else None
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         squeezed = _conv_bn_relu(self.squeeze, self.squeeze_bn, x, train)
@@ -266,10 +259,6 @@ def _max_pool_vjp(k, s, pad_h, pad_w, residuals, grad_y):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_vjp)
 
 
-def _layer_number(name: str) -> int:
-    return int(name.removeprefix("conv").removeprefix("fire"))
-
-
 class SqueezeNet(nnx.Module):
     """SqueezeNet for any valid spec: `model(x, train=..., dropout_key=...)` -> float32 logits.
 
@@ -280,28 +269,17 @@ class SqueezeNet(nnx.Module):
         if not isinstance(spec, SqueezeNetSpec):
             raise TypeError(f"spec must be a SqueezeNetSpec, got {type(spec).__name__}")
         self.spec = spec  # validated on construction; frozen, so static in the graphdef
+        plan = spec.layer_plan()
         factory = _ConvFactory(spec, rngs)
-        self.conv1 = factory.conv(
-            spec.in_channels,
-            spec.stem_filters,
-            spec.stem_kernel,
-            stride=spec.stem_stride,
-            padding=spec.stem_padding,
-        )
-        self.conv1_bn = factory.batch_norm(spec.stem_filters)
-        for i, (widths, in_channels) in enumerate(
-            zip(spec.fires(), spec.fire_in_channels(), strict=True)
-        ):
-            fire = Fire(in_channels, widths, bypass_kind=spec.bypass_kind(i), spec=spec, rngs=rngs)
-            setattr(self, widths.name, fire)
-        self.conv10 = factory.conv(
-            spec.classifier_in_channels,
-            spec.num_classes,
-            1,
-            padding=spec.classifier_padding,
-            normalized=False,
-            kernel_init=_CLASSIFIER_INIT,
-        )
+        # Convs are created in plan order (conv1, fire2 ..., conv10): the parameter RNG's order.
+        for block in plan.blocks:
+            entries = plan.block(block)
+            if block in plan.fire_blocks:
+                setattr(self, block, Fire(entries, spec=spec, rngs=rngs))
+            elif isinstance(entries[0], ConvLayer):  # conv1, conv10
+                setattr(self, block, factory.conv(entries[0]))
+                if entries[0].role == "conv1":
+                    self.conv1_bn = factory.batch_norm(entries[0])
 
     def features(
         self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
@@ -327,25 +305,27 @@ class SqueezeNet(nnx.Module):
             )
         out: dict[str, jax.Array] = {}
         x = x.astype(spec.dtype)
-        x = _conv_bn_relu(self.conv1, self.conv1_bn, x, train)
-        out["conv1"] = x
-        if "conv1" in spec.pool_after:
-            x = max_pool_ceil(x, spec)
-            out["maxpool1"] = x
-        for name in spec.fire_names:
-            x = getattr(self, name)(x, train=train)
-            out[name] = x
-            if name in spec.pool_after:
+        for layer in spec.layer_plan().layers:
+            if isinstance(layer, PoolLayer) and layer.op == "max":
                 x = max_pool_ceil(x, spec)
-                out[f"maxpool{_layer_number(name)}"] = x
-        if train and spec.dropout > 0:
-            keep = 1.0 - spec.dropout
-            mask = jax.random.bernoulli(dropout_key, keep, x.shape)
-            x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
-        x = self.conv10(x)
-        if spec.classifier_relu:
-            x = jax.nn.relu(x)
-        out["conv10"] = x
+                out[layer.name] = x
+            elif layer.block in out or isinstance(layer, (PoolLayer, BypassLayer)):
+                continue  # a Fire module's further convs and shortcut; the average pool
+            elif layer.role == "conv1":
+                x = _conv_bn_relu(self.conv1, self.conv1_bn, x, train)
+                out["conv1"] = x
+            elif layer.role == "classifier":
+                if train and spec.dropout > 0:
+                    keep = 1.0 - spec.dropout
+                    mask = jax.random.bernoulli(dropout_key, keep, x.shape)
+                    x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+                x = self.conv10(x)
+                if spec.classifier_relu:
+                    x = jax.nn.relu(x)
+                out["conv10"] = x
+            else:  # the first conv of a Fire block: run the whole module
+                x = getattr(self, layer.block)(x, train=train)
+                out[layer.block] = x
         # Average in float32: with bf16 compute, a 13x13 (or larger) mean loses digits otherwise.
         out["logits"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         return out

@@ -6,12 +6,12 @@ analytic complexity of a config (the sweep's constraints and objectives use it).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
+from sqzexplore.config import apply_overrides, typed_config
 from sqzexplore.models.spec import SqueezeNetSpec
 from sqzexplore.sweep.params import jsonable
-from sqzexplore.sweep.space import SweepDefinition
+from sqzexplore.sweep.space import SweepDefinition, config_json
 
 
 def trial_config(
@@ -19,15 +19,13 @@ def trial_config(
 ) -> dict[str, Any]:
     """The full config of one run, as JSON: base + design point + seed + sweep bookkeeping.
 
-    The bookkeeping keys (wandb group/name/tags, progress, distributed) do not change what a run
-    computes, so the trainer's resume check ignores them."""
-    config = copy.deepcopy(base)
-    for key, value in point.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = jsonable(value)
+    The point is set on the typed base config by `config.apply_overrides`, the same path as a
+    sweep's fixed values and `sqz describe --set`, so a value is checked (and converted) by its
+    field's type. The bookkeeping keys (wandb group/name/tags, progress, distributed) do not
+    change what a run computes, so the trainer's resume check ignores them."""
+    typed = typed_config(base)
+    apply_overrides(typed, {key: jsonable(value) for key, value in point.items()})
+    config = config_json(typed)
     config["seed"] = int(seed)
     config["progress"] = _off(config["progress"])  # the sweep draws one bar over trials instead
     config["distributed"]["initialize"] = _off(config["distributed"]["initialize"])

@@ -14,11 +14,10 @@ import dataclasses
 import difflib
 import re
 from pathlib import Path
-from typing import Any
 
 import ml_collections
 
-from sqzexplore.config import ConfigError, apply_overrides, import_python_file
+from sqzexplore.config import ConfigError, UnknownKeyError, apply_overrides, import_python_file
 from sqzexplore.models.spec import SpecError
 from sqzexplore.sweep.space import Experiment, SweepDefinition, SweepError, find_experiment
 
@@ -98,7 +97,7 @@ def load_base_config(defn: SweepDefinition) -> ml_collections.ConfigDict:
     try:
         apply_overrides(config, dict(defn.fixed))
     except ConfigError as e:
-        raise SweepError(f"sweep fixed: {_explain_key(config, e)}") from None
+        raise SweepError(f"sweep fixed: {_explain_key(e)}") from None
     return config
 
 
@@ -110,23 +109,14 @@ def check_against_config(defn: SweepDefinition, config: ml_collections.ConfigDic
             try:
                 apply_overrides(trial, {key: value})
             except (ConfigError, SpecError) as e:
-                raise SweepError(f"sweep space {key}: {_explain_key(config, e)}") from None
+                raise SweepError(f"sweep space {key}: {_explain_key(e)}") from None
 
 
-def _explain_key(config: ml_collections.ConfigDict, error: Exception) -> str:
-    """Add the keys that do exist (and a close match) to an unknown-key error."""
-    msg = str(error)
-    m = re.search(r"unknown config key '([^']+)'", msg)
-    if not m:
-        return msg
-    parts = m.group(1).split(".")
-    node: Any = config
-    for i, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            where = ".".join(parts[:i]) or "the config"
-            close = difflib.get_close_matches(part, known, n=1)
-            hint = f"; did you mean {'.'.join([*parts[:i], close[0]])!r}?" if close else ""
-            return f"{msg}{hint} (keys under {where}: {', '.join(known)})"
-        node = node[part]
-    return msg
+def _explain_key(error: Exception) -> str:
+    """An unknown-key error with its close match (once) and the keys that do exist there, read
+    from the error's own `.key`, `.close` and `.known`; any other error as it is."""
+    if not isinstance(error, UnknownKeyError):
+        return str(error)
+    hint = f"; did you mean {error.close!r}?" if error.close else ""
+    where = error.where or "the config"
+    return f"unknown config key {error.key!r}{hint} (keys under {where}: {', '.join(error.known)})"

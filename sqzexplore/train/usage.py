@@ -1,7 +1,8 @@
 """`sqz train --help`: the usage and every config key with its default and meaning.
 
 The keys and defaults come from `config.base_config()` (or from the experiment given with
-`--config`), the meanings from `KEY_HELP`; a test checks that every key of `base_config()` has a
+`--config`), the meanings from `KEY_HELP` (the `model.*` lines from the spec fields' metadata,
+`spec.field_infos`); a test checks that every key of `base_config()` has a
 line here, so the listing cannot fall behind the config.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+
+from sqzexplore.models.spec import field_infos
 
 USAGE = """\
 usage: sqz train --config=EXPERIMENT.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]
@@ -37,32 +40,8 @@ KEY_HELP: dict[str, str] = {
     "progress": "progress bar: auto (on a terminal) | true | false",
     "platform": "devices to train on: auto | cpu | gpu | tpu (an error if JAX has none)",
     "compilation_cache_dir": "persistent XLA compilation cache ('' turns it off)",
-    "model.name": "label of the design point",
-    "model.num_classes": "classifier outputs; must match the dataset",
-    "model.image_size": "input height and width in pixels",
-    "model.in_channels": "input channels (1 grey, 3 RGB)",
-    "model.stem_filters": "conv1 filters",
-    "model.stem_kernel": "conv1 kernel size",
-    "model.stem_stride": "conv1 stride",
-    "model.stem_padding": "conv1 padding",
-    "model.num_fire": "number of Fire modules (fire2 ... fire{num_fire+1})",
-    "model.base_e": "expand filters of the first Fire module",
-    "model.incr_e": "expand filters added every `freq` Fire modules",
-    "model.freq": "Fire modules between expand-width increases",
-    "model.pct_3x3": "share of 3x3 expand filters, in [0, 1]",
-    "model.squeeze_ratio": "squeeze filters / expand filters (SR), in (0, 1]",
-    "model.fire_widths": "explicit ((squeeze, e1x1, e3x3), ...) per Fire module; None: formulas",
-    "model.pool_after": "layers followed by a max-pool, e.g. ('conv1', 'fire4', 'fire8')",
-    "model.pool_size": "max-pool window",
-    "model.pool_stride": "max-pool stride",
-    "model.pool_ceil": "ceil-mode pooling (Caffe) instead of floor",
-    "model.bypass": "residual bypass: none | simple | complex",
-    "model.classifier_padding": "conv10 padding (1 in the Caffe v1.0 prototxt)",
-    "model.classifier_relu": "ReLU after conv10 (as in the paper)",
-    "model.dropout": "dropout before conv10, in [0, 1)",
-    "model.batch_norm": "BatchNorm after every conv (not in the paper)",
-    "model.init": "weight initialisation: caffe | torchvision",
-    "model.dtype": "compute dtype: float32 | bfloat16 (parameters stay float32)",
+    # The model section is every spec field, with the meaning and range its metadata gives.
+    **{f"model.{key}": info.line for key, info in field_infos().items()},
     "data.name": "digits | synthetic | a TFDS name (cifar10, imagenette/160px, imagenet2012, ...)",
     "data.data_dir": "TFDS data directory (None: TFDS's default)",
     "data.train_split": "TFDS split to train on",
