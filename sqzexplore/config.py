@@ -405,6 +405,7 @@ def validate_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
     """Check every field that can be checked before data loading or compilation; return the spec."""
     from sqzexplore import optim
 
+    check_compile_fields(config)  # before the type check: its message names the range
     check_known_keys(config)
     spec = spec_from_config(config)
     for field in ("batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
@@ -435,7 +436,6 @@ def validate_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
         raise ConfigError(
             f"config.wandb.mode must be one of {WANDB_MODES}, got {config.wandb.mode!r}"
         )
-    check_compile_fields(config)
     tristate(config.progress, "progress")
     tristate(config.data.on_device, "data.on_device")
     tristate(config.distributed.initialize, "distributed.initialize")
