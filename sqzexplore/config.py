@@ -237,8 +237,37 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.progress = _tristate_field()  # "auto" (only on a terminal) | True | False
     c.platform = "auto"  # auto | cpu | gpu | tpu (see PLATFORMS)
+    # Persistent XLA cache, per user, shared by all runs and sweep workers ('' leaves JAX's own
+    # setting); what is cached per platform: train/xla_options.py, docs/gpu-compile.md.
     c.compilation_cache_dir = os.path.join("~", ".cache", "sqzexplore", "xla")
+    # XLA's --xla_gpu_autotune_level on GPU (0-5; None: XLA's default, 4).
+    c.xla_gpu_autotune_level = ml_collections.FieldReference(None, field_type=int)
     return c
+
+
+GPU_AUTOTUNE_LEVELS = range(0, 6)  # XLA's xla_gpu_autotune_level values
+
+
+def check_compile_fields(config: ml_collections.ConfigDict) -> None:
+    """The compile settings: `compilation_cache_dir` a path or '', `xla_gpu_autotune_level`
+    None or 0-5 (ConfigError naming the field otherwise)."""
+    path = config.get("compilation_cache_dir")
+    if not isinstance(path, str):
+        raise ConfigError(
+            f"config.compilation_cache_dir must be a directory path or '' (off), got {path!r}"
+        )
+    check_autotune_level(config.get("xla_gpu_autotune_level"))
+
+
+def check_autotune_level(level: Any) -> None:
+    """`config.xla_gpu_autotune_level` is None or an integer in 0..5 (else a ConfigError)."""
+    if level is None:
+        return
+    if isinstance(level, bool) or not isinstance(level, int) or level not in GPU_AUTOTUNE_LEVELS:
+        raise ConfigError(
+            "config.xla_gpu_autotune_level must be an integer in 0..5 or None (XLA's default, "
+            f"4), got {level!r}"
+        )
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -429,6 +458,7 @@ def validate_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
     """Check every field that can be checked before data loading or compilation; return the spec."""
     from sqzexplore import optim
 
+    check_compile_fields(config)  # before the type check: its message names the range
     check_known_keys(config)
     spec = spec_from_config(config)
     for field in ("batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):

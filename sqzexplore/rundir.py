@@ -35,7 +35,14 @@ RESULT_FILE = "result.json"
 CHECKPOINT_DIR = "checkpoints"
 
 # Config keys whose change does not change what a run computes (safe to differ on resume).
-NON_SEMANTIC_KEYS = ("progress", "wandb", "compilation_cache_dir", "distributed", "platform")
+NON_SEMANTIC_KEYS = (
+    "progress",
+    "wandb",
+    "compilation_cache_dir",
+    "xla_gpu_autotune_level",
+    "distributed",
+    "platform",
+)
 
 
 class WorkdirConflictError(RuntimeError):

@@ -44,7 +44,7 @@ from sqzexplore.checkpoint import Best, Checkpointer
 from sqzexplore.config import validate_config
 from sqzexplore.progress import Progress
 from sqzexplore.runlog import MetricsWriter
-from sqzexplore.train import events, preflight, programs
+from sqzexplore.train import events, preflight, programs, xla_options
 from sqzexplore.train.preempt import PreemptionFlag
 
 
@@ -85,7 +85,7 @@ def train_and_evaluate(
 
 def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop, t_start) -> dict:
     sharding.maybe_initialize_distributed(config.distributed)
-    _setup_compilation_cache(config.compilation_cache_dir)
+    xla_options.configure(config)  # persistent cache, GPU compile options
     mesh = sharding.make_mesh()
     preflight.check(config, spec, mesh, workdir)  # devices, platform, batch split, memory, workdir
     sharding.check_divisible(config.batch_size, "config.batch_size", mesh)
@@ -310,16 +310,6 @@ def _preempted(ckpt: Checkpointer, step: int) -> dict:
             flush=True,
         )
     return {"status": "preempted", "step": step}
-
-
-def _setup_compilation_cache(path: str | None) -> None:
-    """Persistent XLA cache: a sweep's repeated shapes (and reruns) compile once."""
-    if not path:
-        return
-    path = os.path.expanduser(path)
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 # The compile-ahead hook a sweep worker looks for on its runner (sweep/workers.py `prepare_hook`):

@@ -65,10 +65,12 @@ def _mesh_key(mesh: Mesh) -> list:
 
 
 def program_key(config: ml_collections.ConfigDict, mesh: Mesh) -> str:
-    """What the programs of a run depend on: its semantic config minus the seed, and the mesh."""
+    """What the programs of a run depend on: its semantic config minus the seed, the mesh, and
+    the compile options in force (xla_options.configure)."""
     semantic = rundir.semantic(json.loads(config.to_json_best_effort()))
     semantic.pop("seed", None)
-    return json.dumps({"config": semantic, "mesh": _mesh_key(mesh)}, sort_keys=True)
+    key = {"config": semantic, "mesh": _mesh_key(mesh), "xla": xla_options.step_options()}
+    return json.dumps(key, sort_keys=True)
 
 
 def clear() -> None:

@@ -39,7 +39,8 @@ KEY_HELP: dict[str, str] = {
     "keep_checkpoints": "how many checkpoints to keep (>= 1)",
     "progress": "progress bar: auto (on a terminal) | true | false",
     "platform": "devices to train on: auto | cpu | gpu | tpu (an error if JAX has none)",
-    "compilation_cache_dir": "persistent XLA compilation cache ('' turns it off)",
+    "compilation_cache_dir": "persistent XLA compilation cache, per user ('' leaves JAX's)",
+    "xla_gpu_autotune_level": "GPU conv/GEMM autotuning, 0 (off) - 5; None: XLA's (4)",
     # The model section is every spec field, with the meaning and range its metadata gives.
     **{f"model.{key}": info.line for key, info in field_infos().items()},
     "data.name": "digits | synthetic | a TFDS name (cifar10, imagenette/160px, imagenet2012, ...)",

@@ -1,0 +1,193 @@
+"""The persistent compilation cache and GPU compile options (sqzexplore.train.xla_options).
+
+What is checked without a GPU: the jax.config values each platform's policy sets (read back
+from jax.config), the compile options in the programs' cache key, bad option values as one-line
+errors naming the field, and, in fresh processes, that a second process finds the trainer's
+programs in the persistent cache and compiles nothing new (counted with JAX's monitoring events,
+never timed). The GPU policy is applied on the CPU backend here: the JAX options it sets are the
+same; what XLA:GPU does with the autotune cache needs a GPU (benchmarks/gpu_check.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from sqzexplore import sharding
+from sqzexplore.cli import main
+from sqzexplore.config import ConfigError, base_config, model_config, validate_config
+from sqzexplore.train import programs, xla_options
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "tests", "data", "tiny_digits.py")
+CACHE_OPTIONS = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+    "jax_persistent_cache_enable_xla_caches",
+)
+
+
+@pytest.fixture
+def restore_jax_config():
+    """configure() sets process-wide options: put the test session's back afterwards."""
+    saved = {name: jax.config.values[name] for name in CACHE_OPTIONS}
+    gpu_options = dict(xla_options._gpu_options)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    xla_options._gpu_options = gpu_options
+
+
+def small_config(cache_dir: str = "", **top):
+    c = base_config()
+    model = dict(stem_filters=8, base_e=8, incr_e=8, num_fire=3, pool_after=("fire3",))
+    c.model = model_config("digits", squeeze_ratio=0.25, **model)
+    c.batch_size, c.eval_batch_size, c.num_steps = 64, 128, 3
+    c.progress = False
+    c.compilation_cache_dir = cache_dir
+    for key, value in top.items():
+        c[key] = value
+    return c
+
+
+def test_gpu_policy_caches_every_program_with_the_autotune_cache(tmp_path, restore_jax_config):
+    cache = tmp_path / "xla"
+    line = xla_options.configure(small_config(str(cache), xla_gpu_autotune_level=2), "gpu")
+    values = jax.config.values
+    assert values["jax_compilation_cache_dir"] == str(cache)
+    assert values["jax_persistent_cache_min_compile_time_secs"] == 0.0
+    assert values["jax_persistent_cache_min_entry_size_bytes"] == -1
+    assert values["jax_persistent_cache_enable_xla_caches"] == xla_options.AUTOTUNE_CACHE
+    assert (cache / xla_options.AUTOTUNE_CACHE).is_dir()
+    assert xla_options._gpu_options == {"xla_gpu_autotune_level": 2}
+    assert "every program" in line and "autotune cache on" in line and "level 2" in line
+    # XLA's default level: no option at all (the compile options stay XLA's).
+    line = xla_options.configure(small_config(str(cache)), "gpu")
+    assert xla_options._gpu_options == {} and "XLA default (4)" in line
+
+
+def test_cpu_policy_is_the_one_before_this_module(tmp_path, restore_jax_config):
+    before = jax.config.values["jax_persistent_cache_enable_xla_caches"]
+    line = xla_options.configure(small_config(str(tmp_path), xla_gpu_autotune_level=0), "cpu")
+    values = jax.config.values
+    assert values["jax_compilation_cache_dir"] == str(tmp_path)
+    assert values["jax_persistent_cache_min_compile_time_secs"] == 0.5
+    assert values["jax_persistent_cache_enable_xla_caches"] == before  # untouched
+    assert xla_options._gpu_options == {}  # an autotune level means nothing on CPU ...
+    assert xla_options.step_options() == xla_options.LEVEL_1  # ... and changes no option
+    assert "unused on cpu" in line
+
+
+def test_an_empty_cache_dir_leaves_jax_alone(restore_jax_config):
+    before = {name: jax.config.values[name] for name in CACHE_OPTIONS}
+    line = xla_options.configure(small_config(""), "gpu")
+    assert {name: jax.config.values[name] for name in CACHE_OPTIONS} == before
+    assert "JAX's setting" in line
+
+
+def test_program_key_holds_the_compile_options(monkeypatch):
+    config, mesh = small_config(), sharding.make_mesh()
+    key = programs.program_key(config, mesh)
+    monkeypatch.setattr(xla_options, "step_options", lambda: {"xla_gpu_autotune_level": 0})
+    assert programs.program_key(config, mesh) != key
+
+
+@pytest.mark.parametrize("level", [6, -1, True, "2", 2.5])
+def test_bad_autotune_level_is_one_line_naming_field_and_range(level):
+    config = small_config()
+    validate_config(config)  # None (XLA's default) is fine, and so is 0..5:
+    config.xla_gpu_autotune_level = 5
+    validate_config(config)
+    with config.ignore_type():
+        config.xla_gpu_autotune_level = level
+    with pytest.raises(ConfigError) as e:
+        validate_config(config)
+    message = str(e.value)
+    assert "config.xla_gpu_autotune_level" in message and "0..5" in message, message
+    assert "\n" not in message
+
+
+def test_bad_cache_dir_type_is_a_config_error():
+    config = small_config()
+    with config.ignore_type():
+        config.compilation_cache_dir = None
+    with pytest.raises(ConfigError, match=r"config\.compilation_cache_dir must be"):
+        validate_config(config)
+
+
+def test_cli_refuses_a_bad_level_before_writing_anything(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    argv = ["train", f"--config={TINY}", f"--workdir={workdir}"]
+    status = main([*argv, "--config.xla_gpu_autotune_level=9"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert "config.xla_gpu_autotune_level" in err and "0..5" in err and "got 9" in err
+    assert len(err.splitlines()) == 1
+    assert not workdir.exists()
+
+
+# A fresh process that builds the trainer's three programs of `small_config` (the test module
+# is imported for it) with the persistent cache of one platform's policy, and prints the cache
+# events of each build.
+CHILD = """
+import json, sys
+import jax
+from sqzexplore import sharding
+from sqzexplore.config import validate_config
+from sqzexplore.train import programs, xla_options
+sys.path.insert(0, {tests!r})
+from test_xla_options import small_config
+
+events = {{"/jax/compilation_cache/compile_requests_use_cache": "requests",
+          "/jax/compilation_cache/cache_hits": "hits",
+          "/jax/compilation_cache/cache_misses": "writes"}}
+counts = {{}}
+part = ["setup"]
+def listener(event, **kwargs):
+    if event in events:
+        key = part[0] + "/" + events[event]
+        counts[key] = counts.get(key, 0) + 1
+jax.monitoring.register_event_listener(listener)
+config = small_config({cache!r})
+xla_options.configure(config, {policy!r})
+progs = programs.for_run(config, validate_config(config), sharding.make_mesh())
+for name, build in [("init", progs._compiled_init), ("step", progs.train_step),
+                    ("eval", lambda: progs._compiled_eval(progs.abstract_state()))]:
+    part[0] = name
+    build()
+print("COUNTS" + json.dumps(counts))
+"""
+
+
+def _child(cache: str, policy: str) -> dict:
+    code = CHILD.format(tests=os.path.join(REPO, "tests"), cache=cache, policy=policy)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("COUNTS")][-1]
+    return json.loads(line[len("COUNTS") :])
+
+
+@pytest.mark.parametrize("policy", ["gpu", pytest.param("cpu", marks=pytest.mark.slow)])
+def test_a_second_process_compiles_nothing_new(tmp_path, policy):
+    cache = str(tmp_path / "xla")
+    first = _child(cache, policy)
+    for name in ("init", "step", "eval"):  # each program compiled and written once
+        assert first.get(f"{name}/writes") == 1, first
+    entries = sorted(os.listdir(cache))
+    second = _child(cache, policy)
+    for name in ("init", "step", "eval"):  # ... and read back, not compiled, by the next process
+        assert second.get(f"{name}/hits") == 1 and not second.get(f"{name}/writes"), second
+    assert not any(k.endswith("/writes") for k in second), second  # nothing new anywhere
+    if policy == "gpu":  # no floor: every request of the second process is a hit
+        requests = sum(v for k, v in second.items() if k.endswith("/requests"))
+        hits = sum(v for k, v in second.items() if k.endswith("/hits"))
+        assert requests == hits, second
+    assert sorted(os.listdir(cache)) == entries
