@@ -21,11 +21,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqzexplore.sweep import sweepdir as sd
-from sqzexplore.sweep.analyze import format_duration
+from sqzexplore.sweep.analyze import (
+    FRONT_SIZES,
+    TIME_METRICS,
+    accuracy_text,
+    format_duration,
+    interval_text,
+)
 from sqzexplore.sweep.metric_table import ACCURACY, SIZE_METRICS, metric
 from sqzexplore.sweep.paper_values import paper_figure
 from sqzexplore.sweep.params import Categorical
-from sqzexplore.sweep.report import FRONT_SIZES, TIME_METRICS, accuracy_text, interval_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}

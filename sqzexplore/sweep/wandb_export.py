@@ -24,6 +24,7 @@ with the results and the Pareto front as wandb Tables and the report's figures a
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -32,8 +33,11 @@ from typing import Any
 
 import yaml
 
+from sqzexplore.sweep.analyze import frontier_columns, result_columns
+from sqzexplore.sweep.metric_table import ACCURACY
 from sqzexplore.sweep.params import Categorical, Param
-from sqzexplore.sweep.space import SweepDefinition, SweepError
+from sqzexplore.sweep.space import SweepDefinition, SweepError, find_experiment
+from sqzexplore.sweep.sweepfile import load_sweep
 
 METHODS = {"grid": "grid", "random": "random", "nsga2": "bayes"}
 
@@ -98,8 +102,6 @@ def wandb_sweep_config(
         )
     if mode not in WANDB_RUN_MODES:
         raise SweepError(f"--mode must be one of {WANDB_RUN_MODES}, got {mode!r}")
-    from sqzexplore.sweep.space import find_experiment
-
     experiment_path = os.path.abspath(find_experiment(defn.base.path, sweep_file))
     runs_root = os.path.abspath(runs_root)
     launcher = [os.path.abspath(sqz)] if sqz else sqz_command()
@@ -215,8 +217,6 @@ def add_export_parser(sub) -> None:
 
 def export_command(args: argparse.Namespace) -> int:
     """Write the YAML and say how to start it."""
-    from sqzexplore.sweep.sweepfile import load_sweep
-
     defn = load_sweep(args.sweep_file, args.arg)
     config = wandb_sweep_config(
         defn,
@@ -249,13 +249,8 @@ def log_summary_run(
 ) -> str | None:
     """A wandb run in the sweep's group with the results and the Pareto front as Tables, an
     accuracy-vs-params scatter and the report's figures; returns its URL (None offline)."""
-    import io
-
-    import wandb
+    import wandb  # heavy and optional: only a report that logs a summary run needs it
     from PIL import Image
-
-    from sqzexplore.sweep.metric_table import ACCURACY
-    from sqzexplore.sweep.report import frontier_columns, result_columns
 
     wb = state.get("base_config", {}).get("wandb", {}) or {}
     run = wandb.init(
