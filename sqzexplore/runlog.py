@@ -58,19 +58,36 @@ class MetricsWriter:
         if self._wandb is not None:
             split = record.get("split", "train")
             self._wandb.log(
-                {f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split")},
+                {
+                    f"{split}/{k}": dashboard_value(k, v)
+                    for k, v in record.items()
+                    if k not in ("step", "split")
+                },
                 step=int(record["step"]),
             )
 
     def summary(self, values: dict) -> None:
         if self._wandb is not None:
             for k, v in _flatten(values).items():
-                self._wandb.summary[k] = v
+                self._wandb.summary[k] = dashboard_value(k, v)
 
     def close(self) -> None:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+# Accuracies are fractions in the run's files and percentages on every dashboard (wandb,
+# TensorBoard), as in the sweep report: one unit wherever people compare runs.
+ACCURACY_KEYS = ("top1", "top5")
+
+
+def dashboard_value(key: str, value: Any) -> Any:
+    """`value` as dashboards show it: accuracies ('top1', 'final/top1', ...) in percent."""
+    name = key.replace("/", ".").split(".")[-1]
+    if name in ACCURACY_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return 100.0 * value
+    return value
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -98,17 +115,20 @@ def _start_wandb(workdir: str, c: Any, run_config: dict | None, summary: dict | 
         config={**(run_config or {}), **design_fields(run_config, summary)},
         mode=c.mode,
         dir=workdir,
-        id=_wandb_run_id(workdir),
+        id=_wandb_run_id(workdir, c.group),
         resume="allow",
     )
     for k, v in _flatten(summary or {}).items():
-        run.summary[k] = v
+        run.summary[k] = dashboard_value(k, v)
     return run
 
 
-def _wandb_run_id(workdir: str) -> str:
-    """A stable id per workdir so a resumed run continues the same wandb run."""
-    return hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:16]
+def _wandb_run_id(workdir: str, group: str | None = None) -> str:
+    """A stable id per workdir (and group) so a resumed run continues the same wandb run. A
+    sweep's group names the sweep directory's creation (sweep/dashboards.py), so a `--new`
+    sweep in the same directory starts new runs instead of appending to the old ones."""
+    key = os.path.abspath(workdir) + (f"|{group}" if group else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 # Spec fields a dashboard compares runs by, flat at the top of a wandb run's config.
@@ -177,7 +197,9 @@ def mirror_to_tensorboard(
             writer.write(Event(wall_time=now, step=0, summary=pb).SerializeToString())
         for r in records:
             values = [
-                Summary.Value(tag=f"{r.get('split', 'train')}/{k}", simple_value=float(v))
+                Summary.Value(
+                    tag=f"{r.get('split', 'train')}/{k}", simple_value=float(dashboard_value(k, v))
+                )
                 for k, v in r.items()
                 if k not in ("step", "split") and isinstance(v, (int, float))
                 and not isinstance(v, bool)

@@ -19,6 +19,7 @@ from tabulate import tabulate
 from sqzexplore.rundir import RESULT_FILE, read_json, read_jsonl, read_result
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import RunClaims, record_is_live
+from sqzexplore.sweep.design import point_label
 from sqzexplore.sweep.metric_table import ACCURACY, RESULT_METRICS, SIZE_METRICS, metric
 from sqzexplore.sweep.space import SweepDefinition
 
@@ -116,7 +117,11 @@ def point_rows(runs: Sequence[RunRecord], defn: SweepDefinition) -> list[dict[st
         group.sort(key=lambda r: r.seed)
         first = group[0]
         complete = [r for r in group if r.state == sd.COMPLETE and r.result is not None]
-        row: dict[str, Any] = {"point": point, "trial_number": first.number}
+        row: dict[str, Any] = {
+            "label": point_label(first.design),
+            "point": point,
+            "trial_number": first.number,
+        }
         for key in defn.keys:
             row[key] = first.design.get(key)
         row["state"] = _point_state([r.state for r in group])
@@ -224,7 +229,7 @@ TIME_METRICS = ("train_time_s", "compile_time_s", "overhead_s", "wall_time_s")
 
 
 def result_columns(defn: SweepDefinition) -> list[str]:
-    cols = ["point", "trial_number", "state", "seeds", "seeds_complete", *defn.keys]
+    cols = ["label", "point", "trial_number", "state", "seeds", "seeds_complete", *defn.keys]
     cols += list(SIZE_METRICS)
     for name in RESULT_METRICS:
         cols += [f"{name}.mean", f"{name}.std"]
@@ -238,6 +243,7 @@ def frontier_columns(defn: SweepDefinition) -> list[str]:
         "front",
         "rank",
         "role",
+        "label",
         "point",
         *defn.keys,
         f"{ACCURACY}.mean",

@@ -28,6 +28,7 @@ import sys
 from sqzexplore.config import ConfigError
 from sqzexplore.models.spec import SpecError
 from sqzexplore.sweep.claims import LockUnsupportedError
+from sqzexplore.sweep.dashboards import FLAG_MODES, effective_mode, resolve_mode, save_settings
 from sqzexplore.sweep.space import SweepError
 
 RUN_DEFAULTS = {"heartbeat_s": 10.0, "stale_after_s": 300.0, "poll_s": 2.0}
@@ -116,6 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     _worker_options(run)
     run.add_argument(
+        "--wandb",
+        choices=tuple(FLAG_MODES),
+        default=None,
+        help="log every trial to wandb (one run per trial, one group per sweep, plus a summary "
+        "run when the sweep finishes); default: $WANDB_MODE if set, else the earlier choice "
+        "for this directory, else the base config's wandb.mode",
+    )
+    run.add_argument("--wandb-project", default=None, help="wandb project (default sqzexplore)")
+    run.add_argument("--wandb-entity", default=None, help="wandb entity (user or team)")
+    run.add_argument(
         "--progress",
         choices=("auto", "on", "off"),
         default="auto",
@@ -198,6 +209,7 @@ def cmd_run(args) -> int:
     from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
 
     # Everything the user gave is checked before anything is created on disk.
+    wandb_mode = resolve_mode(args.wandb)
     defn = load_sweep(args.sweep_file, args.arg)
     base = load_base_config(defn)
     check_against_config(defn, base)
@@ -211,7 +223,10 @@ def cmd_run(args) -> int:
         from sqzexplore.sweep.slurm import run_array
 
         command = _worker_command(args, workdir, no_wait=True)
-        return run_array(args, defn, base, workdir, command)
+        rc = run_array(args, defn, base, workdir, command)
+        if SweepDir(workdir).exists():  # submitted (not --dry-run)
+            save_settings(SweepDir(workdir), wandb_mode, args.wandb_project, args.wandb_entity)
+        return rc
     sweep_dir, _ = init_sweep_dir(
         workdir,
         defn,
@@ -221,6 +236,7 @@ def cmd_run(args) -> int:
         storage=args.storage,
         new=args.new,
     )
+    save_settings(sweep_dir, wandb_mode, args.wandb_project, args.wandb_entity)
     gpus = launch.visible_gpus()
     n_workers = args.workers or launch.default_workers(gpus)
     progress = launch.SweepProgress(sweep_dir, args.progress)
@@ -242,7 +258,23 @@ def cmd_run(args) -> int:
             rc = launch.run_local_workers(commands, envs, sweep_dir.logs, progress)
     finally:
         progress.close()
-    return _summarize(SweepDir(workdir)) or rc
+    return _summarize(SweepDir(workdir)) or _wandb_summary(sweep_dir) or rc
+
+
+def _wandb_summary(sweep_dir) -> int:
+    """With wandb on, a finished sweep's summary run (frontier table, accuracy-vs-size scatter,
+    the report's figures) in the sweep's group; the report is written on the way."""
+    from sqzexplore.sweep.analyze import status
+    from sqzexplore.sweep.report import build_report  # matplotlib and wandb: only when asked
+
+    mode = effective_mode(sweep_dir, sweep_dir.state())
+    counts = status(sweep_dir)["counts"]
+    if mode not in ("offline", "online") or counts["pending"] or counts["running"]:
+        return 0
+    out = build_report(sweep_dir, wandb_mode=mode, echo=lambda s: None)
+    where = out["wandb"] or f"offline, under {sweep_dir.report} (`wandb sync` uploads it)"
+    print(f"wandb: {counts['complete']} trial runs and a summary run ({where})")
+    return 0
 
 
 def _run_worker(args, sweep_dir, log=print) -> None:

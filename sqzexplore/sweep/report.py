@@ -49,6 +49,7 @@ from sqzexplore.sweep.analyze import (
     status,
     sweep_times,
 )
+from sqzexplore.sweep.dashboards import effective_mode, read_settings
 from sqzexplore.sweep.metric_table import ACCURACY, metric
 from sqzexplore.sweep.report_html import render_html
 from sqzexplore.sweep.space import SweepDefinition
@@ -168,7 +169,7 @@ def build_report(
                 hparams={**r.design, "seed": r.seed},
             )
 
-    mode = wandb_mode or (state.get("base_config", {}).get("wandb", {}) or {}).get("mode")
+    mode = wandb_mode or effective_mode(sweep_dir, state)
     wandb_url = None
     # While watching, the summary run is logged once, when the sweep has finished.
     if mode in ("offline", "online") and (finished or not refresh_s):
@@ -180,6 +181,7 @@ def build_report(
             mode,
             out,
             images={name: formats["png"] for name, formats in images.items()},
+            settings=read_settings(sweep_dir),
         )
     return {
         "out_dir": str(out),
