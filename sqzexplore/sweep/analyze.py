@@ -16,7 +16,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from sqzexplore.rundir import RESULT_FILE, read_json, read_jsonl, read_result
+from sqzexplore.rundir import METRICS_FILE, RESULT_FILE, read_json, read_jsonl, read_result
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import RunClaims, record_is_live
 from sqzexplore.sweep.design import point_label
@@ -221,6 +221,52 @@ def knee_row(front: Sequence[dict[str, Any]], size_metric: str, accuracy_metric:
     gaps = [(dx * (y - ny[0]) - dy * (x - nx[0])) for x, y in zip(nx, ny, strict=True)]
     best = max(range(1, len(front) - 1), key=lambda i: gaps[i])
     return front[best] if gaps[best] > 0 else None
+
+
+# ------------------------------------------------------------------------------ learning curves
+# (split, metric) series of metrics.jsonl that the report draws per design point.
+CURVES = (("eval", "top1"), ("train", "loss"))
+
+
+def point_curves(sweep_dir: sd.SweepDir, runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """Each design point's learning curves over its seeds, from the runs' metrics.jsonl:
+    [{'point', 'label', 'seeds', 'curves': {'eval/top1': {'step': [..], 'mean': [..],
+    'std': [..] (None below two seeds at a step)}}}], in trial order. Unfinished runs count
+    with the steps they have logged (a watched report follows them)."""
+    by_point: dict[str, list[RunRecord]] = {}
+    for r in sorted(runs, key=lambda r: (r.number, r.seed)):
+        by_point.setdefault(r.point, []).append(r)
+    out = []
+    for point, group in by_point.items():
+        logs = [read_jsonl(sweep_dir.trial_dir(r.trial_id) / METRICS_FILE) for r in group]
+        logs = [log for log in logs if log]
+        if not logs:
+            continue
+        curves = {}
+        for split, name in CURVES:
+            per_step: dict[int, list[float]] = {}
+            for log in logs:
+                for record in log:
+                    value = record.get(name)
+                    if record.get("split", "train") == split and isinstance(value, (int, float)):
+                        per_step.setdefault(int(record["step"]), []).append(float(value))
+            steps = sorted(per_step)
+            curves[f"{split}/{name}"] = {
+                "step": steps,
+                "mean": [statistics.fmean(per_step[k]) for k in steps],
+                "std": [
+                    statistics.stdev(per_step[k]) if len(per_step[k]) > 1 else None for k in steps
+                ],
+            }
+        out.append(
+            {
+                "point": point,
+                "label": point_label(group[0].design),
+                "seeds": len(logs),
+                "curves": curves,
+            }
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------ the report's fronts

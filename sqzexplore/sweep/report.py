@@ -6,9 +6,10 @@ Writes to DIR/report/ (or --out):
                   accuracies, per-trial train / compile / overhead times
     frontier.csv  the Pareto-optimal points for accuracy vs params and accuracy vs MACs (one row
                   per point and front, with its rank)
-    *.png, *.svg  accuracy vs size (Pareto front with its +- 1 std band, best point and knee),
-                  per-field curves (paper Fig. 3 layout, the paper's values beside them where the
-                  paper ablates the field), error EDFs per design choice (pycls)
+    *.png, *.svg, *.pdf  accuracy vs size (Pareto front with its +- 1 std band, best point and
+                  knee), per-field curves (paper Fig. 3 layout, the paper's values beside them
+                  where the paper ablates the field), error EDFs per design choice (pycls),
+                  learning curves per point (mean and band over seeds); SVG text stays text
     report.html   all of it with the figures embedded (base64 PNG): no network needed; while the
                   sweep runs, `--watch` rewrites it and the page reloads itself
 and prints one frontier table with the best point and the knee. Every accuracy is a mean over
@@ -43,6 +44,7 @@ from sqzexplore.sweep.analyze import (
     key_points,
     key_size,
     merged_front,
+    point_curves,
     point_rows,
     result_columns,
     skipped_points,
@@ -79,7 +81,7 @@ def frontier_text(defn: SweepDefinition, rows: Sequence[dict[str, Any]], title: 
     return f"{title}\n{format_table(rows, columns)}"
 
 
-def _figures(rows, defn, runs, where: str) -> dict[str, dict[str, bytes]]:
+def _figures(rows, defn, runs, where: str, curves) -> dict[str, dict[str, bytes]]:
     out = {}
     for size in FRONT_SIZES:
         out[f"accuracy_vs_{size.split('.')[-1]}"] = figures.render(
@@ -90,6 +92,7 @@ def _figures(rows, defn, runs, where: str) -> dict[str, dict[str, bytes]]:
             figures.field_curves(rows, defn, key, where)
         )
     out["error_edf"] = figures.render(figures.error_edfs(error_samples(runs), defn, where))
+    out["learning_curves"] = figures.render(figures.learning_curves(curves, defn, where))
     return out
 
 
@@ -123,7 +126,7 @@ def build_report(
     front_rows = [r for s in FRONT_SIZES for r in front_by_size[s]]
     write_csv(out / "frontier.csv", front_rows, frontier_columns(defn))
 
-    images = _figures(rows, defn, runs, where)
+    images = _figures(rows, defn, runs, where, point_curves(sweep_dir, runs))
     for name, formats in images.items():
         for fmt, data in formats.items():
             (out / f"{name}.{fmt}").write_bytes(data)
@@ -190,6 +193,7 @@ def build_report(
         "report_html": str(out / "report.html"),
         "figures": [str(out / f"{n}.png") for n in images],
         "svg": [str(out / f"{n}.svg") for n in images],
+        "pdf": [str(out / f"{n}.pdf") for n in images],
         "points": len(rows),
         "fronts": {s: len(f) for s, f in front_by_size.items()},
         "finished": finished,
