@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sqzexplore.rundir import write_bytes
-from sqzexplore.runlog import mirror_to_tensorboard
+from sqzexplore.runlog import dashboard_value, mirror_to_tensorboard, write_hparams_config
 from sqzexplore.sweep import figures
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import (
@@ -165,12 +165,18 @@ def build_report(
     tb_dir = None
     if tensorboard:
         tb_dir = sweep_dir.root / "tensorboard"
+        columns: dict[str, None] = {}
         for r in runs:
+            hparams = tensorboard_hparams(r)
+            columns.update(dict.fromkeys(hparams))
             mirror_to_tensorboard(
                 sweep_dir.trial_dir(r.trial_id) / "metrics.jsonl",
                 tb_dir / tensorboard_run_name(r),
-                hparams={**r.design, "seed": r.seed},
+                hparams=hparams,
+                final=_final_metrics(r),
             )
+        if runs:
+            write_hparams_config(tb_dir, columns, TENSORBOARD_METRICS)
 
     mode = wandb_mode or effective_mode(sweep_dir, state)
     wandb_url = None
@@ -205,6 +211,39 @@ def build_report(
         "tensorboard": str(tb_dir) if tb_dir else None,
         "wandb": wandb_url,
     }
+
+
+# The metric columns of the TensorBoard HParams table (accuracies in percent there).
+TENSORBOARD_METRICS = ["final/top1", "best/top1", "final/top5", "eval/top1", "train/loss"]
+
+
+def _final_metrics(run) -> dict[str, float] | None:
+    """A finished run's final and best accuracies (fractions), the HParams metric columns."""
+    if run.state != sd.COMPLETE or not run.result:
+        return None
+    out = {}
+    for tag, name in (("final/top1", "final.top1"), ("final/top5", "final.top5")):
+        value = metric(name).value(run.result)
+        if value is not None:
+            out[tag] = value
+    best = metric("best.top1").value(run.result)
+    if best is not None:
+        out["best/top1"] = best
+    return out or None
+
+
+def tensorboard_hparams(run) -> dict[str, Any]:
+    """A trial's HParams: every design field (short names), seed, params, MACs, MiB and, once
+    it finished, final and best top-1 in percent, so the HParams table and its parallel
+    coordinates put accuracy against size."""
+    out: dict[str, Any] = {k.split(".")[-1]: v for k, v in run.design.items()}
+    out["seed"] = run.seed
+    for name, key in (("params", "params"), ("macs", "macs"), ("mib", "fp32_mib")):
+        if key in run.complexity:
+            out[name] = run.complexity[key]
+    for tag, value in (_final_metrics(run) or {}).items():
+        out[tag.replace("/", "_")] = dashboard_value(tag, value)
+    return out
 
 
 def tensorboard_run_name(run) -> str:
