@@ -28,7 +28,13 @@ import sys
 from sqzexplore.config import ConfigError
 from sqzexplore.models.spec import SpecError
 from sqzexplore.sweep.claims import LockUnsupportedError
-from sqzexplore.sweep.dashboards import FLAG_MODES, effective_mode, resolve_mode, save_settings
+from sqzexplore.sweep.dashboards import (
+    FLAG_MODES,
+    effective_mode,
+    name_objectives,
+    resolve_mode,
+    save_settings,
+)
 from sqzexplore.sweep.space import SweepError
 
 RUN_DEFAULTS = {"heartbeat_s": 10.0, "stale_after_s": 300.0, "poll_s": 2.0}
@@ -225,9 +231,11 @@ def cmd_run(args) -> int:
         command = _worker_command(args, workdir, no_wait=True)
         rc = run_array(args, defn, base, workdir, command)
         if SweepDir(workdir).exists():  # submitted (not --dry-run)
-            save_settings(SweepDir(workdir), wandb_mode, args.wandb_project, args.wandb_entity)
+            sweep_dir = SweepDir(workdir)
+            save_settings(sweep_dir, wandb_mode, args.wandb_project, args.wandb_entity)
+            name_objectives(sweep_dir, sweep_dir.state())
         return rc
-    sweep_dir, _ = init_sweep_dir(
+    sweep_dir, state = init_sweep_dir(
         workdir,
         defn,
         base,
@@ -237,6 +245,7 @@ def cmd_run(args) -> int:
         new=args.new,
     )
     save_settings(sweep_dir, wandb_mode, args.wandb_project, args.wandb_entity)
+    name_objectives(sweep_dir, state)
     gpus = launch.visible_gpus()
     n_workers = args.workers or launch.default_workers(gpus)
     progress = launch.SweepProgress(sweep_dir, args.progress)

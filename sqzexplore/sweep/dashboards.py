@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,3 +101,28 @@ def trial_wandb(
     wandb["group"] = sweep_group(state)
     config["wandb"] = wandb
     return config
+
+
+def name_objectives(sweep_dir: sd.SweepDir, state: Mapping[str, Any]) -> list[str]:
+    """Name the Optuna study's objectives after the sweep's metrics ('final.top1',
+    'complexity.params'), so optuna-dashboard (`optuna-dashboard DIR/study.journal`) shows
+    them instead of 'Objective 0/1'. Creates the study when no worker has yet (as the engine
+    does, under the sweep lock). Returns the names."""
+    import optuna  # heavy: only `sweep run` needs it here, never status or report
+
+    names = [o[0] for o in state["definition"]["objectives"]]
+    directions = [o[1] for o in state["definition"]["objectives"]]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = sd.open_storage(state.get("storage"), sweep_dir)
+    with sweep_dir.lock():
+        study = optuna.create_study(
+            study_name=state["study_name"],
+            storage=storage,
+            directions=directions,
+            load_if_exists=True,
+        )
+        if study.metric_names != names:
+            with warnings.catch_warnings():  # set_metric_names is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(names)
+    return names
