@@ -58,6 +58,45 @@ def _bounded(kind: type, low: float, name: str):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, naming the option and the allowed values, without the
+    usage block (which buries the error under 20 lines)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` for the options)\n")
+
+
+def one_line(message: str) -> str:
+    """An error message as printed: a repeated 'did you mean' hint (added once by the config
+    and again by the sweep-file check) shown once."""
+    return re.sub(r"(;? ?did you mean '[^']*'\?)(?:;? ?did you mean '[^']*'\?)+", r"\1", message)
+
+
+class FailureLog:
+    """The worker log of `sqz sweep run`: a trial failure prints its first line, once; later
+    trials failing the same way (a dataset that is not prepared fails every trial and every
+    compile-ahead) add no lines but are counted in the summary."""
+
+    def __init__(self, write):
+        self.write = write
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, line: str) -> None:
+        found = re.match(
+            r"(\[[^\]]*\] \S+:? (?:failed|compile-ahead of \S+ failed))(?:: )?(.*)", line, re.S
+        )
+        if not found:
+            self.write(line)
+            return
+        error = found.group(2).strip().splitlines()[0] if found.group(2).strip() else "?"
+        key = re.sub(r"^\w+: ", "", error)  # the run says 'DataError: ...', compile-ahead not
+        self.seen[key] = self.seen.get(key, 0) + 1
+        if self.seen[key] == 1:
+            self.write(f"{found.group(1)}: {error}")
+        elif self.seen[key] == 2:
+            self.write("  (the same error again; further repeats are not printed)")
+
+
 def _worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runner",
@@ -77,6 +116,8 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
         "--heartbeat-s",
         type=_bounded(float, 0.01, "--heartbeat-s"),
         default=RUN_DEFAULTS["heartbeat_s"],
+        help="seconds between a worker's liveness stamps on its claims (default 10); a claim "
+        "unstamped for --stale-after-s is taken over by another worker",
     )
     p.add_argument(
         "--poll-s",
@@ -100,8 +141,8 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sqz sweep", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="sqz sweep", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run (or resume) a sweep with local workers or SLURM")
     run.add_argument("sweep_file", help="sweeps/<name>.py")
@@ -142,17 +183,30 @@ def _parser() -> argparse.ArgumentParser:
 
     add_options(run, _bounded)
 
-    worker = sub.add_parser("worker", help="one more worker for an existing sweep directory")
-    worker.add_argument("workdir")
+    worker = sub.add_parser(
+        "worker",
+        help="one more worker for an existing sweep directory (on this or another machine "
+        "sharing the directory); what `run --workers N` and SLURM array tasks start",
+        description="Add one worker to a sweep that `sqz sweep run` created: it claims pending "
+        "trials, trains them and records the outcome until the sweep is done. It needs only "
+        "the sweep directory (each trial's full config is in its trial.json).",
+    )
+    worker.add_argument("workdir", help="the sweep directory (`sweep run --workdir`)")
     _worker_options(worker)
     worker.add_argument("--worker-name", default=None, help="name in logs and claim files")
 
-    status = sub.add_parser("status", help="done/running/failed/pending counts, best, ETA")
-    status.add_argument("workdir")
-    status.add_argument("--json", action="store_true")
+    status = sub.add_parser(
+        "status",
+        help="done/running/failed/pending counts, best, ETA",
+        description="Print a sweep's progress from its files only (no Optuna, no jax): trials "
+        "done, running, failed, stopped early, skipped and pending; the best point per "
+        "objective; the Pareto front's size; live workers and an ETA.",
+    )
+    status.add_argument("workdir", help="the sweep directory")
+    status.add_argument("--json", action="store_true", help="the same as one JSON object")
 
     report = sub.add_parser("report", help="results.csv, frontier.csv, figures, report.html")
-    report.add_argument("workdir")
+    report.add_argument("workdir", help="the sweep directory")
     report.add_argument("--out", default=None, help="output directory (default DIR/report)")
     report.add_argument(
         "--wandb-mode",
@@ -251,7 +305,7 @@ def cmd_run(args) -> int:
     progress = launch.SweepProgress(sweep_dir, args.progress)
     try:
         if n_workers == 1:
-            _run_worker(args, sweep_dir, log=progress.write)
+            _run_worker(args, sweep_dir, log=FailureLog(progress.write))
             rc = 0
         else:
             # How many local workers there will be, for the auto compile-ahead rule: at the
@@ -317,9 +371,10 @@ def _summarize(sweep_dir) -> int:
         failed = [r for r in collect_runs(sweep_dir) if r.failure]
         first = failed[0] if failed else None
         error = (first.failure.get("error") or "?") if first else "?"
+        error = error.strip().splitlines()[0]  # the rest is in sweep_failed.json
         print(
             f"error: all {c['failed']} trials failed; the first ({first.trial_id if first else '?'}"
-            f"): {error}. Details in each trial's {'sweep_failed.json'}.",
+            f"): {error.rstrip('.')}. Details in each trial's {'sweep_failed.json'}.",
             file=sys.stderr,
         )
         return 1
@@ -341,7 +396,7 @@ def cmd_worker(args) -> int:
     sweep_dir = SweepDir(args.workdir)
     sweep_dir.state()  # a clear error when DIR is not a sweep directory
     load_runner(args.runner or DEFAULT_RUNNER)
-    _run_worker(args, sweep_dir)
+    _run_worker(args, sweep_dir, log=FailureLog(print))
     return 0
 
 
@@ -426,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         SpecError,
         LockUnsupportedError,
     ) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
 
 
