@@ -17,8 +17,10 @@ import argparse
 import contextlib
 import difflib
 import importlib
+import importlib.metadata
 import importlib.util
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -104,8 +106,25 @@ def bench_main(argv: list[str]) -> int:
     return int(cli.main(rest, benchmarks_dir=directory) or 0)
 
 
+def version_text() -> str:
+    """'sqz 0.1.0 (jax 0.10.2, flax 0.12.10, optuna 5.1.0, python 3.11.9)': the installed
+    package's version and the libraries results depend on, without importing them."""
+    found = []
+    for package in ("jax", "flax", "optuna"):
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} not installed")
+    found.append(f"python {platform.python_version()}")
+    try:
+        own = importlib.metadata.version("sqzexplore")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout without installing
+        own = "(not installed)"
+    return f"sqz {own} ({', '.join(found)})"
+
+
 def _usage() -> str:
-    lines = ["usage: sqz COMMAND [ARGS]", "", "commands:"]
+    lines = ["usage: sqz COMMAND [ARGS]   (sqz --version)", "", "commands:"]
     lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
     lines += ["", "`sqz COMMAND --help` for a command's options."]
     return "\n".join(lines)
@@ -115,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version", "version"):
+        print(version_text())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

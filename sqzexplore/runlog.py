@@ -59,19 +59,36 @@ class MetricsWriter:
         if self._wandb is not None:
             split = record.get("split", "train")
             self._wandb.log(
-                {f"{split}/{k}": v for k, v in record.items() if k not in ("step", "split")},
+                {
+                    f"{split}/{k}": dashboard_value(k, v)
+                    for k, v in record.items()
+                    if k not in ("step", "split")
+                },
                 step=int(record["step"]),
             )
 
     def summary(self, values: dict) -> None:
         if self._wandb is not None:
             for k, v in _flatten(values).items():
-                self._wandb.summary[k] = v
+                self._wandb.summary[k] = dashboard_value(k, v)
 
     def close(self) -> None:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+# Accuracies are fractions in the run's files and percentages on every dashboard (wandb,
+# TensorBoard), as in the sweep report: one unit wherever people compare runs.
+ACCURACY_KEYS = ("top1", "top5")
+
+
+def dashboard_value(key: str, value: Any) -> Any:
+    """`value` as dashboards show it: accuracies ('top1', 'final/top1', ...) in percent."""
+    name = key.replace("/", ".").split(".")[-1]
+    if name in ACCURACY_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return 100.0 * value
+    return value
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -99,17 +116,20 @@ def _start_wandb(workdir: str, c: Any, run_config: dict | None, summary: dict | 
         config={**(run_config or {}), **design_fields(run_config, summary)},
         mode=c.mode,
         dir=workdir,
-        id=_wandb_run_id(workdir),
+        id=_wandb_run_id(workdir, c.group),
         resume="allow",
     )
     for k, v in _flatten(summary or {}).items():
-        run.summary[k] = v
+        run.summary[k] = dashboard_value(k, v)
     return run
 
 
-def _wandb_run_id(workdir: str) -> str:
-    """A stable id per workdir so a resumed run continues the same wandb run."""
-    return hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:16]
+def _wandb_run_id(workdir: str, group: str | None = None) -> str:
+    """A stable id per workdir (and group) so a resumed run continues the same wandb run. A
+    sweep's group names the sweep directory's creation (sweep/dashboards.py), so a `--new`
+    sweep in the same directory starts new runs instead of appending to the old ones."""
+    key = os.path.abspath(workdir) + (f"|{group}" if group else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 # Spec fields a dashboard compares runs by, flat at the top of a wandb run's config: those the
@@ -147,15 +167,20 @@ def mirror_to_tensorboard(
     metrics_path: str | os.PathLike,
     logdir: str | os.PathLike,
     hparams: Mapping[str, Any] | None = None,
+    final: Mapping[str, float] | None = None,
 ) -> int:
     """Append the log points of `metrics_path` not yet mirrored to TensorBoard event files in
-    `logdir` (one scalar per metric, tagged `<split>/<name>`); returns how many points were new.
+    `logdir` (one scalar per metric, tagged `<split>/<name>`, accuracies in percent); returns
+    how many points were new.
 
     Incremental, so a watcher can call it while the run trains: each call writes a new event
     file holding only the steps after the last one mirrored (TensorBoard reads every event file
     of a run directory). A resumed run rewrites steps it had logged with the same values; those
-    are skipped. `hparams` (design fields, seed) go to TensorBoard's HParams dashboard once.
-    Needs only the `tensorboard` package, never TensorFlow."""
+    are skipped. `hparams` (design fields, seed, sizes, final metrics) go to TensorBoard's
+    HParams dashboard, again whenever they change (a run that finished since the last call
+    adds its final top-1). `final` ({'final/top1': 0.97, 'best/top1': ...}, once the run has
+    finished) is written once as scalars at the last step, the metric columns of the HParams
+    table. Needs only the `tensorboard` package, never TensorFlow."""
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.summary.writer.record_writer import RecordWriter
@@ -163,23 +188,28 @@ def mirror_to_tensorboard(
     logdir = Path(logdir)
     state = rundir.read_json(logdir / _MIRROR_STATE) or {"step": -1, "files": 0}
     records = [r for r in rundir.read_jsonl(metrics_path) if int(r.get("step", -1)) > state["step"]]
-    if not records:  # nothing new (or a run that has not logged yet): no empty files
-        return 0
+    values_now = {k: _hparam(v) for k, v in (hparams or {}).items()}
+    new_hparams = bool(values_now) and values_now != state.get("hparams")
+    new_final = bool(final) and not state.get("final")
+    if not records and (state["files"] == 0 or not (new_hparams or new_final)):
+        return 0  # nothing new (or a run that has not logged yet): no empty files
     logdir.mkdir(parents=True, exist_ok=True)
     now = time.time()
     name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.{state['files']}"
+    last = max([int(r["step"]) for r in records], default=state["step"])
     with open(logdir / name, "wb") as f:
         writer = RecordWriter(f)
         writer.write(Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
-        if state["files"] == 0 and hparams:
+        if new_hparams:
             from tensorboard.plugins.hparams import summary_v2
 
-            values = {k: _hparam(v) for k, v in hparams.items()}
-            pb = summary_v2.hparams_pb(values, trial_id=logdir.name, start_time_secs=now)
+            pb = summary_v2.hparams_pb(values_now, trial_id=logdir.name, start_time_secs=now)
             writer.write(Event(wall_time=now, step=0, summary=pb).SerializeToString())
         for r in records:
             values = [
-                Summary.Value(tag=f"{r.get('split', 'train')}/{k}", simple_value=float(v))
+                Summary.Value(
+                    tag=f"{r.get('split', 'train')}/{k}", simple_value=float(dashboard_value(k, v))
+                )
                 for k, v in r.items()
                 if k not in ("step", "split") and isinstance(v, (int, float))
                 and not isinstance(v, bool)
@@ -187,10 +217,52 @@ def mirror_to_tensorboard(
             event = Event(wall_time=float(r.get("time", now)), step=int(r["step"]))
             event.summary.CopyFrom(Summary(value=values))
             writer.write(event.SerializeToString())
+        if new_final:
+            values = [
+                Summary.Value(tag=tag, simple_value=float(dashboard_value(tag, v)))
+                for tag, v in final.items()
+            ]
+            event = Event(wall_time=now, step=max(last, 0))
+            event.summary.CopyFrom(Summary(value=values))
+            writer.write(event.SerializeToString())
         writer.flush()
-    last = max([int(r["step"]) for r in records], default=state["step"])
-    rundir.write_json(logdir / _MIRROR_STATE, {"step": last, "files": state["files"] + 1})
+    rundir.write_json(
+        logdir / _MIRROR_STATE,
+        {
+            "step": last,
+            "files": state["files"] + 1,
+            "hparams": values_now or state.get("hparams"),
+            "final": bool(state.get("final") or new_final),
+        },
+    )
     return len(records)
+
+
+def write_hparams_config(
+    logdir: str | os.PathLike, hparams: Mapping[str, Any], metrics: list[str]
+) -> None:
+    """The HParams experiment of a TensorBoard root holding many runs: which hparams and which
+    metric tags (e.g. 'final/top1', 'eval/top1') the HParams table and parallel-coordinates
+    view show as columns. Written once per call as its own event file in `logdir`."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.plugins.hparams import summary_v2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    logdir = Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    pb = summary_v2.hparams_config_pb(
+        hparams=[summary_v2.HParam(name) for name in hparams],
+        metrics=[summary_v2.Metric(tag) for tag in metrics],
+    )
+    for old in logdir.glob("events.out.tfevents.*.hparams_config"):
+        old.unlink()  # one experiment definition, the newest
+    name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.hparams_config"
+    with open(logdir / name, "wb") as f:
+        writer = RecordWriter(f)
+        writer.write(Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+        writer.write(Event(wall_time=now, step=0, summary=pb).SerializeToString())
+        writer.flush()
 
 
 def _hparam(value: Any) -> Any:

@@ -30,7 +30,8 @@ import ml_collections
 from sqzexplore.config import spec_from_config
 from sqzexplore.models.complexity import complexity
 from sqzexplore.models.spec import SqueezeNetSpec
-from sqzexplore.rundir import append_jsonl, read_json, read_jsonl, write_json
+from sqzexplore.rundir import append_jsonl, read_json, write_json
+from sqzexplore.runlog import MetricsWriter
 
 
 def fake_accuracy(spec: SqueezeNetSpec, seed: int) -> float:
@@ -76,10 +77,17 @@ def run_fake_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=N
         run_dir / "fake_attempts.jsonl",
         {"pid": os.getpid(), "start_step": start_step, "time": time.time()},
     )
-    # As the trainer does: log points after the restored checkpoint will be written again.
-    metrics_path = run_dir / "metrics.jsonl"
-    kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= start_step]
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    # Through the trainer's own log writer (as a custom runner should): it drops the log points
+    # after the restored checkpoint, and mirrors to wandb as config.wandb says.
+    config_dict = json.loads(config.to_json_best_effort())
+    metrics = MetricsWriter(
+        str(run_dir),
+        is_main=True,
+        resume_step=start_step,
+        wandb_config=config.wandb,
+        run_config=config_dict,
+        summary={"design": spec.to_dict(), "complexity": cplx.totals()},
+    )
 
     gate = os.environ.get("SQZ_FAKE_GATE")
     deadline = time.time() + 120
@@ -89,7 +97,7 @@ def run_fake_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=N
     final_top1 = fake_accuracy(spec, int(config.seed))
     status, last_eval, best = "complete", {}, {"top1": -1.0, "step": -1}
     step = start_step
-    with open(metrics_path, "a") as metrics:
+    try:
         while step < steps:
             time.sleep(step_s)
             step += 1
@@ -105,18 +113,20 @@ def run_fake_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=N
                 grad_norm=1.0,
                 images_per_s=1e4,
             )
-            metrics.write(json.dumps(train) + "\n")
+            metrics.write(train)
             if step % eval_every == 0 or step == steps:
                 top1 = _curve(final_top1, fraction)
                 last_eval = {"loss": loss, "top1": top1, "top5": min(1.0, top1 + 0.05)}
                 if top1 > best["top1"]:
                     best = {"top1": top1, "step": step}
-                metrics.write(json.dumps(dict(step=step, split="eval", **last_eval)) + "\n")
-                metrics.flush()
+                metrics.write(dict(step=step, split="eval", **last_eval))
                 write_json(checkpoint, {"step": step})
                 if on_eval is not None and on_eval(step, dict(last_eval)) and step < steps:
                     status = "pruned"  # what the trainer says when on_eval stops a run
                     break
+        metrics.summary({"final": last_eval, "best": best})
+    finally:
+        metrics.close()
     result = {
         "status": status,
         "final": last_eval,

@@ -23,7 +23,7 @@ from sqzexplore.sweep import cli
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
 from sqzexplore.sweep.params import categorical, int_range, log_uniform, uniform
-from sqzexplore.sweep.space import Experiment
+from sqzexplore.sweep.space import Experiment, SweepError
 
 
 @pytest.fixture
@@ -68,8 +68,8 @@ def test_a_trial_run_has_flat_design_fields_group_and_final_metrics(tmp_path, wa
     assert run["config"]["mib"] == 1.392 and run["config"]["seed"] == 2
     assert run["config"]["dataset"] == "digits"
     assert run["config"]["model"]["squeeze_ratio"] == 0.25  # the full config too
-    assert run["summary"]["final/top1"] == 0.97 and run["summary"]["best/step"] == 20
-    assert [h.get("eval/top1") for h in run["history"] if "eval/top1" in h] == [0.97]
+    assert run["summary"]["final/top1"] == 97.0 and run["summary"]["best/step"] == 20
+    assert [h.get("eval/top1") for h in run["history"] if "eval/top1" in h] == [97.0]  # percent
     assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["top1"] == 0.97  # the file is the truth
 
 
@@ -88,11 +88,11 @@ def test_sweep_trials_log_to_wandb_with_the_real_trainer(tmp_path, wandb_env):
     assert [r.state for r in runs] == [sd.COMPLETE]
     for r in runs:
         logged = wandb_offline.read_run(wandb_offline.run_file(sweep_dir.trial_dir(r.trial_id)))
-        assert logged["group"] == "wb_real"
+        assert logged["group"].startswith("wb_real-") and logged["name"] == f"sr=0.25 s{r.seed}"
         assert logged["config"]["squeeze_ratio"] == r.params["model.squeeze_ratio"]
         assert logged["config"]["params"] == r.complexity["params"]
         assert logged["config"]["seed"] == r.seed
-        assert logged["summary"]["final/top1"] == pytest.approx(r.result["final"]["top1"])
+        assert logged["summary"]["final/top1"] == pytest.approx(100 * r.result["final"]["top1"])
 
 
 def _real_trainer():
@@ -111,7 +111,7 @@ def test_report_summary_run_carries_the_frontier_table_and_figures(tmp_path, wan
     assert rc == 0
     run_file = wandb_offline.run_file(sweep_dir.report)
     run, files = wandb_offline.read_run(run_file), run_file.parent / "files"
-    assert run["group"] == "summ" and run["name"] == "summ-report"
+    assert run["group"].startswith("summ-") and run["name"] == "summ summary"
     # History keys are flat ("frontier/_type"): wandb logs media as nested dicts.
     (logged,) = [h for h in run["history"] if "frontier/_type" in h]
     assert logged["frontier/_type"] == logged["results/_type"] == "table-file"
@@ -164,6 +164,7 @@ def test_export_wandb_yaml_turns_wandb_on_and_runs_from_any_directory(tmp_path, 
     output = tmp_path / "wb.yaml"
     args = ["export-wandb", str(path), "--output", str(output), "--project", "sqz-proj"]
     args += ["--entity", "team", "--runs-root", "relative/runs", "--sqz", str(fake_sqz)]
+    args += ["--checkout", str(REPO)]  # the checkout's path where the agents run
     cwd = os.getcwd()
     try:
         os.chdir(REPO)  # the base experiment is found relative to the repository
@@ -176,7 +177,9 @@ def test_export_wandb_yaml_turns_wandb_on_and_runs_from_any_directory(tmp_path, 
     assert config["project"] == "sqz-proj" and config["entity"] == "team"
     assert config["metric"] == {"name": "final/top1", "goal": "maximize"}
     params = config["parameters"]
-    assert params["config.wandb.mode"] == {"value": "online"}  # wandb on, by default online
+    assert "config.wandb.mode" not in params  # the agent's $WANDB_MODE, online when unset
+    assert '--config.wandb.mode="${WANDB_MODE:-online}"' in config["command"][3]
+    assert config["run_cap"] == 2 * 2 * 2  # points x seeds
     assert params["config.wandb.project"] == {"value": "sqz-proj"}
     assert params["config.wandb.entity"] == {"value": "team"}
     assert params["config.wandb.group"] == {"value": "wbdemo"}
@@ -190,7 +193,7 @@ def test_export_wandb_yaml_turns_wandb_on_and_runs_from_any_directory(tmp_path, 
     assert str(fake_sqz) in command
     config_arg = next(c for c in command if c.startswith("--config="))
     assert os.path.isabs(config_arg.split("=", 1)[1].split(":")[0])
-    assert f"{REPO}/relative/runs/$WANDB_RUN_ID" in command[3]  # made absolute at export
+    assert f"{REPO}/relative/runs/$WANDB_RUN_ID" in command[3]  # under --checkout
 
     # Expand the command as a wandb agent does and run it from an unrelated directory.
     from wandb.sdk.launch.sweeps import utils as sweep_utils
@@ -205,7 +208,7 @@ def test_export_wandb_yaml_turns_wandb_on_and_runs_from_any_directory(tmp_path, 
         argv += {"${env}": ["/usr/bin/env"], "${args}": expanded["args"]}.get(item, [item])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "WANDB_RUN_ID": "abc123"}
+    env = {**os.environ, "WANDB_RUN_ID": "abc123", "WANDB_MODE": "offline"}
     done = subprocess.run(argv, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
@@ -217,34 +220,46 @@ def test_export_wandb_yaml_turns_wandb_on_and_runs_from_any_directory(tmp_path, 
         "seed": 1,
         "pct": 0.25,
         "group": "wbdemo",
-        "mode": "online",
+        "mode": "offline",  # from the agent's environment
         "project": "sqz-proj",
         "entity": "team",
         "epochs": 2.0,  # runlocal experiment
     }
 
 
-def test_export_wandb_offline_mode_and_default_launcher(tmp_path):
+def test_export_wandb_has_no_paths_of_the_exporting_machine(tmp_path, monkeypatch):
     from sqzexplore.sweep.sweepfile import load_sweep
-    from sqzexplore.sweep.wandb_export import wandb_sweep_config
+    from sqzexplore.sweep.wandb_export import wandb_sweep_config, write_wandb_yaml
 
-    sweep_file = str(REPO / "sweeps" / "squeeze_ratio.py")
-    config = wandb_sweep_config(
-        load_sweep(sweep_file), runs_root="r", mode="offline", sweep_file=sweep_file
-    )
-    assert config["parameters"]["config.wandb.mode"] == {"value": "offline"}
-    launcher = config["command"][5]
-    assert os.path.isabs(launcher) and os.access(launcher, os.X_OK)  # sqz or python, absolute
+    monkeypatch.chdir(REPO)  # exported from the checkout root
+    sweep_file = "sweeps/squeeze_ratio.py"
+    config = wandb_sweep_config(load_sweep(sweep_file), mode="offline", sweep_file=sweep_file)
+    assert config["parameters"]["config.wandb.mode"] == {"value": "offline"}  # fixed by --mode
+    assert config["program"] == "sqz" and config["command"][5] == "sqz"  # the agents' PATH
+    text = write_wandb_yaml(config, tmp_path / "s.yaml").read_text()
+    assert str(REPO) not in text and sys.executable not in text and "/work" not in text
+    assert "--config=experiments/" in text and "runs/wandb/" in text  # relative to the checkout
     assert "config.wandb.project" not in config["parameters"]  # the base config's project
+    # The description is the sweep's whole question, not its first line.
+    question = load_sweep(sweep_file).question.strip().split("\n\n")[0]
+    assert " ".join(line.strip() for line in question.splitlines()) in config["description"]
 
 
-def test_export_wandb_maps_samplers_and_ranges(tmp_path):
+def test_export_wandb_maps_samplers_and_ranges(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # exported from the checkout root
     from sqzexplore.sweep.sweepfile import load_sweep
     from sqzexplore.sweep.wandb_export import wandb_sweep_config
 
     frontier = str(REPO / "sweeps" / "frontier.py")
-    config = wandb_sweep_config(load_sweep(frontier), runs_root="runs/x", sweep_file=frontier)
-    assert config["method"] == "bayes"  # NSGA-II has no wandb twin: first objective only
+    with pytest.raises(SweepError, match="cannot run this faithfully.*--as grid\\|random"):
+        wandb_sweep_config(load_sweep(frontier), runs_root="runs/x", sweep_file=frontier)
+    config = wandb_sweep_config(
+        load_sweep(frontier), runs_root="runs/x", sweep_file=frontier, export_as="grid"
+    )
+    assert config["method"] == "grid"  # NSGA-II's grid form, saying what is lost
+    assert "exported as grid search" in config["description"]
+    assert "comes from `sqz sweep report`" in config["description"]
+    assert config["run_cap"] == load_sweep(frontier).planned_points
     assert config["parameters"]["config.model.squeeze_ratio"]["values"][0] == 0.125  # stepped
     assert config["parameters"]["config.model.bypass"] == {"values": ["none", "simple", "complex"]}
     path = write_sweep(
@@ -259,13 +274,14 @@ def test_export_wandb_maps_samplers_and_ranges(tmp_path):
             "model.num_fire": int_range(4, 8),
         },
     )
-    config = wandb_sweep_config(load_sweep(str(path)), runs_root="r")
+    config = wandb_sweep_config(load_sweep(str(path)), runs_root="r", checkout="/agents/sqz")
     p = config["parameters"]
     assert config["method"] == "random" and config["run_cap"] == 5
+    assert p["config.seed"] == {"value": 0}  # a fixed seed, not a searched value
     assert p["config.optim.lr"] == {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.1}
     assert p["config.model.pct_3x3"] == {"distribution": "uniform", "min": 0.1, "max": 0.9}
     assert p["config.model.num_fire"] == {"distribution": "int_uniform", "min": 4, "max": 8}
-    assert f"--config={DIGITS}" in config["command"]
+    assert "--config=/agents/sqz/experiments/digits/squeezenet.py" in config["command"]
 
 
 # ------------------------------------------------------------------------------ TensorBoard
@@ -300,7 +316,7 @@ def test_tensorboard_mirror_is_incremental_and_readable(tmp_path, monkeypatch):
     assert mirror_to_tensorboard(metrics, logdir) == 1
     scalars = _scalars(logdir, monkeypatch)
     assert scalars["train/loss"] == [(10, 2.0), (20, 1.0), (30, 0.5)]  # each step once
-    assert scalars["eval/top1"] == [(20, pytest.approx(0.7))]
+    assert scalars["eval/top1"] == [(20, pytest.approx(70.0))]  # percent, as in the report
     assert "eval/top5" in scalars and "train/step" not in scalars
 
 
@@ -322,4 +338,4 @@ def test_report_tensorboard_mirrors_every_trial(tmp_path, monkeypatch, capsys):
         sr = run.design["model.squeeze_ratio"]
         logdir = sweep_dir.root / "tensorboard" / f"squeeze_ratio={sr}" / f"seed{run.seed}"
         evals = _scalars(logdir, monkeypatch)["eval/top1"]
-        assert evals[-1][1] == pytest.approx(run.result["final"]["top1"])
+        assert evals[-1][1] == pytest.approx(100 * run.result["final"]["top1"], rel=1e-6)

@@ -329,7 +329,12 @@ def test_each_run_gets_its_whole_config_at_registration(tmp_path):
     for tid in sweep_dir.trial_ids():
         record = json.loads((sweep_dir.trial_dir(tid) / sd.TRIAL_FILE).read_text())
         config = record["config"]
-        assert json.loads(json.dumps(seen[tid])) == config
+        given = json.loads(json.dumps(seen[tid]))
+        # The worker names and groups the wandb run for this sweep (sweep/dashboards.py); the
+        # wandb keys are bookkeeping, everything a run computes is trial.json's.
+        wandb = given.pop("wandb")
+        assert {k: v for k, v in config.items() if k != "wandb"} == given
+        assert wandb["name"].endswith(f" s{record['seed']}") and wandb["name"].startswith("sr=")
         assert config["seed"] == record["seed"] and tid.endswith(f"-s{record['seed']}")
         for key, value in record["params"].items():
             section, field = key.split(".")

@@ -199,6 +199,7 @@ def test_report_html_is_self_contained(report):
         "error_edf.png",
         "field_model_squeeze_ratio.png",
         "field_model_bypass.png",
+        "learning_curves.png",
     } == set(names)
     for path in out["figures"]:
         with open(path, "rb") as f:

@@ -127,3 +127,24 @@ def test_a_screenshot_of_the_report_shows_a_page(tmp_path, report_page):
         assert image.size == (1200, 2000)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # text, tables and plots, not a blank page
+
+
+def test_learning_curves_and_labelled_axes_in_chromium(tmp_path, report_page):
+    """The page Chromium renders has the learning-curve figure, decoded, and the SVG figures
+    Chromium parses carry their axis labels and tick labels as text."""
+    page, out = report_page
+    dom = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()).stdout
+    assert "<h2>Learning curves</h2>" in dom and "sr=0.125 bypass=none" in dom
+    probe = page.with_name("curves-check.html")
+    probe.write_text(
+        "<!doctype html><html><body><img src='learning_curves.svg'>"
+        "<img src='accuracy_vs_macs.svg'></body></html>"
+    )
+    assert image_check(tmp_path, probe) == {"total": 2, "broken": []}
+    for name, wanted in (("learning_curves", "training step"), ("accuracy_vs_macs", "MACs")):
+        svg = page.with_name(f"{name}.svg")
+        parsed = chromium(tmp_path, "--dump-dom", svg.as_uri()).stdout
+        texts = [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", parsed)]
+        assert any(wanted in t for t in texts), texts[:20]
+        ticks = [t.strip() for t in texts if re.fullmatch(r"\s*\d+(\.\d+)?[kM]?\s*", t)]
+        assert len(ticks) >= 4, texts[:30]

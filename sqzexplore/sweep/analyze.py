@@ -14,9 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqzexplore.rundir import RESULT_FILE, read_json, read_jsonl, read_result
+from tabulate import tabulate
+
+from sqzexplore.rundir import METRICS_FILE, RESULT_FILE, read_json, read_jsonl, read_result
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import RunClaims, record_is_live
+from sqzexplore.sweep.design import point_label
 from sqzexplore.sweep.metric_table import ACCURACY, RESULT_METRICS, SIZE_METRICS, metric
 from sqzexplore.sweep.space import SweepDefinition
 
@@ -114,7 +117,11 @@ def point_rows(runs: Sequence[RunRecord], defn: SweepDefinition) -> list[dict[st
         group.sort(key=lambda r: r.seed)
         first = group[0]
         complete = [r for r in group if r.state == sd.COMPLETE and r.result is not None]
-        row: dict[str, Any] = {"point": point, "trial_number": first.number}
+        row: dict[str, Any] = {
+            "label": point_label(first.design),
+            "point": point,
+            "trial_number": first.number,
+        }
         for key in defn.keys:
             row[key] = first.design.get(key)
         row["state"] = _point_state([r.state for r in group])
@@ -214,6 +221,187 @@ def knee_row(front: Sequence[dict[str, Any]], size_metric: str, accuracy_metric:
     gaps = [(dx * (y - ny[0]) - dy * (x - nx[0])) for x, y in zip(nx, ny, strict=True)]
     best = max(range(1, len(front) - 1), key=lambda i: gaps[i])
     return front[best] if gaps[best] > 0 else None
+
+
+# ------------------------------------------------------------------------------ learning curves
+# (split, metric) series of metrics.jsonl that the report draws per design point.
+CURVES = (("eval", "top1"), ("train", "loss"))
+
+
+def point_curves(sweep_dir: sd.SweepDir, runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """Each design point's learning curves over its seeds, from the runs' metrics.jsonl:
+    [{'point', 'label', 'seeds', 'curves': {'eval/top1': {'step': [..], 'mean': [..],
+    'std': [..] (None below two seeds at a step)}}}], in trial order. Unfinished runs count
+    with the steps they have logged (a watched report follows them)."""
+    by_point: dict[str, list[RunRecord]] = {}
+    for r in sorted(runs, key=lambda r: (r.number, r.seed)):
+        by_point.setdefault(r.point, []).append(r)
+    out = []
+    for point, group in by_point.items():
+        logs = [read_jsonl(sweep_dir.trial_dir(r.trial_id) / METRICS_FILE) for r in group]
+        logs = [log for log in logs if log]
+        if not logs:
+            continue
+        curves = {}
+        for split, name in CURVES:
+            per_step: dict[int, list[float]] = {}
+            for log in logs:
+                for record in log:
+                    value = record.get(name)
+                    if record.get("split", "train") == split and isinstance(value, (int, float)):
+                        per_step.setdefault(int(record["step"]), []).append(float(value))
+            steps = sorted(per_step)
+            curves[f"{split}/{name}"] = {
+                "step": steps,
+                "mean": [statistics.fmean(per_step[k]) for k in steps],
+                "std": [
+                    statistics.stdev(per_step[k]) if len(per_step[k]) > 1 else None for k in steps
+                ],
+            }
+        out.append(
+            {
+                "point": point,
+                "label": point_label(group[0].design),
+                "seeds": len(logs),
+                "curves": curves,
+            }
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------ the report's fronts
+FRONT_SIZES = ("complexity.params", "complexity.macs")
+TIME_METRICS = ("train_time_s", "compile_time_s", "overhead_s", "wall_time_s")
+
+
+def result_columns(defn: SweepDefinition) -> list[str]:
+    cols = ["label", "point", "trial_number", "state", "seeds", "seeds_complete", *defn.keys]
+    cols += list(SIZE_METRICS)
+    for name in RESULT_METRICS:
+        cols += [f"{name}.mean", f"{name}.std"]
+        if name in INTERVAL_METRICS:
+            cols += [f"{name}.n", f"{name}.ci95"]
+    return [*cols, "train_time_s.sum", "trials"]
+
+
+def frontier_columns(defn: SweepDefinition) -> list[str]:
+    return [
+        "front",
+        "rank",
+        "role",
+        "label",
+        "point",
+        *defn.keys,
+        f"{ACCURACY}.mean",
+        f"{ACCURACY}.std",
+        f"{ACCURACY}.n",
+        f"{ACCURACY}.ci95",
+        "complexity.params",
+        "complexity.macs",
+        "complexity.fp32_mib",
+        "seeds_complete",
+    ]
+
+
+def key_size(defn: SweepDefinition) -> str:
+    """The size the sweep trades accuracy against: its first size objective, else params."""
+    for o in defn.objectives:
+        if o.metric in FRONT_SIZES:
+            return o.metric
+    return FRONT_SIZES[0]
+
+
+def fronts(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Size metric -> its Pareto front rows (with 'front', 'rank' and 'role' added)."""
+    out = {}
+    for size in FRONT_SIZES:
+        front = frontier_rows(rows, size)
+        best = max(front, key=lambda r: row_value(r, ACCURACY)) if front else None
+        knee = knee_row(front, size)
+        out[size] = [
+            {
+                **r,
+                "front": size.split(".")[-1],
+                "rank": i + 1,
+                "role": " ".join(
+                    name for name, pick in (("best", best), ("knee", knee)) if pick is r
+                ),
+            }
+            for i, r in enumerate(front)
+        ]
+    return out
+
+
+def merged_front(front_by_size: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    """Every point on any front, once, smallest first, with the fronts it is on."""
+    by_point: dict[str, dict[str, Any]] = {}
+    for size, front in front_by_size.items():
+        for r in front:
+            row = by_point.setdefault(r["point"], {**r, "fronts": [], "roles": []})
+            row["fronts"].append(size.split(".")[-1])
+            row["roles"] += [f"{role} ({r['front']})" for role in r["role"].split()]
+    return sorted(by_point.values(), key=lambda r: (r["complexity.params"], r["complexity.macs"]))
+
+
+def key_points(
+    rows: Sequence[dict[str, Any]], front_by_size: dict[str, list[dict]], size: str
+) -> list[dict[str, Any]]:
+    """The rows a reader looks for first: the most accurate point, the knee of the sweep's own
+    front (where accuracy stops paying for size), and the front's smallest point."""
+    front = front_by_size[size]
+    if not front:
+        return []
+    label = metric(size).label
+    picks = [("best: highest mean top-1", max(front, key=lambda r: row_value(r, ACCURACY)))]
+    knee = next((r for r in front if "knee" in r["role"].split()), None)
+    picks.append((f"knee of the {label} front", knee))
+    picks.append((f"smallest on the {label} front", front[0]))
+    return [{**r, "role": name} for name, r in picks if r is not None]
+
+
+def error_samples(runs) -> list[dict[str, Any]]:
+    """(design fields, top-1 error) of every complete run: the models the EDFs count."""
+    out = []
+    for r in runs:
+        top1 = metric(ACCURACY).value(r.result or {})
+        if r.state == sd.COMPLETE and top1 is not None:
+            out.append({**r.design, "error": 1.0 - top1})
+    return out
+
+
+def evaluated_on(state: dict[str, Any], runs) -> str:
+    """What the accuracies were measured on: 'digits (test split)'."""
+    base = (state.get("base_config") or {}).get("data") or {}
+    fixed = (state.get("definition") or {}).get("fixed") or {}
+    found = []
+    for data in [r.data for r in runs if r.data] or [{}]:
+        name = data.get("name") or fixed.get("data.name") or base.get("name") or "?"
+        split = data.get("eval_split") or fixed.get("data.eval_split") or base.get("eval_split")
+        text = f"{name} ({split} split)" if split else str(name)
+        if text not in found:
+            found.append(text)
+    return ", ".join(found)
+
+
+def accuracy_text(row: dict[str, Any], name: str = ACCURACY) -> str:
+    """'97.80 ± 0.45 (n=3)', or '97.80 (n=1)': never a ± from a single seed."""
+    m = metric(name)
+    mean, std = row.get(f"{name}.mean"), row.get(f"{name}.std")
+    n = row.get(f"{name}.n", row.get("seeds_complete", 0))
+    if mean is None:
+        return "-"
+    spread = f" ± {m.format(std)}" if std is not None else ""
+    return f"{m.format(mean)}{spread} (n={n})"
+
+
+def interval_text(row: dict[str, Any], name: str = ACCURACY) -> str:
+    """The 95% interval of the mean, '[96.71, 98.89]', or '-' below two seeds."""
+    mean, half = row.get(f"{name}.mean"), row.get(f"{name}.ci95")
+    if mean is None or half is None:
+        return "-"
+    m = metric(name)
+    # Accuracies are fractions: an interval past 0 or 1 says only that n is small.
+    return f"[{m.format(max(0.0, mean - half))}, {m.format(min(1.0, mean + half))}]"
 
 
 # ------------------------------------------------------------------------------ time
@@ -389,10 +577,12 @@ def format_status(st: dict[str, Any]) -> str:
 def format_table(
     rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, Callable[[dict], str]]]
 ) -> str:
-    """A plain aligned text table: `columns` are (header, row -> cell)."""
-    cells = [[header for header, _ in columns]]
-    cells += [[fn(row) for _, fn in columns] for row in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """A plain aligned text table (tabulate's "simple" layout, every cell right-aligned as
+    given): `columns` are (header, row -> cell)."""
+    return tabulate(
+        [[fn(row) for _, fn in columns] for row in rows],
+        headers=[header for header, _ in columns],
+        tablefmt="simple",
+        stralign="right",
+        disable_numparse=True,
+    )

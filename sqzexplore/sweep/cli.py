@@ -28,6 +28,13 @@ import sys
 from sqzexplore.config import ConfigError
 from sqzexplore.models.spec import SpecError
 from sqzexplore.sweep.claims import LockUnsupportedError
+from sqzexplore.sweep.dashboards import (
+    FLAG_MODES,
+    effective_mode,
+    name_objectives,
+    resolve_mode,
+    save_settings,
+)
 from sqzexplore.sweep.space import SweepError
 
 RUN_DEFAULTS = {"heartbeat_s": 10.0, "stale_after_s": 300.0, "poll_s": 2.0}
@@ -51,6 +58,45 @@ def _bounded(kind: type, low: float, name: str):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, naming the option and the allowed values, without the
+    usage block (which buries the error under 20 lines)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` for the options)\n")
+
+
+def one_line(message: str) -> str:
+    """An error message as printed: a repeated 'did you mean' hint (added once by the config
+    and again by the sweep-file check) shown once."""
+    return re.sub(r"(;? ?did you mean '[^']*'\?)(?:;? ?did you mean '[^']*'\?)+", r"\1", message)
+
+
+class FailureLog:
+    """The worker log of `sqz sweep run`: a trial failure prints its first line, once; later
+    trials failing the same way (a dataset that is not prepared fails every trial and every
+    compile-ahead) add no lines but are counted in the summary."""
+
+    def __init__(self, write):
+        self.write = write
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, line: str) -> None:
+        found = re.match(
+            r"(\[[^\]]*\] \S+:? (?:failed|compile-ahead of \S+ failed))(?:: )?(.*)", line, re.S
+        )
+        if not found:
+            self.write(line)
+            return
+        error = found.group(2).strip().splitlines()[0] if found.group(2).strip() else "?"
+        key = re.sub(r"^\w+: ", "", error)  # the run says 'DataError: ...', compile-ahead not
+        self.seen[key] = self.seen.get(key, 0) + 1
+        if self.seen[key] == 1:
+            self.write(f"{found.group(1)}: {error}")
+        elif self.seen[key] == 2:
+            self.write("  (the same error again; further repeats are not printed)")
+
+
 def _worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runner",
@@ -70,6 +116,8 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
         "--heartbeat-s",
         type=_bounded(float, 0.01, "--heartbeat-s"),
         default=RUN_DEFAULTS["heartbeat_s"],
+        help="seconds between a worker's liveness stamps on its claims (default 10); a claim "
+        "unstamped for --stale-after-s is taken over by another worker",
     )
     p.add_argument(
         "--poll-s",
@@ -93,8 +141,8 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sqz sweep", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="sqz sweep", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run (or resume) a sweep with local workers or SLURM")
     run.add_argument("sweep_file", help="sweeps/<name>.py")
@@ -116,6 +164,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     _worker_options(run)
     run.add_argument(
+        "--wandb",
+        choices=tuple(FLAG_MODES),
+        default=None,
+        help="log every trial to wandb (one run per trial, one group per sweep, plus a summary "
+        "run when the sweep finishes); default: $WANDB_MODE if set, else the earlier choice "
+        "for this directory, else the base config's wandb.mode",
+    )
+    run.add_argument("--wandb-project", default=None, help="wandb project (default sqzexplore)")
+    run.add_argument("--wandb-entity", default=None, help="wandb entity (user or team)")
+    run.add_argument(
         "--progress",
         choices=("auto", "on", "off"),
         default="auto",
@@ -125,17 +183,30 @@ def _parser() -> argparse.ArgumentParser:
 
     add_options(run, _bounded)
 
-    worker = sub.add_parser("worker", help="one more worker for an existing sweep directory")
-    worker.add_argument("workdir")
+    worker = sub.add_parser(
+        "worker",
+        help="one more worker for an existing sweep directory (on this or another machine "
+        "sharing the directory); what `run --workers N` and SLURM array tasks start",
+        description="Add one worker to a sweep that `sqz sweep run` created: it claims pending "
+        "trials, trains them and records the outcome until the sweep is done. It needs only "
+        "the sweep directory (each trial's full config is in its trial.json).",
+    )
+    worker.add_argument("workdir", help="the sweep directory (`sweep run --workdir`)")
     _worker_options(worker)
     worker.add_argument("--worker-name", default=None, help="name in logs and claim files")
 
-    status = sub.add_parser("status", help="done/running/failed/pending counts, best, ETA")
-    status.add_argument("workdir")
-    status.add_argument("--json", action="store_true")
+    status = sub.add_parser(
+        "status",
+        help="done/running/failed/pending counts, best, ETA",
+        description="Print a sweep's progress from its files only (no Optuna, no jax): trials "
+        "done, running, failed, stopped early, skipped and pending; the best point per "
+        "objective; the Pareto front's size; live workers and an ETA.",
+    )
+    status.add_argument("workdir", help="the sweep directory")
+    status.add_argument("--json", action="store_true", help="the same as one JSON object")
 
     report = sub.add_parser("report", help="results.csv, frontier.csv, figures, report.html")
-    report.add_argument("workdir")
+    report.add_argument("workdir", help="the sweep directory")
     report.add_argument("--out", default=None, help="output directory (default DIR/report)")
     report.add_argument(
         "--wandb-mode",
@@ -198,6 +269,7 @@ def cmd_run(args) -> int:
     from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
 
     # Everything the user gave is checked before anything is created on disk.
+    wandb_mode = resolve_mode(args.wandb)
     defn = load_sweep(args.sweep_file, args.arg)
     base = load_base_config(defn)
     check_against_config(defn, base)
@@ -211,8 +283,13 @@ def cmd_run(args) -> int:
         from sqzexplore.sweep.slurm import run_array
 
         command = _worker_command(args, workdir, no_wait=True)
-        return run_array(args, defn, base, workdir, command)
-    sweep_dir, _ = init_sweep_dir(
+        rc = run_array(args, defn, base, workdir, command)
+        if SweepDir(workdir).exists():  # submitted (not --dry-run)
+            sweep_dir = SweepDir(workdir)
+            save_settings(sweep_dir, wandb_mode, args.wandb_project, args.wandb_entity)
+            name_objectives(sweep_dir, sweep_dir.state())
+        return rc
+    sweep_dir, state = init_sweep_dir(
         workdir,
         defn,
         base,
@@ -221,12 +298,14 @@ def cmd_run(args) -> int:
         storage=args.storage,
         new=args.new,
     )
+    save_settings(sweep_dir, wandb_mode, args.wandb_project, args.wandb_entity)
+    name_objectives(sweep_dir, state)
     gpus = launch.visible_gpus()
     n_workers = args.workers or launch.default_workers(gpus)
     progress = launch.SweepProgress(sweep_dir, args.progress)
     try:
         if n_workers == 1:
-            _run_worker(args, sweep_dir, log=progress.write)
+            _run_worker(args, sweep_dir, log=FailureLog(progress.write))
             rc = 0
         else:
             # How many local workers there will be, for the auto compile-ahead rule: at the
@@ -242,7 +321,23 @@ def cmd_run(args) -> int:
             rc = launch.run_local_workers(commands, envs, sweep_dir.logs, progress)
     finally:
         progress.close()
-    return _summarize(SweepDir(workdir)) or rc
+    return _summarize(SweepDir(workdir)) or _wandb_summary(sweep_dir) or rc
+
+
+def _wandb_summary(sweep_dir) -> int:
+    """With wandb on, a finished sweep's summary run (frontier table, accuracy-vs-size scatter,
+    the report's figures) in the sweep's group; the report is written on the way."""
+    from sqzexplore.sweep.analyze import status
+    from sqzexplore.sweep.report import build_report  # matplotlib and wandb: only when asked
+
+    mode = effective_mode(sweep_dir, sweep_dir.state())
+    counts = status(sweep_dir)["counts"]
+    if mode not in ("offline", "online") or counts["pending"] or counts["running"]:
+        return 0
+    out = build_report(sweep_dir, wandb_mode=mode, echo=lambda s: None)
+    where = out["wandb"] or f"offline, under {sweep_dir.report} (`wandb sync` uploads it)"
+    print(f"wandb: {counts['complete']} trial runs and a summary run ({where})")
+    return 0
 
 
 def _run_worker(args, sweep_dir, log=print) -> None:
@@ -276,9 +371,10 @@ def _summarize(sweep_dir) -> int:
         failed = [r for r in collect_runs(sweep_dir) if r.failure]
         first = failed[0] if failed else None
         error = (first.failure.get("error") or "?") if first else "?"
+        error = error.strip().splitlines()[0]  # the rest is in sweep_failed.json
         print(
             f"error: all {c['failed']} trials failed; the first ({first.trial_id if first else '?'}"
-            f"): {error}. Details in each trial's {'sweep_failed.json'}.",
+            f"): {error.rstrip('.')}. Details in each trial's {'sweep_failed.json'}.",
             file=sys.stderr,
         )
         return 1
@@ -300,7 +396,7 @@ def cmd_worker(args) -> int:
     sweep_dir = SweepDir(args.workdir)
     sweep_dir.state()  # a clear error when DIR is not a sweep directory
     load_runner(args.runner or DEFAULT_RUNNER)
-    _run_worker(args, sweep_dir)
+    _run_worker(args, sweep_dir, log=FailureLog(print))
     return 0
 
 
@@ -385,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         SpecError,
         LockUnsupportedError,
     ) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
 
 

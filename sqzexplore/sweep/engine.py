@@ -176,7 +176,8 @@ class SweepEngine:
                 trials = self._trials()
                 if ticket is not None:
                     return ticket
-                skips += 1
+                # A point of a grown sweep whose runs all finished before is no rejection.
+                skips += ATTR_SKIPPED in self._frozen(number).user_attrs
             if skips >= self.max_consecutive_skips:
                 write_json(
                     self.dir.exhausted,
@@ -385,7 +386,14 @@ class SweepEngine:
         storage_id = self._storage_id(number)
         self.storage.set_trial_user_attr(storage_id, ATTR_COMPLEXITY, totals)
         self.storage.set_trial_user_attr(storage_id, ATTR_POINT, key)  # last: registered
-        return self._try_claim(key, number, d.seeds[0]) if claim else None
+        if not claim:
+            return None
+        # The first seed not yet run: in a grown sweep (sweepdir.grow) earlier seeds may have
+        # finished, or all of them, and then the point is told now.
+        ticket = self._claim_first([(number, key, s) for s in d.seeds])
+        if ticket is None:
+            self._finalize(self._frozen(number))
+        return ticket
 
     def _skip(self, number, point, params, kind, reason, *, values=None, totals=None) -> None:
         import optuna

@@ -6,10 +6,12 @@
 - `field_curves`: the paper's Fig. 3 layout: accuracy and fp32 MiB against one swept field, with
   the paper's own values in a panel beside it when the paper ablates that field.
 - `error_edfs`: pycls error EDFs, one curve per value of each swept field (the design strategy).
+- `learning_curves`: eval top-1 and train loss against the step per design point, mean over
+  seeds with a +- 1 std band, labelled by the point's design fields ('sr=0.125 pct=0.5').
 
 Every title names the sweep, the metric and what it was measured on (dataset and split); every
-legend sits outside the axes; log axes get plain tick labels (700k, 1M, 2M). `render` gives PNG
-and SVG bytes of a figure.
+legend sits outside the axes; log axes get plain tick labels over any range (700k, 1M, 2M; or
+5M, 7.5M, ... over a narrow one). `render` gives PNG, SVG (text kept as text) and PDF bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FixedLocator,
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
 
 from sqzexplore.sweep import sweepdir as sd  # noqa: E402
 from sqzexplore.sweep.analyze import frontier_rows, knee_row, row_value  # noqa: E402
@@ -57,14 +65,25 @@ def _std(name: str, row: dict) -> float:
     return 0.0 if std is None else std * metric(name).scale
 
 
+FORMATS = ("png", "svg", "pdf")
+_SAVE_OPTIONS = {
+    "png": {"dpi": 110},
+    # Undated, so identical data give identical files.
+    "svg": {"metadata": {"Date": None}},
+    "pdf": {"metadata": {"CreationDate": None}},
+}
+
+
 def render(fig) -> dict[str, bytes]:
-    """The figure as {'png': bytes, 'svg': bytes} (and closed)."""
+    """The figure as {'png': bytes, 'svg': bytes, 'pdf': bytes} (and closed). SVG text stays
+    text (editable in Inkscape or Illustrator, searchable), PDF fonts are embedded as TrueType
+    (Type 42), which journals' checkers accept and editors can change."""
     out = {}
-    for fmt in ("png", "svg"):
-        buf = io.BytesIO()
-        extra = {"dpi": 110} if fmt == "png" else {"metadata": {"Date": None}}
-        fig.savefig(buf, format=fmt, bbox_inches="tight", **extra)
-        out[fmt] = buf.getvalue()
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+        for fmt in FORMATS:
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, bbox_inches="tight", **_SAVE_OPTIONS[fmt])
+            out[fmt] = buf.getvalue()
     plt.close(fig)
     return out
 
@@ -78,12 +97,33 @@ def short_number(value: float, _pos: Any = None) -> str:
 
 
 def readable_log_axis(axis, values: Sequence[float]) -> None:
-    """Log scale with labelled ticks at 1-2-5 (every integer multiple over a narrow range)."""
+    """Labelled ticks on a log axis over any range of (positive) `values`: 1-2-5 per decade
+    when at least three such marks fall inside the data, else 3-6 evenly stepped round numbers
+    across the data (5M, 7.5M, ... 17.5M), so a narrow range is labelled end to end, not only at
+    one decade mark."""
     lo, hi = min(values), max(values)
-    subs = (1.0, 2.0, 5.0) if hi / lo > 4 else tuple(float(k) for k in range(1, 10))
-    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    one_two_five = [m * 10.0**e for e in decades for m in (1, 2, 5) if lo <= m * 10.0**e <= hi]
+    if len(one_two_five) >= 3:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+    else:
+        axis.set_major_locator(FixedLocator(round_ticks(lo, hi)))
     axis.set_major_formatter(FuncFormatter(short_number))
     axis.set_minor_formatter(NullFormatter())
+
+
+def round_ticks(lo: float, hi: float) -> list[float]:
+    """Round, evenly stepped tick values covering [lo, hi] (at least 3 inside it, the outer
+    ones within one step of each end)."""
+    if hi <= lo:
+        lo, hi = lo * 0.9, hi * 1.1
+    for nbins in (5, 8, 12):
+        ticks = MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+        inside = [t for t in ticks if lo <= t <= hi and t > 0]
+        if len(inside) >= 3:
+            break
+    step = ticks[1] - ticks[0]
+    return [float(t) for t in ticks if t > 0 and lo - step < t < hi + step]
 
 
 def _legend_below(ax, below: float = -0.16, **kw) -> None:
@@ -234,16 +274,19 @@ def field_curves(
     rows: Sequence[dict], defn: SweepDefinition, key: str, where: str, accuracy: str = ACCURACY
 ):
     """Accuracy (mean +- std per point; the line is the best point per value) and fp32 MiB
-    against one swept field, as in the paper's Fig. 3, and the paper's values beside them."""
+    against one swept field, as in the paper's Fig. 3, in two panels sharing the field axis (one
+    axis each, so their lines never sit on top of each other), and the paper's values beside
+    them when the paper ablates the field."""
     done = [r for r in rows if r["state"] == sd.COMPLETE and row_value(r, accuracy) is not None]
     values = [r[key] for r in done]
     order, position, numeric = _positions(defn, key, values)
     paper = paper_figure(key)
-    paper_points = {v: paper.point(v) for v in order} if paper else {}
-    paper_points = {v: p for v, p in paper_points.items() if p and (p.top1 or p.top5)}
+    paper_points = {v: p for v, p in (paper.points if paper else {}).items() if p.top1 or p.top5}
     ncols = 2 if paper_points else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols, 4.6), squeeze=False)
-    ax = axes[0][0]
+    fig = plt.figure(figsize=(6.4 * ncols, 6.4))
+    grid = fig.add_gridspec(2, ncols, height_ratios=(3, 2), hspace=0.08, wspace=0.35)
+    ax = fig.add_subplot(grid[0, 0])
+    ax_mib = fig.add_subplot(grid[1, 0], sharex=ax)
     xs = [position[v] for v in values]
     ys = [_display(accuracy, r) for r in done]
     if not done:
@@ -263,47 +306,54 @@ def field_curves(
         best[v] = max(best.get(v, -math.inf), y)
     line_x = [position[v] for v in order if v in best]
     ax.plot(line_x, [best[v] for v in order if v in best], "-", color="C0", lw=1.5, label="best")
-    ax.set_xlabel(key)
-    ax.set_ylabel(metric(accuracy).label, color="C0")
-    if not numeric:
-        _categorical_ticks(ax, order)
+    ax.set_ylabel(metric(accuracy).label)
+    ax.tick_params(labelbottom=False)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"measured: {metric(accuracy).label} on {where}", fontsize=10)
     mib = {}
     for r, v in zip(done, values, strict=True):
         mib.setdefault(v, []).append(_display("complexity.fp32_mib", r))
-    ax2 = ax.twinx()
-    ax2.plot(
+    ax_mib.plot(
         line_x,
         [sum(mib[v]) / len(mib[v]) for v in order if v in mib],
-        "s--",
+        "s-",
         color="C3",
         ms=4,
-        label="fp32 MiB",
     )
-    ax2.set_ylabel(metric("complexity.fp32_mib").label, color="C3")
-    ax.grid(alpha=0.3)
-    handles = ax.get_legend_handles_labels()
-    handles2 = ax2.get_legend_handles_labels()
-    ax.legend(
-        handles[0] + handles2[0],
-        handles[1] + handles2[1],
+    ax_mib.set_ylabel(metric("complexity.fp32_mib").label)
+    ax_mib.set_xlabel(key)
+    ax_mib.grid(alpha=0.3)
+    if not numeric:
+        _categorical_ticks(ax_mib, order)
+    handles, labels = ax.get_legend_handles_labels()
+    ax_mib.legend(
+        handles,
+        labels,
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.16 if numeric else ROTATED_BELOW),
-        ncol=3,
+        bbox_to_anchor=(0.5, -0.22 if numeric else ROTATED_BELOW - 0.2),
+        ncol=2,
         fontsize=7,
         frameon=False,
     )
-    ax.set_title(f"measured: {metric(accuracy).label} on {where}", fontsize=10)
     if paper_points:
-        _paper_panel(axes[0][1], paper, paper_points, order, position, numeric, key)
+        _paper_panel(fig.add_subplot(grid[:, 1]), paper, paper_points, order, numeric, key)
     fig.suptitle(f"{defn.name}: accuracy and size vs {_short(key)}\n{BARS}", fontsize=10)
-    fig.subplots_adjust(top=0.84, wspace=0.45)
+    fig.subplots_adjust(top=0.88)
     return fig
 
 
-def _paper_panel(ax, paper, points, order, position, numeric, key) -> None:
-    """The paper's accuracies at the swept values it reports (its dataset, never our axes)."""
+def _paper_panel(ax, paper, points, order, numeric, key) -> None:
+    """The paper's accuracies at every swept value it reports, whether or not the sweep trained
+    that value (its dataset, never our axes); the x range covers both."""
+    if numeric:
+        position = {v: float(v) for v in [*order, *points]}
+    else:  # the sweep's order, then the paper's values the sweep did not train
+        labels = [*order, *(v for v in points if v not in order)]
+        position = {v: i for i, v in enumerate(labels)}
     for name, marker, colour in (("top1", "o", "C2"), ("top5", "^", "C4")):
-        xy = [(position[v], getattr(p, name) * 100) for v, p in points.items() if getattr(p, name)]
+        xy = sorted(
+            (position[v], getattr(p, name) * 100) for v, p in points.items() if getattr(p, name)
+        )
         if xy:
             ax.plot(
                 [x for x, _ in xy],
@@ -315,15 +365,15 @@ def _paper_panel(ax, paper, points, order, position, numeric, key) -> None:
             for x, y in xy:
                 ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6),
                             ha="center", fontsize=7)  # fmt: skip
-    ax.set_xlim(*axes_xlim(order, position))
+    ax.set_xlim(*axes_xlim(list(position), position))
     ax.margins(y=0.15)  # room for the value labels
     if not numeric:
-        _categorical_ticks(ax, order)
+        _categorical_ticks(ax, list(position))
     ax.set_xlabel(key)
     ax.set_ylabel(f"{paper.dataset} accuracy (%), the paper's")
     ax.grid(alpha=0.3)
     ax.set_title(f"{paper.label}: {paper.setting}", fontsize=8, wrap=True)
-    _legend_below(ax, -0.16 if numeric else ROTATED_BELOW)
+    _legend_below(ax, -0.1 if numeric else -0.2)
 
 
 def axes_xlim(order, position) -> tuple[float, float]:
@@ -393,6 +443,64 @@ def error_edfs(
     fig.suptitle(
         f"{defn.name}: {metric(error).label} on {where}, every trained model (seeds counted "
         "separately)",
+        fontsize=10,
+    )
+    fig.subplots_adjust(top=0.86)
+    return fig
+
+
+MAX_CURVES = 12  # points drawn in the learning-curve figure (the first, in trial order)
+
+
+def learning_curves(curves: Sequence[dict], defn: SweepDefinition, where: str):
+    """Learning curves per design point (`analyze.point_curves`): eval top-1 and train loss
+    against the step, the mean over seeds as a line and +- 1 std over seeds as a band, one
+    colour per point, labelled by its design fields."""
+    shown = list(curves[:MAX_CURVES])
+    series = [
+        ("eval/top1", f"eval {metric(ACCURACY).label}", 100.0),
+        ("train/loss", "train loss", 1.0),
+    ]
+    fig, axes = plt.subplots(1, len(series), figsize=(6.0 * len(series), 4.8), squeeze=False)
+    cmap = plt.get_cmap("tab20" if len(shown) > 10 else "tab10")
+    for ax, (name, label, scale) in zip(axes[0], series, strict=True):
+        for i, point in enumerate(shown):
+            c = point["curves"].get(name) or {"step": []}
+            if not c["step"]:
+                continue
+            mean = [m * scale for m in c["mean"]]
+            colour = cmap(i % cmap.N)
+            ax.plot(
+                c["step"],
+                mean,
+                color=colour,
+                lw=1.4,
+                label=f"{point['label']} (n={point['seeds']})",
+            )
+            banded = [
+                (k, m, sd_ * scale)
+                for k, m, sd_ in zip(c["step"], mean, c["std"], strict=True)
+                if sd_ is not None
+            ]
+            if banded:
+                ax.fill_between(
+                    [k for k, _, _ in banded],
+                    [m - e for _, m, e in banded],
+                    [m + e for _, m, e in banded],
+                    color=colour,
+                    alpha=0.18,
+                    lw=0,
+                )
+        if not shown:
+            _nothing_yet(ax)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.set_title(label, fontsize=10)
+    _legend_below(axes[0][0], -0.14)
+    more = f"; the first {MAX_CURVES} of {len(curves)} points" if len(curves) > MAX_CURVES else ""
+    fig.suptitle(
+        f"{defn.name}: learning curves on {where} (line: mean over seeds, band: ± 1 std{more})",
         fontsize=10,
     )
     fig.subplots_adjust(top=0.86)

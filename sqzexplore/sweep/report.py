@@ -6,9 +6,10 @@ Writes to DIR/report/ (or --out):
                   accuracies, per-trial train / compile / overhead times
     frontier.csv  the Pareto-optimal points for accuracy vs params and accuracy vs MACs (one row
                   per point and front, with its rank)
-    *.png, *.svg  accuracy vs size (Pareto front with its +- 1 std band, best point and knee),
-                  per-field curves (paper Fig. 3 layout, the paper's values beside them where the
-                  paper ablates the field), error EDFs per design choice (pycls)
+    *.png, *.svg, *.pdf  accuracy vs size (Pareto front with its +- 1 std band, best point and
+                  knee), per-field curves (paper Fig. 3 layout, the paper's values beside them
+                  where the paper ablates the field), error EDFs per design choice (pycls),
+                  learning curves per point (mean and band over seeds); SVG text stays text
     report.html   all of it with the figures embedded (base64 PNG): no network needed; while the
                   sweep runs, `--watch` rewrites it and the page reloads itself
 and prints one frontier table with the best point and the knee. Every accuracy is a mean over
@@ -27,52 +28,34 @@ from pathlib import Path
 from typing import Any
 
 from sqzexplore.rundir import write_bytes
+from sqzexplore.runlog import dashboard_value, mirror_to_tensorboard, write_hparams_config
+from sqzexplore.sweep import figures
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import (
-    INTERVAL_METRICS,
+    FRONT_SIZES,
+    accuracy_text,
     collect_runs,
+    error_samples,
+    evaluated_on,
     format_table,
-    frontier_rows,
-    knee_row,
+    frontier_columns,
+    fronts,
+    interval_text,
+    key_points,
+    key_size,
+    merged_front,
+    point_curves,
     point_rows,
-    row_value,
+    result_columns,
     skipped_points,
     status,
     sweep_times,
 )
-from sqzexplore.sweep.metric_table import ACCURACY, RESULT_METRICS, SIZE_METRICS, metric
+from sqzexplore.sweep.dashboards import effective_mode, read_settings
+from sqzexplore.sweep.metric_table import ACCURACY, metric
+from sqzexplore.sweep.report_html import render_html
 from sqzexplore.sweep.space import SweepDefinition
-
-FRONT_SIZES = ("complexity.params", "complexity.macs")
-TIME_METRICS = ("train_time_s", "compile_time_s", "overhead_s", "wall_time_s")
-
-
-def result_columns(defn: SweepDefinition) -> list[str]:
-    cols = ["point", "trial_number", "state", "seeds", "seeds_complete", *defn.keys]
-    cols += list(SIZE_METRICS)
-    for name in RESULT_METRICS:
-        cols += [f"{name}.mean", f"{name}.std"]
-        if name in INTERVAL_METRICS:
-            cols += [f"{name}.n", f"{name}.ci95"]
-    return [*cols, "train_time_s.sum", "trials"]
-
-
-def frontier_columns(defn: SweepDefinition) -> list[str]:
-    return [
-        "front",
-        "rank",
-        "role",
-        "point",
-        *defn.keys,
-        f"{ACCURACY}.mean",
-        f"{ACCURACY}.std",
-        f"{ACCURACY}.n",
-        f"{ACCURACY}.ci95",
-        "complexity.params",
-        "complexity.macs",
-        "complexity.fp32_mib",
-        "seeds_complete",
-    ]
+from sqzexplore.sweep.wandb_export import log_summary_run
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -81,107 +64,6 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
         writer.writeheader()
         for row in rows:
             writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
-
-
-def key_size(defn: SweepDefinition) -> str:
-    """The size the sweep trades accuracy against: its first size objective, else params."""
-    for o in defn.objectives:
-        if o.metric in FRONT_SIZES:
-            return o.metric
-    return FRONT_SIZES[0]
-
-
-def fronts(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Size metric -> its Pareto front rows (with 'front', 'rank' and 'role' added)."""
-    out = {}
-    for size in FRONT_SIZES:
-        front = frontier_rows(rows, size)
-        best = max(front, key=lambda r: row_value(r, ACCURACY)) if front else None
-        knee = knee_row(front, size)
-        out[size] = [
-            {
-                **r,
-                "front": size.split(".")[-1],
-                "rank": i + 1,
-                "role": " ".join(
-                    name for name, pick in (("best", best), ("knee", knee)) if pick is r
-                ),
-            }
-            for i, r in enumerate(front)
-        ]
-    return out
-
-
-def merged_front(front_by_size: dict[str, list[dict]]) -> list[dict[str, Any]]:
-    """Every point on any front, once, smallest first, with the fronts it is on."""
-    by_point: dict[str, dict[str, Any]] = {}
-    for size, front in front_by_size.items():
-        for r in front:
-            row = by_point.setdefault(r["point"], {**r, "fronts": [], "roles": []})
-            row["fronts"].append(size.split(".")[-1])
-            row["roles"] += [f"{role} ({r['front']})" for role in r["role"].split()]
-    return sorted(by_point.values(), key=lambda r: (r["complexity.params"], r["complexity.macs"]))
-
-
-def key_points(
-    rows: Sequence[dict[str, Any]], front_by_size: dict[str, list[dict]], size: str
-) -> list[dict[str, Any]]:
-    """The rows a reader looks for first: the most accurate point, the knee of the sweep's own
-    front (where accuracy stops paying for size), and the front's smallest point."""
-    front = front_by_size[size]
-    if not front:
-        return []
-    label = metric(size).label
-    picks = [("best: highest mean top-1", max(front, key=lambda r: row_value(r, ACCURACY)))]
-    knee = next((r for r in front if "knee" in r["role"].split()), None)
-    picks.append((f"knee of the {label} front", knee))
-    picks.append((f"smallest on the {label} front", front[0]))
-    return [{**r, "role": name} for name, r in picks if r is not None]
-
-
-def error_samples(runs) -> list[dict[str, Any]]:
-    """(design fields, top-1 error) of every complete run: the models the EDFs count."""
-    out = []
-    for r in runs:
-        top1 = metric(ACCURACY).value(r.result or {})
-        if r.state == sd.COMPLETE and top1 is not None:
-            out.append({**r.design, "error": 1.0 - top1})
-    return out
-
-
-def evaluated_on(state: dict[str, Any], runs) -> str:
-    """What the accuracies were measured on: 'digits (test split)'."""
-    base = (state.get("base_config") or {}).get("data") or {}
-    fixed = (state.get("definition") or {}).get("fixed") or {}
-    found = []
-    for data in [r.data for r in runs if r.data] or [{}]:
-        name = data.get("name") or fixed.get("data.name") or base.get("name") or "?"
-        split = data.get("eval_split") or fixed.get("data.eval_split") or base.get("eval_split")
-        text = f"{name} ({split} split)" if split else str(name)
-        if text not in found:
-            found.append(text)
-    return ", ".join(found)
-
-
-def accuracy_text(row: dict[str, Any], name: str = ACCURACY) -> str:
-    """'97.80 ± 0.45 (n=3)', or '97.80 (n=1)': never a ± from a single seed."""
-    m = metric(name)
-    mean, std = row.get(f"{name}.mean"), row.get(f"{name}.std")
-    n = row.get(f"{name}.n", row.get("seeds_complete", 0))
-    if mean is None:
-        return "-"
-    spread = f" ± {m.format(std)}" if std is not None else ""
-    return f"{m.format(mean)}{spread} (n={n})"
-
-
-def interval_text(row: dict[str, Any], name: str = ACCURACY) -> str:
-    """The 95% interval of the mean, '[96.71, 98.89]', or '-' below two seeds."""
-    mean, half = row.get(f"{name}.mean"), row.get(f"{name}.ci95")
-    if mean is None or half is None:
-        return "-"
-    m = metric(name)
-    # Accuracies are fractions: an interval past 0 or 1 says only that n is small.
-    return f"[{m.format(max(0.0, mean - half))}, {m.format(min(1.0, mean + half))}]"
 
 
 def frontier_text(defn: SweepDefinition, rows: Sequence[dict[str, Any]], title: str) -> str:
@@ -199,9 +81,7 @@ def frontier_text(defn: SweepDefinition, rows: Sequence[dict[str, Any]], title: 
     return f"{title}\n{format_table(rows, columns)}"
 
 
-def _figures(rows, defn, runs, where: str) -> dict[str, dict[str, bytes]]:
-    from sqzexplore.sweep import figures
-
+def _figures(rows, defn, runs, where: str, curves) -> dict[str, dict[str, bytes]]:
     out = {}
     for size in FRONT_SIZES:
         out[f"accuracy_vs_{size.split('.')[-1]}"] = figures.render(
@@ -212,6 +92,7 @@ def _figures(rows, defn, runs, where: str) -> dict[str, dict[str, bytes]]:
             figures.field_curves(rows, defn, key, where)
         )
     out["error_edf"] = figures.render(figures.error_edfs(error_samples(runs), defn, where))
+    out["learning_curves"] = figures.render(figures.learning_curves(curves, defn, where))
     return out
 
 
@@ -227,8 +108,6 @@ def build_report(
     """Write the report files; return their paths and the numbers the page shows.
 
     `refresh_s`: while the sweep is unfinished the page reloads itself this often (--watch)."""
-    from sqzexplore.sweep.report_html import render_html
-
     state = sweep_dir.state()
     defn = sweep_dir.definition()
     out = Path(out_dir) if out_dir else sweep_dir.report
@@ -247,7 +126,7 @@ def build_report(
     front_rows = [r for s in FRONT_SIZES for r in front_by_size[s]]
     write_csv(out / "frontier.csv", front_rows, frontier_columns(defn))
 
-    images = _figures(rows, defn, runs, where)
+    images = _figures(rows, defn, runs, where, point_curves(sweep_dir, runs))
     for name, formats in images.items():
         for fmt, data in formats.items():
             (out / f"{name}.{fmt}").write_bytes(data)
@@ -285,22 +164,24 @@ def build_report(
 
     tb_dir = None
     if tensorboard:
-        from sqzexplore.runlog import mirror_to_tensorboard
-
         tb_dir = sweep_dir.root / "tensorboard"
+        columns: dict[str, None] = {}
         for r in runs:
+            hparams = tensorboard_hparams(r)
+            columns.update(dict.fromkeys(hparams))
             mirror_to_tensorboard(
                 sweep_dir.trial_dir(r.trial_id) / "metrics.jsonl",
                 tb_dir / tensorboard_run_name(r),
-                hparams={**r.design, "seed": r.seed},
+                hparams=hparams,
+                final=_final_metrics(r),
             )
+        if runs:
+            write_hparams_config(tb_dir, columns, TENSORBOARD_METRICS)
 
-    mode = wandb_mode or (state.get("base_config", {}).get("wandb", {}) or {}).get("mode")
+    mode = wandb_mode or effective_mode(sweep_dir, state)
     wandb_url = None
     # While watching, the summary run is logged once, when the sweep has finished.
     if mode in ("offline", "online") and (finished or not refresh_s):
-        from sqzexplore.sweep.wandb_export import log_summary_run
-
         wandb_url = log_summary_run(
             state,
             defn,
@@ -309,6 +190,7 @@ def build_report(
             mode,
             out,
             images={name: formats["png"] for name, formats in images.items()},
+            settings=read_settings(sweep_dir),
         )
     return {
         "out_dir": str(out),
@@ -317,6 +199,7 @@ def build_report(
         "report_html": str(out / "report.html"),
         "figures": [str(out / f"{n}.png") for n in images],
         "svg": [str(out / f"{n}.svg") for n in images],
+        "pdf": [str(out / f"{n}.pdf") for n in images],
         "points": len(rows),
         "fronts": {s: len(f) for s, f in front_by_size.items()},
         "finished": finished,
@@ -328,6 +211,39 @@ def build_report(
         "tensorboard": str(tb_dir) if tb_dir else None,
         "wandb": wandb_url,
     }
+
+
+# The metric columns of the TensorBoard HParams table (accuracies in percent there).
+TENSORBOARD_METRICS = ["final/top1", "best/top1", "final/top5", "eval/top1", "train/loss"]
+
+
+def _final_metrics(run) -> dict[str, float] | None:
+    """A finished run's final and best accuracies (fractions), the HParams metric columns."""
+    if run.state != sd.COMPLETE or not run.result:
+        return None
+    out = {}
+    for tag, name in (("final/top1", "final.top1"), ("final/top5", "final.top5")):
+        value = metric(name).value(run.result)
+        if value is not None:
+            out[tag] = value
+    best = metric("best.top1").value(run.result)
+    if best is not None:
+        out["best/top1"] = best
+    return out or None
+
+
+def tensorboard_hparams(run) -> dict[str, Any]:
+    """A trial's HParams: every design field (short names), seed, params, MACs, MiB and, once
+    it finished, final and best top-1 in percent, so the HParams table and its parallel
+    coordinates put accuracy against size."""
+    out: dict[str, Any] = {k.split(".")[-1]: v for k, v in run.design.items()}
+    out["seed"] = run.seed
+    for name, key in (("params", "params"), ("macs", "macs"), ("mib", "fp32_mib")):
+        if key in run.complexity:
+            out[name] = run.complexity[key]
+    for tag, value in (_final_metrics(run) or {}).items():
+        out[tag.replace("/", "_")] = dashboard_value(tag, value)
+    return out
 
 
 def tensorboard_run_name(run) -> str:

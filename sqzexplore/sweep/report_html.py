@@ -21,11 +21,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqzexplore.sweep import sweepdir as sd
-from sqzexplore.sweep.analyze import format_duration
+from sqzexplore.sweep.analyze import (
+    FRONT_SIZES,
+    TIME_METRICS,
+    accuracy_text,
+    format_duration,
+    interval_text,
+)
 from sqzexplore.sweep.metric_table import ACCURACY, SIZE_METRICS, metric
 from sqzexplore.sweep.paper_values import paper_figure
 from sqzexplore.sweep.params import Categorical
-from sqzexplore.sweep.report import FRONT_SIZES, TIME_METRICS, accuracy_text, interval_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -76,7 +81,8 @@ def _time_columns() -> list[Column]:
 
 def point_columns(defn, *, with_state: bool, lead: Column | None = None) -> list[Column]:
     cols: list[Column] = [lead] if lead else []
-    cols.append(("point", lambda r: r["point"]))
+    cols.append(("design point", lambda r: r["label"]))
+    cols.append(("id", lambda r: r["point"]))
     if with_state:
         cols.append(("state", lambda r: r["state"]))
     cols += [(k.split(".")[-1], lambda r, k=k: r[k]) for k in defn.keys]
@@ -221,7 +227,7 @@ def _figure(images: dict[str, dict[str, bytes]], name: str, caption: str) -> str
     return (
         f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
         f"<figcaption>{html.escape(caption)} (<a href='{name}.svg'>SVG</a>, "
-        f"<a href='{name}.png'>PNG</a>)</figcaption></figure>"
+        f"<a href='{name}.png'>PNG</a>, <a href='{name}.pdf'>PDF</a>)</figcaption></figure>"
     )
 
 
@@ -301,6 +307,13 @@ def render_html(
         for k in defn.keys
     ]
     parts += [
+        "<h2>Learning curves</h2>",
+        _figure(
+            images,
+            "learning_curves",
+            f"{defn.name}: eval {acc} and train loss per step on {where}, per design point: "
+            "mean over seeds, band ± 1 std",
+        ),
         "<h2>Error EDFs</h2>",
         _figure(images, "error_edf", f"{defn.name}: top-1 error EDFs on {where}"),
         f"<h2>All design points ({len(rows)})</h2>",

@@ -159,7 +159,10 @@ def init_sweep_dir(
         if sweep_dir.exists():
             state = sweep_dir.state()
             if state.get("fingerprint") != fp:
-                raise SweepChangedError(_changed_message(sweep_dir, state, defn, base_config))
+                grown = grow(sweep_dir, state, defn, base_config, fp)
+                if grown is None:
+                    raise SweepChangedError(_changed_message(sweep_dir, state, defn, base_config))
+                state = grown
             if storage is not None and storage != state.get("storage"):
                 raise SweepDirError(
                     f"{sweep_dir.root} uses storage {state.get('storage') or 'journal file'}, "
@@ -188,6 +191,74 @@ def init_sweep_dir(
     return sweep_dir, state
 
 
+def grow(
+    sweep_dir: SweepDir,
+    state: dict[str, Any],
+    defn: SweepDefinition,
+    base_config: ml_collections.ConfigDict,
+    fp: str,
+) -> dict[str, Any] | None:
+    """Grow a sweep in place when the new definition only adds to the old one: more seeds (the
+    old ones kept), more values of a categorical grid field, a larger trial budget. Returns the
+    new sweep.json state, or None when anything else changed (base config, fixed overrides,
+    objectives, ranges, sampler...: that is a different sweep and needs --new).
+
+    The finished trials stay where they are, under the same trial ids (<point>-s<seed>). The
+    grown sweep gets a fresh Optuna study (Optuna cannot widen a categorical parameter of a
+    study); its sampler proposes the old points again in the same seeded order, the engine finds
+    their runs finished in their directories (the files are the truth) and trains only the new
+    runs. Points rejected before training are judged again (their old records are kept aside).
+    Called under the sweep lock."""
+    old, new = state.get("definition") or {}, defn.to_dict()
+    if state.get("base_config") != config_json(base_config):
+        return None
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if key == "seeds" and set(a) <= set(b):
+            changes.append(f"seeds {a} -> {b}")
+        elif key == "n_trials" and (b == 0 and old["sampler"] == "grid" or 0 < a <= b):
+            changes.append(f"budget {a or 'all'} -> {b or 'all'} points")
+        elif key == "space" and old["sampler"] == "grid" and set(a) == set(b):
+            for field in sorted(a):
+                was, now = a[field], b[field]
+                if was == now:
+                    continue
+                if not (was["type"] == now["type"] == "categorical"):
+                    return None
+                if any(v not in now["values"] for v in was["values"]):
+                    return None
+                added = [v for v in now["values"] if v not in was["values"]]
+                changes.append(f"{field} + {added}")
+        else:
+            return None
+    archive = f"{state['study_name']}.skipped.jsonl"
+    if sweep_dir.skipped.exists():
+        os.replace(sweep_dir.skipped, sweep_dir.root / archive)
+    if sweep_dir.exhausted.exists():
+        os.remove(sweep_dir.exhausted)
+    grown = {
+        **state,
+        "fingerprint": fp,
+        "study_name": f"{defn.name}-{fp[:8]}",
+        "definition": new,
+        "question": defn.question,
+        "grown": [
+            *state.get("grown", []),
+            {"time": time.time(), "from": state["fingerprint"], "changes": changes},
+        ],
+    }
+    write_json(sweep_dir.sweep_json, grown)
+    print(
+        f"growing the sweep in {sweep_dir.root} ({'; '.join(changes)}): only the new trials "
+        f"run, the {len(sweep_dir.trial_ids())} registered ones are kept",
+        flush=True,
+    )
+    return grown
+
+
 def _changed_message(
     sweep_dir: SweepDir,
     state: dict[str, Any],
@@ -201,7 +272,8 @@ def _changed_message(
     return (
         f"the sweep definition changed since {sweep_dir.root} was created (it differs in: "
         f"{shown or 'the fingerprint'}). Refusing to mix trials of two different sweeps: rerun "
-        f"with --new to archive the old directory and start over, or choose a new --workdir."
+        f"with --new to archive the old directory and start over, or choose a new --workdir "
+        "(more seeds, more grid values or a larger budget grow a sweep in place)."
     )
 
 

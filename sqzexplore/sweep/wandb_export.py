@@ -7,15 +7,21 @@ point and seed as `--config.<dotted key>=<value>` overrides: parameters are name
 substitutes macros only as whole command items, so the per-run workdir
 (`<runs root>/<WANDB_RUN_ID>`) is formed by a small `sh -c` wrapper.
 
-Mapping: grid -> method grid (every parameter as `values`), random -> random, nsga2 -> bayes on
-the first objective (wandb sweeps optimise one metric; the Optuna engine keeps the true
-multi-objective search). The metric is the trainer's wandb summary key (`final/top1`). Analytic
-constraints cannot be expressed in a wandb sweep; they are listed in the description.
+Only what wandb runs faithfully is exported: grid -> method grid (every parameter and the seeds
+as `values`, so each point trains with every seed: enumerated, not searched), random -> random
+(each draw trains once, with the first seed; the description says so when there are more).
+NSGA-II (several objectives, a Pareto front) has no wandb equivalent: it is refused with one line,
+or exported as its grid or random form with `--as grid|random`, the description naming what is
+lost. The metric is the trainer's wandb summary key (`final/top1`); analytic constraints are
+listed in the description; `run_cap` is the sweep's run count; the description is the sweep's
+whole question.
 
-The command turns wandb on (`config.wandb.mode`, online unless --mode offline) with the given
-project and entity, and uses absolute paths only (the `sqz` executable, the experiment file, the
-runs root), so `wandb agent` works from any working directory. Each trial's wandb run gets the
-design fields flat in its config (`runlog.design_fields`) and the sweep's name as its group.
+Nothing of the exporting machine is baked in: the experiment file and the runs root are paths
+relative to the checkout root the agents run from (or absolute under `--checkout DIR`, the
+checkout's path on the agents' machines), the launcher is `sqz` on the agents' PATH (or
+`--sqz`), and the trials' wandb mode is each agent's `$WANDB_MODE` (online when unset) unless
+`--mode` fixes it. Each trial's wandb run gets the design fields flat in its config
+(`runlog.design_fields`) and the sweep's name as its group.
 
 `log_summary_run` is the other half: `sqz sweep report` logs a summary run into the same group
 with the results and the Pareto front as wandb Tables and the report's figures as images.
@@ -24,18 +30,24 @@ with the results and the Pareto front as wandb Tables and the report's figures a
 from __future__ import annotations
 
 import argparse
+import io
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sqzexplore.sweep.analyze import INTERVAL_METRICS, frontier_columns, result_columns
+from sqzexplore.sweep.dashboards import sweep_group
+from sqzexplore.sweep.metric_table import ACCURACY, metric
 from sqzexplore.sweep.params import Categorical, Param
-from sqzexplore.sweep.space import SweepDefinition, SweepError
+from sqzexplore.sweep.space import SweepDefinition, SweepError, find_experiment
+from sqzexplore.sweep.sweepfile import load_sweep
 
-METHODS = {"grid": "grid", "random": "random", "nsga2": "bayes"}
+METHODS = {"grid": "grid", "random": "random"}
+# The agent's wandb mode: its environment's WANDB_MODE at run time (wandb agents run online).
+MODE_FROM_ENV = "${WANDB_MODE:-online}"
 
 
 def _cli_value(value: Any) -> Any:
@@ -68,50 +80,101 @@ def _parameter(param: Param, grid: bool) -> dict[str, Any]:
 WANDB_RUN_MODES = ("online", "offline")
 
 
-def sqz_command() -> list[str]:
-    """How to start this installation's `sqz`, by absolute path: its `sqz` script next to the
-    running Python, else the Python itself with `-m sqzexplore.cli`."""
-    here = Path(sys.executable).parent / "sqz"
-    if here.is_file() and os.access(here, os.X_OK):
-        return [str(here.absolute())]
-    return [str(Path(sys.executable).absolute()), "-m", "sqzexplore.cli"]
+def _agent_path(path: str, checkout: str | None) -> str:
+    """A path on the machines the agents run on: relative to the checkout root they run from,
+    or under `checkout` when given. Never this machine's absolute paths."""
+    if os.path.isabs(path):
+        rel = os.path.relpath(path)
+        if rel.startswith(".."):
+            raise SweepError(
+                f"{path} is outside the current directory; run export-wandb from the checkout "
+                "root (paths in the YAML are relative to it, or under --checkout)"
+            )
+        path = rel
+    return os.path.join(checkout, path) if checkout else path
+
+
+def _description(defn: SweepDefinition, notes: list[str]) -> str:
+    """The sweep's question (its first paragraph, whole) and what the export cannot keep."""
+    first = (defn.question.strip().split("\n\n") or [""])[0]
+    text = " ".join(line.strip() for line in first.splitlines()) or defn.name
+    return text + ("" if not notes else " [" + "; ".join(notes) + "]")
 
 
 def wandb_sweep_config(
     defn: SweepDefinition,
     *,
-    runs_root: str,
+    runs_root: str | None = None,
     wandb_project: str | None = None,
     wandb_entity: str | None = None,
-    mode: str = "online",
+    mode: str | None = None,
     sqz: str | None = None,
     sweep_file: str | None = None,
+    checkout: str | None = None,
+    export_as: str | None = None,
 ) -> dict[str, Any]:
     """The wandb sweep configuration (a dict, dumped to YAML by `write_wandb_yaml`).
 
-    `sweep_file` locates a relative base experiment (as `sqz sweep run` does); `sqz` is the
-    executable the agents run (default: this installation's, by absolute path)."""
+    Only what a wandb sweep runs faithfully: grid and random sweeps. An NSGA-II sweep (several
+    objectives, a Pareto front) has no wandb equivalent and is refused, unless `export_as`
+    ('grid' or 'random') asks for that form of it, and the description says what is lost.
+    Paths are relative to the checkout root the agents run from (or under `checkout`); `sqz`
+    is the agents' launcher (default `sqz` on their PATH); the trials' wandb mode is the agent's
+    $WANDB_MODE (online when unset) unless `mode` fixes it. `run_cap` is the sweep's size."""
     if defn.base.path is None:
         raise SweepError(
             f"sweep {defn.name} has no base experiment file; export-wandb needs one for "
             "`sqz train --config=...`"
         )
-    if mode not in WANDB_RUN_MODES:
+    if mode is not None and mode not in WANDB_RUN_MODES:
         raise SweepError(f"--mode must be one of {WANDB_RUN_MODES}, got {mode!r}")
-    from sqzexplore.sweep.space import find_experiment
-
-    experiment_path = os.path.abspath(find_experiment(defn.base.path, sweep_file))
-    runs_root = os.path.abspath(runs_root)
-    launcher = [os.path.abspath(sqz)] if sqz else sqz_command()
-    grid = defn.sampler == "grid"
+    sampler, notes = export_as or defn.sampler, []
+    if sampler not in METHODS:
+        raise SweepError(
+            f"sweep {defn.name} searches with {defn.sampler} over "
+            f"{', '.join(o.metric for o in defn.objectives)}: a wandb sweep optimises one metric "
+            "and has no Pareto search, so it cannot run this faithfully; run it with `sqz sweep "
+            "run`, or export its grid or random form with --as grid|random"
+        )
+    if export_as and export_as != defn.sampler:
+        notes.append(f"exported as {export_as} search; the sqz sweep uses {defn.sampler}")
+    if sampler == "grid" and defn.finite_size is None:
+        raise SweepError(
+            f"sweep {defn.name} has a continuous range; a grid export needs every range "
+            "stepped (step= or num=); use --as random"
+        )
+    if len(defn.objectives) > 1:
+        notes.append(
+            f"wandb shows {defn.objectives[0].metric} only; the front over "
+            + ", ".join(f"{o.direction} {o.metric}" for o in defn.objectives)
+            + " comes from `sqz sweep report`"
+        )
+    if defn.constraints:
+        notes.append(
+            "analytic constraints not enforced by wandb: "
+            + ", ".join(f"{k}={v:g}" for k, v in defn.constraints.items())
+        )
+    experiment = _agent_path(find_experiment(defn.base.path, sweep_file), checkout)
+    runs_root = _agent_path(runs_root or os.path.join("runs", "wandb", defn.name), checkout)
+    launcher = sqz or "sqz"
+    grid = sampler == "grid"
     parameters: dict[str, Any] = {}
     for key, p in defn.space.items():
         parameters[f"config.{key}"] = _parameter(p, grid)
-    parameters["config.seed"] = {"values": list(defn.seeds)}
+    seeds = list(defn.seeds)
+    if grid:  # a grid axis: every point trains with every seed, enumerated, not searched
+        parameters["config.seed"] = {"values": seeds}
+        points = defn.planned_points
+    else:  # a random draw trains once: the first seed
+        parameters["config.seed"] = {"value": seeds[0]}
+        points = defn.n_trials
+        if len(seeds) > 1:
+            notes.append(f"random search trains each point with seed {seeds[0]} only, not {seeds}")
     for key, value in defn.fixed.items():
         parameters[f"config.{key}"] = {"value": _cli_value(value)}
     parameters["config.wandb.group"] = {"value": defn.name}
-    parameters["config.wandb.mode"] = {"value": mode}
+    if mode:
+        parameters["config.wandb.mode"] = {"value": mode}
     if wandb_project:
         parameters["config.wandb.project"] = {"value": wandb_project}
     if wandb_entity:
@@ -119,41 +182,31 @@ def wandb_sweep_config(
     parameters["config.progress"] = {"value": "false"}  # parsed as the field's own type
     objective = defn.objectives[0]
     arg = defn.base.arg_string()
-    experiment = experiment_path + (f":{arg}" if arg else "")
+    experiment += f":{arg}" if arg else ""
     # `sh -c SCRIPT NAME CMD...`: the script runs CMD (sqz train and wandb's flags) and adds the
-    # per-run workdir, which needs the shell: wandb expands macros only as whole items.
+    # per-run workdir and the agent's wandb mode, which need the shell: wandb expands macros
+    # only as whole items.
     script = f'exec "$@" --workdir="{runs_root}/$WANDB_RUN_ID"'
-    description = (defn.question.splitlines() or [defn.name])[0]
-    if len(defn.objectives) > 1 or defn.constraints:
-        notes = []
-        if len(defn.objectives) > 1:
-            notes.append(
-                "wandb optimises only the first objective; the sqz engine searches all of: "
-                + ", ".join(f"{o.direction} {o.metric}" for o in defn.objectives)
-            )
-        if defn.constraints:
-            notes.append(
-                "analytic constraints not enforced by wandb: "
-                + ", ".join(f"{k}={v:g}" for k, v in defn.constraints.items())
-            )
-        description += " [" + "; ".join(notes) + "]"
+    if not mode:
+        script += f' --config.wandb.mode="{MODE_FROM_ENV}"'
     config: dict[str, Any] = {
         "name": defn.name,
-        "description": description,
-        "program": launcher[0],
-        "method": METHODS[defn.sampler],
+        "description": _description(defn, notes),
+        "program": launcher,
+        "method": METHODS[sampler],
         "metric": {
             "name": objective.metric.replace(".", "/"),
             "goal": objective.direction,
         },
         "parameters": parameters,
+        "run_cap": points * (len(seeds) if grid else 1),
         "command": [
             "${env}",
             "sh",
             "-c",
             script,
             "sqz-train",
-            *launcher,
+            launcher,
             "train",
             f"--config={experiment}",
             "${args}",
@@ -163,8 +216,6 @@ def wandb_sweep_config(
         config["project"] = wandb_project
     if wandb_entity:
         config["entity"] = wandb_entity
-    if defn.sampler == "random" and defn.n_trials:
-        config["run_cap"] = defn.n_trials * len(defn.seeds)
     return config
 
 
@@ -177,6 +228,8 @@ def write_wandb_yaml(config: dict[str, Any], path: Path) -> Path:
         f.write(f"# wandb sweep for sqzexplore sweep '{config['name']}'.\n")
         f.write(
             "# Start: wandb sweep THIS.yaml   then on each machine: wandb agent ENTITY/PROJECT/ID\n"
+            "# Run the agents from the root of a sqzexplore checkout with `sqz` on the PATH\n"
+            "# (paths below are relative to it unless exported with --checkout).\n"
         )
         yaml.safe_dump(config, f, sort_keys=False, default_flow_style=False, width=100)
     return path
@@ -185,9 +238,12 @@ def write_wandb_yaml(config: dict[str, Any], path: Path) -> Path:
 # ------------------------------------------------------------------------------ the command
 def add_export_parser(sub) -> None:
     """`sqz sweep export-wandb`'s arguments (on the `sqz sweep` subparsers `sub`)."""
-    export = sub.add_parser("export-wandb", help="write the sweep as a wandb sweep YAML")
+    export = sub.add_parser(
+        "export-wandb",
+        help="write a grid or random sweep as a wandb sweep YAML (wandb agents run its trials)",
+    )
     export.add_argument("sweep_file")
-    export.add_argument("--arg", default=None)
+    export.add_argument("--arg", default=None, help="the sweep's arg, as for `sweep run`")
     export.add_argument(
         "--output",
         default=None,
@@ -196,48 +252,76 @@ def add_export_parser(sub) -> None:
     export.add_argument(
         "--runs-root",
         default=None,
-        help="where wandb agents put run workdirs (default runs/wandb/<name>; made absolute)",
+        help="where the agents put run workdirs (default runs/wandb/<name>, relative to the "
+        "checkout the agents run from)",
+    )
+    export.add_argument(
+        "--checkout",
+        default=None,
+        help="the checkout's path on the agents' machines: paths become absolute under it, so "
+        "agents may run from any directory (default: relative paths; run agents from the "
+        "checkout root)",
+    )
+    export.add_argument(
+        "--sqz", default=None, help="the agents' sqz command (default `sqz` on their PATH)"
     )
     export.add_argument("--project", default=None, help="wandb project")
     export.add_argument("--entity", default=None, help="wandb entity (user or team)")
     export.add_argument(
         "--mode",
         choices=WANDB_RUN_MODES,
-        default="online",
-        help="the trials' config.wandb.mode (default online)",
+        default=None,
+        help="fix the trials' wandb mode (default: each agent's $WANDB_MODE, online if unset)",
     )
     export.add_argument(
-        "--sqz",
+        "--as",
+        dest="export_as",
+        choices=tuple(METHODS),
         default=None,
-        help="the sqz executable the agents run (default: this installation's, absolute path)",
+        help="export an NSGA-II sweep as this search (wandb has no multi-objective search; "
+        "the description says what is lost)",
     )
 
 
 def export_command(args: argparse.Namespace) -> int:
     """Write the YAML and say how to start it."""
-    from sqzexplore.sweep.sweepfile import load_sweep
-
     defn = load_sweep(args.sweep_file, args.arg)
     config = wandb_sweep_config(
         defn,
-        runs_root=args.runs_root or os.path.join("runs", "wandb", defn.name),
+        runs_root=args.runs_root,
         wandb_project=args.project,
         wandb_entity=args.entity,
         mode=args.mode,
         sqz=args.sqz,
         sweep_file=args.sweep_file,
+        checkout=args.checkout,
+        export_as=args.export_as,
     )
     output = Path(args.output or os.path.join("runs", "sweeps", f"{defn.name}.wandb.yaml"))
     output = write_wandb_yaml(config, output)
     target = "/".join(p for p in (args.entity, args.project) if p) or "ENTITY/PROJECT"
+    where = (
+        f"from any directory (paths under {args.checkout})"
+        if args.checkout
+        else ("from the checkout root, with sqz on the PATH")
+    )
     print(
-        f"wrote {output}; start it with `wandb sweep {output}`, then on each machine "
-        f"`wandb agent {target}/SWEEP_ID` (from any directory)"
+        f"wrote {output} ({config['run_cap']} runs); start it with `wandb sweep {output}`, "
+        f"then on each machine `wandb agent {target}/SWEEP_ID` {where}"
     )
     return 0
 
 
 # ------------------------------------------------------------------------------ summary run
+def _dashboard_cell(column: str, value: Any) -> Any:
+    """A results-table cell as the dashboards show it: accuracy means, stds and intervals in
+    percent (the trial runs log percent too, `runlog.dashboard_value`)."""
+    name, _, stat = column.rpartition(".")
+    if stat in ("mean", "std", "ci95") and name in INTERVAL_METRICS and value is not None:
+        return 100.0 * value
+    return value
+
+
 def log_summary_run(
     state: dict[str, Any],
     defn: SweepDefinition,
@@ -246,23 +330,21 @@ def log_summary_run(
     mode: str,
     out: Path,
     images: dict[str, bytes] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> str | None:
-    """A wandb run in the sweep's group with the results and the Pareto front as Tables, an
-    accuracy-vs-params scatter and the report's figures; returns its URL (None offline)."""
-    import io
-
-    import wandb
+    """A wandb run in the sweep's group with the results and the Pareto front as Tables
+    (accuracies in percent, each point labelled 'sr=0.125 pct=0.5'), accuracy-vs-params and
+    accuracy-vs-MiB scatters and the report's figures; returns its URL (None offline).
+    `settings`: the sweep's DIR/wandb.json (project, entity), else the base config's."""
+    import wandb  # heavy and optional: only a report that logs a summary run needs it
     from PIL import Image
 
-    from sqzexplore.sweep.metric_table import ACCURACY
-    from sqzexplore.sweep.report import frontier_columns, result_columns
-
-    wb = state.get("base_config", {}).get("wandb", {}) or {}
+    wb = {**(state.get("base_config", {}).get("wandb", {}) or {}), **(settings or {})}
     run = wandb.init(
         project=wb.get("project") or "sqzexplore",
         entity=wb.get("entity"),
-        group=defn.name,
-        name=f"{defn.name}-report",
+        group=sweep_group(state),
+        name=f"{defn.name} summary",
         job_type="sweep-report",
         tags=["sweep-report", defn.name, *defn.tags],
         config={"sweep": state.get("definition")},
@@ -271,25 +353,29 @@ def log_summary_run(
     )
     try:
         columns = result_columns(defn)
-        table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+        table = wandb.Table(
+            columns=columns,
+            data=[[_dashboard_cell(c, r.get(c)) for c in columns] for r in rows],
+        )
         front_columns = [*frontier_columns(defn), "fronts"]
         front_table = wandb.Table(
             columns=front_columns,
             data=[
-                [", ".join(r["fronts"]) if c == "fronts" else r.get(c) for c in front_columns]
+                [
+                    ", ".join(r["fronts"]) if c == "fronts" else _dashboard_cell(c, r.get(c))
+                    for c in front_columns
+                ]
                 for r in front
             ],
         )
-        logged: dict[str, Any] = {
-            "results": table,
-            "frontier": front_table,
-            "accuracy_vs_params": wandb.plot.scatter(
+        logged: dict[str, Any] = {"results": table, "frontier": front_table}
+        for size, short in (("complexity.params", "params"), ("complexity.fp32_mib", "mib")):
+            logged[f"accuracy_vs_{short}"] = wandb.plot.scatter(
                 table,
-                "complexity.params",
+                size,
                 f"{ACCURACY}.mean",
-                title=f"{defn.name}: top-1 vs params",
-            ),
-        }
+                title=f"{defn.name}: {metric(ACCURACY).label} vs {metric(size).label}",
+            )
         for name, png in (images or {}).items():
             logged[f"figures/{name}"] = wandb.Image(Image.open(io.BytesIO(png)), caption=name)
         run.log(logged)

@@ -39,6 +39,7 @@ import ml_collections
 from sqzexplore.rundir import RESULT_FILE, read_json, write_json
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import HOST, Heartbeat, owner_record, record_is_live
+from sqzexplore.sweep.dashboards import trial_wandb
 from sqzexplore.sweep.early_stop import MedianStopper
 from sqzexplore.sweep.engine import DONE, WAIT, RunOutcome, RunTicket, SweepEngine
 from sqzexplore.sweep.launch import LOCAL_WORKERS_ENV
@@ -254,7 +255,8 @@ def execute_run(
 ) -> RunOutcome:
     """Train one run and classify how it ended."""
     record = ticket.record()
-    config = ml_collections.ConfigDict(record["config"])
+    # Named, grouped and switched on or off for wandb as this sweep says (dashboards.py).
+    config = ml_collections.ConfigDict(trial_wandb(engine.dir, engine.dir.state(), record))
     stopper = MedianStopper(engine.defn.early_stop, engine.dir, ticket.point)
     lost = {"claim": False}
 

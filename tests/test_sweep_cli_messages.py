@@ -1,0 +1,78 @@
+"""What `sqz` prints when things go wrong or when asked: one-line argument errors, a typo hint
+once, a failure repeated by every trial printed once, help texts, `sqz --version`."""
+
+from __future__ import annotations
+
+import pytest
+from test_sweep_support import write_sweep
+
+from sqzexplore import cli as sqz_cli
+from sqzexplore.sweep import cli
+from sqzexplore.sweep.params import categorical
+
+
+def unprepared(config, workdir, **kw):
+    """A runner failing as the trainer does on a dataset that is not prepared (4 lines)."""
+    raise RuntimeError(
+        "TFDS dataset 'cifar10' is not prepared in data_dir /nowhere.\n"
+        "Prepare it on a machine with network access:\n"
+        "  tfds build cifar10 --data_dir=/nowhere\n"
+        "and set config.data.data_dir to that directory."
+    )
+
+
+def test_sqz_version(capsys):
+    assert sqz_cli.main(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("sqz 0.") and "jax " in out and "python " in out
+    assert len(out.splitlines()) == 1
+
+
+def test_a_bad_option_is_one_line_without_the_usage_block(tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.py")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", str(path), "--workers", "0"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err
+    assert "--workers must be an integer >= 1, got '0'" in err
+
+
+def test_a_sweep_key_typo_says_did_you_mean_once(tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.py", space={"model.squeez_ratio": categorical(0.25)})
+    assert cli.main(["run", str(path), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("did you mean") == 1 and "model.squeeze_ratio" in err
+    assert cli.one_line("x; did you mean 'a'?; did you mean 'a'? (k)") == "x; did you mean 'a'? (k)"
+
+
+def test_a_failure_every_trial_repeats_is_printed_once(tmp_path, capsys):
+    path = write_sweep(
+        tmp_path / "s.py", space={"model.squeeze_ratio": categorical(0.125, 0.25, 0.5)}, seeds=2
+    )
+    argv = ["run", str(path), "--workdir", str(tmp_path / "w"), "--workers", "1"]
+    runner = "test_sweep_cli_messages:unprepared"
+    assert cli.main([*argv, "--runner", runner, "--progress", "off"]) == 1
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    # The first failure's first line, then the summary's error; never the 6 trials' 4 lines.
+    assert printed.count("is not prepared") == 2, printed
+    assert printed.count("tfds build") == 0
+    assert "further repeats are not printed" in printed
+    assert "error: all 6 trials failed" in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv, wanted",
+    [
+        (["status", "--help"], "the sweep directory"),
+        (["status", "--help"], "Print a sweep's progress"),
+        (["worker", "--help"], "Add one worker to a sweep"),
+        (["worker", "--help"], "liveness stamps"),  # --heartbeat-s
+        (["run", "--help"], "--wandb {off,offline,online}"),
+    ],
+)
+def test_help_texts(argv, wanted, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert wanted in " ".join(capsys.readouterr().out.split())
