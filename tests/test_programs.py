@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 
 import jax
 import numpy as np
@@ -200,10 +199,18 @@ def test_a_run_waits_for_the_programs_another_thread_is_compiling():
     mesh = sharding.make_mesh()
     config = small_config(dropout=0.0)
     progs = programs.for_run(config, validate_config(config), mesh)
+    started = threading.Event()
+    compiled_init = progs._compiled_init
+
+    def init_then_signal():  # prepare() holds the programs' lock from here to its end
+        started.set()
+        return compiled_init()
+
+    progs._compiled_init = init_then_signal
     with count_compiles() as counts:
         ahead = threading.Thread(target=progs.prepare)
         ahead.start()
-        time.sleep(0.2)
+        assert started.wait(timeout=120)  # an order, not a duration: the thread is building
         before = programs.compile_seconds()
         step = progs.train_step()  # waits for the thread instead of compiling it again
         waited = programs.compile_seconds() - before
