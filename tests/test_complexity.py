@@ -318,3 +318,35 @@ def test_analytic_params_and_shapes_match_model(spec_and_size):
         else:
             assert features[row.name].shape == (1, row.height, row.width, row.channels), row.name
     assert math.isclose(cx.fp32_mib, cx.params * 4 / 2**20)
+
+
+# ------------------------------------------------------------------ grouped 3x3 expand convs
+@pytest.mark.parametrize("groups", [1, 2, 4, 8])
+def test_grouped_expand3x3_params_macs_and_model(groups):
+    spec = preset("digits", expand3x3_groups=groups)
+    cx, dense = complexity(spec), complexity(preset("digits"))
+    # Written from the widths, not the plan: each 3x3 expand kernel loses (1 - 1/g) of its
+    # 9 * s * e3 weights, and its MACs shrink by the same factor at every output position.
+    fewer = sum(9 * f.squeeze * f.expand3x3 * (groups - 1) // groups for f in spec.fires())
+    assert dense.params - cx.params == fewer
+    sizes = spec.feature_sizes()
+    assert dense.macs - cx.macs == sum(
+        sizes[f.name][0] ** 2 * 9 * f.squeeze * f.expand3x3 * (groups - 1) // groups
+        for f in spec.fires()
+    )
+    model = nnx.eval_shape(lambda: SqueezeNet(spec, rngs=nnx.Rngs(0)))
+    assert cx.params == count_params(model)
+    assert _analytic_shapes(cx) == _param_shapes(model)
+    assert _param_shapes(model)["fire2/expand3x3/kernel"] == (3, 3, 8 // groups, 32)
+    # The default leaves spec.json (and .sqz headers) as they were before the field existed.
+    assert ("expand3x3_groups" in spec.to_dict()) == (groups != 1)
+    assert SqueezeNetSpec.from_json(spec.to_json()) == spec
+
+
+def test_expand3x3_groups_must_divide_every_width():
+    with pytest.raises(
+        SpecError, match=r"expand3x3_groups must divide .* allowed here: 1, 2, 4, 8"
+    ):
+        preset("digits", expand3x3_groups=3)
+    with pytest.raises(SpecError, match="expand3x3_groups must be an integer >= 1, got 0"):
+        preset("digits", expand3x3_groups=0)

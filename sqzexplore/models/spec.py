@@ -165,6 +165,16 @@ class SqueezeNetSpec:
         low_open=True,
         design=True,
     )
+    # Grouped 3x3 expand convs (ResNeXt / MobileNet style): each group of expand3x3 filters sees
+    # squeeze / groups channels, dividing its weights and MACs by `groups`; equal to the squeeze
+    # width it is a depthwise-style 3x3 (one input channel per filter). 1 is the paper's.
+    expand3x3_groups: int = _field(
+        1,
+        "groups of the 3x3 expand convs (must divide every squeeze and 3x3 expand width)",
+        low=1,
+        design=True,
+        omit_default=True,
+    )
     # Explicit (squeeze, expand1x1, expand3x3) per Fire module; overrides the formula when set.
     fire_widths: tuple[tuple[int, int, int], ...] | None = _field(
         None,
@@ -338,6 +348,16 @@ class SqueezeNetSpec:
                     f"{f.name} has no expand filters (expand1x1={f.expand1x1}, "
                     f"expand3x3={f.expand3x3}); pct_3x3 must leave at least one expand filter"
                 )
+        groups = self.expand3x3_groups
+        widths = [w for f in self.fires() if f.expand3x3 for w in (f.squeeze, f.expand3x3)]
+        if groups > 1 and any(w % groups for w in widths):
+            common = math.gcd(*widths)
+            allowed_groups = [g for g in range(1, common + 1) if common % g == 0]
+            raise SpecError(
+                f"expand3x3_groups must divide every squeeze and 3x3 expand width "
+                f"({', '.join(map(str, widths))}); allowed here: "
+                f"{', '.join(map(str, allowed_groups))}, got {groups}"
+            )
         allowed = ("conv1", *self.fire_names)
         seen = set()
         for p in self.pool_after:
@@ -496,6 +516,7 @@ def _layer_plan(spec: SqueezeNetSpec, image_size: int) -> LayerPlan:
                 size,
                 size,
                 padding=1,
+                groups=spec.expand3x3_groups,
             )
         shortcut = spec.bypass_kind(i)
         if shortcut == "conv":
