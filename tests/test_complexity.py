@@ -10,7 +10,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from sqzexplore.models.complexity import complexity
-from sqzexplore.models.spec import BYPASS_MODES, SpecError, SqueezeNetSpec, preset
+from sqzexplore.models.spec import (
+    BYPASS_MODES,
+    ChannelMask,
+    SpecError,
+    SqueezeNetSpec,
+    channel_masks,
+    preset,
+)
 from sqzexplore.models.squeezenet import SqueezeNet, count_params
 
 # docs/paper.md#table-1 (the paper's Table 1): params per row, weights + biases.
@@ -350,3 +357,37 @@ def test_expand3x3_groups_must_divide_every_width():
         preset("digits", expand3x3_groups=3)
     with pytest.raises(SpecError, match="expand3x3_groups must be an integer >= 1, got 0"):
         preset("digits", expand3x3_groups=0)
+
+
+# ------------------------------------------------------------------ width-padding masks
+def test_channel_masks_embed_a_narrow_plan_in_a_padded_one():
+    # Two Fire modules, base_e 8 vs 16 (SR 0.25, half 3x3): fire2 s/e1/e3 2/4/4 in 4/8/8.
+    narrow = SqueezeNetSpec(
+        num_classes=3,
+        image_size=8,
+        in_channels=1,
+        stem_filters=4,
+        stem_kernel=3,
+        stem_padding=1,
+        num_fire=2,
+        base_e=8,
+        incr_e=0,
+        squeeze_ratio=0.25,
+        pool_after=(),
+        bypass="simple",
+    )
+    wide = narrow.replace(stem_filters=6, base_e=16)
+    masks = channel_masks(narrow.layer_plan(), wide.layer_plan())
+    t, f = True, False
+    assert masks["conv1"] == ChannelMask((t,), (t, t, t, t, f, f))
+    assert masks["fire2/squeeze"] == ChannelMask((t, t, t, t, f, f), (t, t, f, f))
+    assert masks["fire2/expand3x3"] == ChannelMask((t, t, f, f), (t,) * 4 + (f,) * 4)
+    # fire3 reads concat(expand1x1, expand3x3): the kept channels of each half.
+    fire2_out = (t,) * 4 + (f,) * 4 + (t,) * 4 + (f,) * 4
+    assert masks["fire3/squeeze"].inputs == fire2_out
+    assert masks["conv10"] == ChannelMask(fire2_out, (t, t, t))
+    assert list(masks) == [c.name for c in narrow.layer_plan().convs]
+    with pytest.raises(ValueError, match="conv1 is wider"):
+        channel_masks(wide.layer_plan(), narrow.layer_plan())
+    with pytest.raises(ValueError, match="differ"):
+        channel_masks(narrow.layer_plan(), wide.replace(num_fire=1, bypass="none").layer_plan())
