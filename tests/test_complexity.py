@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import jax
 import pytest
@@ -225,6 +226,14 @@ def test_to_dict_and_table():
     assert fire9.split()[1:5] == ["13x13x512", "64", "256", "256"]
     assert "1,248,424" in lines[-2] and "818.92M" in lines[-2]
     assert "4.76 MiB" in lines[-1]
+    # Title, header, a rule under it, one line per row, a rule above the total, the summary.
+    assert lines[1].split() == ["layer", "output", "size", "s", "e1", "e3", "params", "MACs"]
+    assert set(lines[2]) == set(lines[-3]) == {"-", " "}
+    assert len(lines) == 1 + 2 + len(TABLE1_PARAMS) + 3
+    # Numbers are right-aligned: the params (and MACs) cells of every row end in one column.
+    cells = [list(re.finditer(r"\S+", line))[-2:] for line in [*lines[3:-3], lines[-2]]]
+    assert len({params.end() for params, _ in cells}) == 1
+    assert len({macs.end() for _, macs in cells}) == 1
 
 
 def test_collapse_raises_spec_error():
