@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import jax
 import pytest
@@ -10,7 +11,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from sqzexplore.models.complexity import complexity
-from sqzexplore.models.spec import BYPASS_MODES, SpecError, SqueezeNetSpec, preset
+from sqzexplore.models.spec import (
+    BYPASS_MODES,
+    ChannelMask,
+    SpecError,
+    SqueezeNetSpec,
+    channel_masks,
+    preset,
+)
 from sqzexplore.models.squeezenet import SqueezeNet, count_params
 
 # docs/paper.md#table-1 (the paper's Table 1): params per row, weights + biases.
@@ -218,6 +226,14 @@ def test_to_dict_and_table():
     assert fire9.split()[1:5] == ["13x13x512", "64", "256", "256"]
     assert "1,248,424" in lines[-2] and "818.92M" in lines[-2]
     assert "4.76 MiB" in lines[-1]
+    # Title, header, a rule under it, one line per row, a rule above the total, the summary.
+    assert lines[1].split() == ["layer", "output", "size", "s", "e1", "e3", "params", "MACs"]
+    assert set(lines[2]) == set(lines[-3]) == {"-", " "}
+    assert len(lines) == 1 + 2 + len(TABLE1_PARAMS) + 3
+    # Numbers are right-aligned: the params (and MACs) cells of every row end in one column.
+    cells = [list(re.finditer(r"\S+", line))[-2:] for line in [*lines[3:-3], lines[-2]]]
+    assert len({params.end() for params, _ in cells}) == 1
+    assert len({macs.end() for _, macs in cells}) == 1
 
 
 def test_collapse_raises_spec_error():
@@ -318,3 +334,69 @@ def test_analytic_params_and_shapes_match_model(spec_and_size):
         else:
             assert features[row.name].shape == (1, row.height, row.width, row.channels), row.name
     assert math.isclose(cx.fp32_mib, cx.params * 4 / 2**20)
+
+
+# ------------------------------------------------------------------ grouped 3x3 expand convs
+@pytest.mark.parametrize("groups", [1, 2, 4, 8])
+def test_grouped_expand3x3_params_macs_and_model(groups):
+    spec = preset("digits", expand3x3_groups=groups)
+    cx, dense = complexity(spec), complexity(preset("digits"))
+    # Written from the widths, not the plan: each 3x3 expand kernel loses (1 - 1/g) of its
+    # 9 * s * e3 weights, and its MACs shrink by the same factor at every output position.
+    fewer = sum(9 * f.squeeze * f.expand3x3 * (groups - 1) // groups for f in spec.fires())
+    assert dense.params - cx.params == fewer
+    sizes = spec.feature_sizes()
+    assert dense.macs - cx.macs == sum(
+        sizes[f.name][0] ** 2 * 9 * f.squeeze * f.expand3x3 * (groups - 1) // groups
+        for f in spec.fires()
+    )
+    model = nnx.eval_shape(lambda: SqueezeNet(spec, rngs=nnx.Rngs(0)))
+    assert cx.params == count_params(model)
+    assert _analytic_shapes(cx) == _param_shapes(model)
+    assert _param_shapes(model)["fire2/expand3x3/kernel"] == (3, 3, 8 // groups, 32)
+    # The default leaves spec.json (and .sqz headers) as they were before the field existed.
+    assert ("expand3x3_groups" in spec.to_dict()) == (groups != 1)
+    assert SqueezeNetSpec.from_json(spec.to_json()) == spec
+
+
+def test_expand3x3_groups_must_divide_every_width():
+    with pytest.raises(
+        SpecError, match=r"expand3x3_groups must divide .* allowed here: 1, 2, 4, 8"
+    ):
+        preset("digits", expand3x3_groups=3)
+    with pytest.raises(SpecError, match="expand3x3_groups must be an integer >= 1, got 0"):
+        preset("digits", expand3x3_groups=0)
+
+
+# ------------------------------------------------------------------ width-padding masks
+def test_channel_masks_embed_a_narrow_plan_in_a_padded_one():
+    # Two Fire modules, base_e 8 vs 16 (SR 0.25, half 3x3): fire2 s/e1/e3 2/4/4 in 4/8/8.
+    narrow = SqueezeNetSpec(
+        num_classes=3,
+        image_size=8,
+        in_channels=1,
+        stem_filters=4,
+        stem_kernel=3,
+        stem_padding=1,
+        num_fire=2,
+        base_e=8,
+        incr_e=0,
+        squeeze_ratio=0.25,
+        pool_after=(),
+        bypass="simple",
+    )
+    wide = narrow.replace(stem_filters=6, base_e=16)
+    masks = channel_masks(narrow.layer_plan(), wide.layer_plan())
+    t, f = True, False
+    assert masks["conv1"] == ChannelMask((t,), (t, t, t, t, f, f))
+    assert masks["fire2/squeeze"] == ChannelMask((t, t, t, t, f, f), (t, t, f, f))
+    assert masks["fire2/expand3x3"] == ChannelMask((t, t, f, f), (t,) * 4 + (f,) * 4)
+    # fire3 reads concat(expand1x1, expand3x3): the kept channels of each half.
+    fire2_out = (t,) * 4 + (f,) * 4 + (t,) * 4 + (f,) * 4
+    assert masks["fire3/squeeze"].inputs == fire2_out
+    assert masks["conv10"] == ChannelMask(fire2_out, (t, t, t))
+    assert list(masks) == [c.name for c in narrow.layer_plan().convs]
+    with pytest.raises(ValueError, match="conv1 is wider"):
+        channel_masks(wide.layer_plan(), narrow.layer_plan())
+    with pytest.raises(ValueError, match="differ"):
+        channel_masks(narrow.layer_plan(), wide.replace(num_fire=1, bypass="none").layer_plan())

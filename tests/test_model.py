@@ -457,6 +457,26 @@ SMALL_BN_SPEC = SqueezeNetSpec(
 )
 
 
+def test_grouped_expand3x3_is_a_grouped_convolution():
+    # Each of the 2 groups of fire2's 3x3 expand filters sees its own half of the squeeze output.
+    spec = preset("digits", expand3x3_groups=2, batch_norm=False)
+    fire = init_model(spec, seed=1).fire2
+    squeezed = jax.random.normal(jax.random.key(0), (2, 16, 16, 8))
+    out = fire.expand3x3(squeezed)
+    kernel, bias = fire.expand3x3.kernel.value, fire.expand3x3.bias.value
+    assert kernel.shape == (3, 3, 4, 32)
+    halves = [
+        ref_conv(
+            squeezed[..., 4 * g : 4 * (g + 1)],
+            kernel[..., 16 * g : 16 * (g + 1)],
+            bias[16 * g : 16 * (g + 1)],
+            padding=1,
+        )
+        for g in range(2)
+    ]
+    np.testing.assert_allclose(out, jnp.concatenate(halves, axis=-1), rtol=1e-5, atol=1e-5)
+
+
 def test_dropout_only_in_training():
     spec = SMALL_BN_SPEC.replace(batch_norm=False, dropout=0.5)
     model = model_with_test_weights(spec, seed=0)

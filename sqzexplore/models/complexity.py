@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import tabulate
+
 from sqzexplore.models.spec import ConvLayer, PoolLayer, SqueezeNetSpec
 
 MIB = 2**20
@@ -145,22 +147,23 @@ class Complexity:
         }
 
     def table(self) -> str:
-        """A text table in the layout of the paper's Table 1, with totals."""
+        """A text table in the layout of the paper's Table 1, with totals (rendered by tabulate)."""
         spec = self.spec
         show_bypass = spec.bypass != "none"
         header = ["layer", "output size", "s", "e1", "e3"]
         if show_bypass:
             header.append("bypass")
         header += ["params", "MACs"]
-        rows = []
+        rows: list[Any] = []
         for layer in self.layers:
             fire = layer.kind == "fire"
             row = [
                 layer.name,
                 f"{layer.height}x{layer.width}x{layer.channels}",
-                str(layer.squeeze) if fire else "",
-                str(layer.expand1x1) if fire else "",
-                str(layer.expand3x3) if fire else "",
+                *(
+                    str(w) if fire else ""
+                    for w in (layer.squeeze, layer.expand1x1, layer.expand3x3)
+                ),
             ]
             if show_bypass:
                 row.append(layer.bypass if fire and layer.bypass != "none" else "")
@@ -168,18 +171,16 @@ class Complexity:
             rows.append(row)
         total = ["total", "", "", "", ""] + ([""] if show_bypass else [])
         total += [f"{self.params:,}", _format_macs(self.macs)]
-        widths = [max(len(r[i]) for r in [header, *rows, total]) for i in range(len(header))]
         # Names and sizes read left to right; numbers line up on their last digit.
-        left = {0, 1} | ({5} if show_bypass else set())
-
-        def render(cells: list[str]) -> str:
-            parts = [
-                c.ljust(w) if i in left else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ]
-            return "  ".join(parts).rstrip()
-
-        rule = "-" * len(render(header))
+        align = ["left", "left", "right", "right", "right"] + (["left"] if show_bypass else [])
+        align += ["right", "right"]
+        body = tabulate.tabulate(
+            [*rows, tabulate.SEPARATING_LINE, total],
+            headers=header,
+            tablefmt="simple",
+            colalign=align,
+            disable_numparse=True,
+        )
         title = (
             f"SqueezeNet {spec.name!r} at {self.image_size}x{self.image_size}x{spec.in_channels}, "
             f"{spec.num_classes} classes, bypass={spec.bypass}, batch_norm={spec.batch_norm}, "
@@ -189,8 +190,8 @@ class Complexity:
             f"params {self.params:,} ({self.fp32_mib:.2f} MiB fp32), "
             f"MACs {self.macs / 1e6:,.2f}M, activations {self.activations / 1e6:,.2f}M"
         )
-        lines = [title, render(header), rule, *(render(r) for r in rows), rule, render(total)]
-        return "\n".join([*lines, summary])
+        lines = [line.rstrip() for line in body.splitlines()]
+        return "\n".join([title, *lines, summary])
 
 
 def _format_macs(macs: int) -> str:

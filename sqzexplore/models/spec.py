@@ -165,6 +165,16 @@ class SqueezeNetSpec:
         low_open=True,
         design=True,
     )
+    # Grouped 3x3 expand convs (ResNeXt / MobileNet style): each group of expand3x3 filters sees
+    # squeeze / groups channels, dividing its weights and MACs by `groups`; equal to the squeeze
+    # width it is a depthwise-style 3x3 (one input channel per filter). 1 is the paper's.
+    expand3x3_groups: int = _field(
+        1,
+        "groups of the 3x3 expand convs (must divide every squeeze and 3x3 expand width)",
+        low=1,
+        design=True,
+        omit_default=True,
+    )
     # Explicit (squeeze, expand1x1, expand3x3) per Fire module; overrides the formula when set.
     fire_widths: tuple[tuple[int, int, int], ...] | None = _field(
         None,
@@ -338,6 +348,16 @@ class SqueezeNetSpec:
                     f"{f.name} has no expand filters (expand1x1={f.expand1x1}, "
                     f"expand3x3={f.expand3x3}); pct_3x3 must leave at least one expand filter"
                 )
+        groups = self.expand3x3_groups
+        widths = [w for f in self.fires() if f.expand3x3 for w in (f.squeeze, f.expand3x3)]
+        if groups > 1 and any(w % groups for w in widths):
+            common = math.gcd(*widths)
+            allowed_groups = [g for g in range(1, common + 1) if common % g == 0]
+            raise SpecError(
+                f"expand3x3_groups must divide every squeeze and 3x3 expand width "
+                f"({', '.join(map(str, widths))}); allowed here: "
+                f"{', '.join(map(str, allowed_groups))}, got {groups}"
+            )
         allowed = ("conv1", *self.fire_names)
         seen = set()
         for p in self.pool_after:
@@ -496,6 +516,7 @@ def _layer_plan(spec: SqueezeNetSpec, image_size: int) -> LayerPlan:
                 size,
                 size,
                 padding=1,
+                groups=spec.expand3x3_groups,
             )
         shortcut = spec.bypass_kind(i)
         if shortcut == "conv":
@@ -746,6 +767,66 @@ def field_infos() -> dict[str, FieldInfo]:
 
 # Spec fields a dashboard compares runs by (wandb's flat config, the report's design columns).
 DESIGN_FIELDS: tuple[str, ...] = tuple(k for k, v in field_infos().items() if v.design)
+
+
+# ---------------------------------------------------------------------- width padding
+@dataclasses.dataclass(frozen=True)
+class ChannelMask:
+    """Which input and output channels of one padded conv belong to the narrower design point
+    (`inputs` over the conv's input channels, `outputs` over its filters)."""
+
+    inputs: tuple[bool, ...]
+    outputs: tuple[bool, ...]
+
+
+def channel_masks(plan: LayerPlan, padded: LayerPlan) -> dict[str, ChannelMask]:
+    """Per-conv channel masks that embed `plan` in `padded`, a plan of the same structure with
+    channels at least as wide (a population padded to a common width).
+
+    Every conv keeps its first `out_channels` outputs; a Fire module's output is its expand1x1
+    then its expand3x3 channels, so the next layer's kept inputs follow that concatenation.
+    ValueError names the first conv where the two plans differ in anything but width, where
+    `padded` is narrower, or where a grouped conv would be widened.
+    """
+    narrow, wide = plan.convs, padded.convs
+    shape = [(c.name, c.role, c.kernel, c.stride, c.padding, c.groups) for c in narrow]
+    if shape != [(c.name, c.role, c.kernel, c.stride, c.padding, c.groups) for c in wide]:
+        raise ValueError(
+            "the padded plan's convs differ from the plan's in more than their widths: "
+            f"{[c.name for c in narrow]} vs {[c.name for c in wide]}"
+        )
+    masks: dict[str, ChannelMask] = {}
+    current: tuple[bool, ...] = ()  # the tensor entering the next block
+    block_in: tuple[bool, ...] = ()
+    for n, w in zip(narrow, wide, strict=True):
+        if n.out_channels > w.out_channels or n.in_channels > w.in_channels:
+            raise ValueError(
+                f"{n.name} is wider in the plan ({n.in_channels} -> {n.out_channels}) than in the "
+                f"padded plan ({w.in_channels} -> {w.out_channels})"
+            )
+        if n.role == "conv1":
+            inputs = (True,) * n.in_channels + (False,) * (w.in_channels - n.in_channels)
+        elif n.role == "squeeze":
+            block_in = inputs = current
+        elif n.role in ("expand1x1", "expand3x3"):
+            inputs = masks[f"{n.block}/squeeze"].outputs
+        elif n.role == "bypass":
+            inputs = block_in
+        else:  # the classifier
+            inputs = current
+        if n.groups > 1 and (n.in_channels, n.out_channels) != (w.in_channels, w.out_channels):
+            # Widening a grouped conv moves channels between its groups; not an embedding.
+            raise ValueError(f"{n.name} is a grouped conv ({n.groups} groups): it cannot be padded")
+        outputs = (True,) * n.out_channels + (False,) * (w.out_channels - n.out_channels)
+        masks[n.name] = ChannelMask(inputs, outputs)
+        if n.role in ("conv1", "expand1x1"):
+            current = outputs
+        elif n.role == "expand3x3":
+            # A Fire module's output is concat(expand1x1, expand3x3), when it has both.
+            first = masks.get(f"{n.block}/expand1x1")
+            current = (first.outputs if first else ()) + outputs
+    return masks
+
 
 # ---------------------------------------------------------------------- named presets
 PRESETS: dict[str, SqueezeNetSpec] = {
