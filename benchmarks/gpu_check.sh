@@ -62,6 +62,7 @@ SQZ="$PY -m sqzexplore.cli"
 # Sizes: the issue's, or tiny ones that check the script on a CPU in minutes (no time limits).
 if [ -n "$SMOKE" ]; then
   DIGITS=tests/data/tiny_digits.py
+  NEXT_POINT=$DIGITS:batch_norm=true  # another program of the same net
   BENCH_SMOKE=--smoke
   MEMBERS=1,2
   SWEEP_ARG="--arg runlocal"
@@ -69,6 +70,7 @@ if [ -n "$SMOKE" ]; then
   BUDGET=100000
 else
   DIGITS=experiments/digits/squeezenet.py
+  NEXT_POINT=$DIGITS:sr=0.25  # the README sweep's second design point
   BENCH_SMOKE=
   MEMBERS=1,2,4,8
   SWEEP_ARG=
@@ -192,7 +194,7 @@ if wanted sweep; then  # a fresh HOME: a first sweep on a new machine, every cac
   run sweep 90 timed_sweep sweep "$SCRATCH/home"
 fi
 if wanted variants; then
-  run compile_next_point 45 compile_time next_point --config "$DIGITS:sr=0.25" \
+  run compile_next_point 45 compile_time next_point --config "$NEXT_POINT" \
     --cache "$SCRATCH/cache"
   run compile_autotune0 45 compile_time autotune0 --config "$DIGITS" --autotune-level 0 \
     --cache "$SCRATCH/cache_autotune0"

@@ -85,9 +85,9 @@ def train_and_evaluate(
 
 def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop, t_start) -> dict:
     sharding.maybe_initialize_distributed(config.distributed)
-    xla_options.configure(config)  # persistent cache, GPU compile options
     mesh = sharding.make_mesh()
     preflight.check(config, spec, mesh, workdir)  # devices, platform, batch split, memory, workdir
+    xla_options.configure(config)  # persistent cache, GPU compile options; before any compile
     sharding.check_divisible(config.batch_size, "config.batch_size", mesh)
     sharding.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
     is_main = jax.process_index() == 0
