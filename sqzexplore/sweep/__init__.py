@@ -44,7 +44,10 @@ later run. The database holds the study and takes the write load of many workers
 file; DIR (trial directories, claims, lock) must still be on a shared filesystem, because the
 trials' files are what `status` and `report` read.
 
-wandb: trials log to wandb when the base config's wandb.mode is offline/online, grouped by the
-sweep name and tagged; `sqz sweep report` then logs the frontier to a summary run, and
-`sqz sweep export-wandb` writes the sweep as a wandb sweep YAML for teams that use wandb agents.
+Dashboards: `sqz sweep run --wandb offline|online` (or $WANDB_MODE, or the base config's
+wandb.mode) logs one wandb run per trial, named from its design fields and seed, grouped per sweep
+directory, plus a summary run when the sweep finishes (dashboards.py); `sqz sweep report
+--tensorboard` mirrors every trial with HParams; `optuna-dashboard DIR/study.journal` shows the
+study with named objectives; `sqz sweep export-wandb` writes a grid or random sweep as a wandb
+sweep YAML for teams that use wandb agents.
 """

@@ -82,9 +82,10 @@ def effective_mode(sweep_dir: sd.SweepDir, state: Mapping[str, Any]) -> str:
 
 
 def sweep_group(state: Mapping[str, Any]) -> str:
-    """One wandb group per sweep directory: '<name>-<creation time>' (a `--new` sweep of the
+    """One wandb group per sweep directory: '<name>-<creation time, UTC>' (a `--new` sweep of the
     same name is a new group, so the dashboards never mix the two)."""
-    created = time.strftime("%Y%m%d-%H%M%S", time.localtime(float(state.get("created", 0))))
+    # UTC: workers on machines in other time zones name the same group.
+    created = time.strftime("%Y%m%d-%H%M%S", time.gmtime(float(state.get("created", 0))))
     return f"{state['name']}-{created}"
 
 

@@ -475,6 +475,8 @@ def learning_curves(curves: Sequence[dict], defn: SweepDefinition, where: str):
                 mean,
                 color=colour,
                 lw=1.4,
+                marker="o" if len(mean) <= 20 else None,  # sparse eval points stay visible
+                ms=3,
                 label=f"{point['label']} (n={point['seeds']})",
             )
             banded = [

@@ -30,6 +30,7 @@ with the results and the Pareto front as wandb Tables and the report's figures a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 from collections.abc import Sequence
@@ -340,11 +341,15 @@ def log_summary_run(
     from PIL import Image
 
     wb = {**(state.get("base_config", {}).get("wandb", {}) or {}), **(settings or {})}
+    group = sweep_group(state)
     run = wandb.init(
         project=wb.get("project") or "sqzexplore",
         entity=wb.get("entity"),
-        group=sweep_group(state),
+        group=group,
         name=f"{defn.name} summary",
+        # One summary run per sweep: a later report (or the end of `sweep run`) updates it.
+        id=hashlib.sha1(f"{group}|summary".encode()).hexdigest()[:16],
+        resume="allow",
         job_type="sweep-report",
         tags=["sweep-report", defn.name, *defn.tags],
         config={"sweep": state.get("definition")},
