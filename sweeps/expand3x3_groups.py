@@ -5,8 +5,14 @@ the groups of every Fire module's 3x3 expand conv, over 1 (the paper's), 2, 4 an
 net (SR 0.125, whose squeeze widths 8 ... 32 all divide by 8; at 8 groups fire2 and fire3's 3x3
 filters see one squeeze channel each, a depthwise-style 3x3), grid sampler, 2 seeds per point;
 objectives: maximise final top-1, minimise parameters. Each group count divides the 3x3 expand
-weights and MACs by itself; the params of every point (analytic, `sqz describe --preset digits
---set expand3x3_groups=G`): see `sqz sweep report`.
+weights and MACs by itself.
+
+Smoke run only so far (`sqz sweep run sweeps/expand3x3_groups.py --workers 1 --arg runlocal`,
+2 epochs, 1 seed, 2-core AMD EPYC CPU VM loaded by concurrent work, jax 0.10.2, 2026-12-04):
+params 185,258 / 116,138 / 81,578 / 64,298 at 1 / 2 / 4 / 8 groups (analytic = built model for
+every point), top-1 40.8 / 54.2 / 42.8 / 46.4% after 2 epochs, which says nothing about accuracy
+yet (one seed, far from converged); wall 12 min 37 s, most of it compiling the grouped convs
+(about 2 min each on XLA:CPU). The full grid has not been run.
 
 Commands:
     sqz sweep run sweeps/expand3x3_groups.py                       # digits (default)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 
 import jax
@@ -10,6 +11,7 @@ from flax import nnx
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from sqzexplore.config import spec_from_config, typed_config
 from sqzexplore.models.complexity import complexity
 from sqzexplore.models.spec import (
     BYPASS_MODES,
@@ -20,6 +22,9 @@ from sqzexplore.models.spec import (
     preset,
 )
 from sqzexplore.models.squeezenet import SqueezeNet, count_params
+from sqzexplore.sweep.runconfig import trial_config
+from sqzexplore.sweep.space import config_json
+from sqzexplore.sweep.sweepfile import check_against_config, load_base_config, load_sweep
 
 # docs/paper.md#table-1 (the paper's Table 1): params per row, weights + biases.
 TABLE1_PARAMS = {
@@ -73,6 +78,8 @@ TABLE1_SHAPES_224 = {
     "fire3": (54, 128),
     "fire4": (54, 256),
 }
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_table1_rows_params_and_shapes():
@@ -312,7 +319,11 @@ def specs(draw) -> tuple[SqueezeNetSpec, int]:
         spec.feature_sizes(image_size)
     except SpecError:
         assume(False)
-    return spec, image_size
+    # Grouped 3x3 expand convs: any group count that divides every width they touch.
+    widths = [w for f in spec.fires() if f.expand3x3 for w in (f.squeeze, f.expand3x3)]
+    common = math.gcd(*widths) if widths else 1
+    groups = draw(st.sampled_from([g for g in range(1, common + 1) if common % g == 0]))
+    return spec.replace(expand3x3_groups=groups), image_size
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -400,3 +411,18 @@ def test_channel_masks_embed_a_narrow_plan_in_a_padded_one():
         channel_masks(wide.layer_plan(), narrow.layer_plan())
     with pytest.raises(ValueError, match="differ"):
         channel_masks(narrow.layer_plan(), wide.replace(num_fire=1, bypass="none").layer_plan())
+
+
+def test_expand3x3_groups_sweep_points_build_what_the_analytic_count_says():
+    # Every point of sweeps/expand3x3_groups.py, through the trial config the sweep writes.
+    defn = load_sweep(os.path.join(ROOT, "sweeps", "expand3x3_groups.py"), "runlocal")
+    base = config_json(load_base_config(defn))
+    check_against_config(defn, load_base_config(defn))
+    params = {}
+    for groups in defn.space["model.expand3x3_groups"].values:
+        config = trial_config(base, defn, {"model.expand3x3_groups": groups}, 0, "p-s0")
+        spec = spec_from_config(typed_config(config))
+        model = nnx.eval_shape(lambda spec=spec: SqueezeNet(spec, rngs=nnx.Rngs(0)))
+        params[groups] = count_params(model)
+        assert complexity(spec).params == params[groups]
+    assert params[1] > params[2] > params[4] > params[8]

@@ -14,6 +14,12 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from jax.sharding import NamedSharding, PartitionSpec
 
+from sqzexplore.compress.prune import (
+    check_against_plan,
+    conv_kernels,
+    released_densities,
+    resolve_densities,
+)
 from sqzexplore.models import (
     Fire,
     SpecError,
@@ -403,6 +409,25 @@ def test_any_valid_spec_builds_its_layer_plan(spec, batch, train):
         else:
             size, channels = entries[0].out_size, entries[0].out_channels
         assert features[block].shape == (batch, size, size, channels), block
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [preset("v1.0", bypass="complex"), preset("v1.1"), preset("digits", num_fire=4, pool_after=())],
+    ids=["v1.0-complex", "v1.1", "digits-4-fires"],
+)
+def test_compression_takes_order_roles_and_densities_from_the_plan(spec):
+    params = nnx.state(abstract_model(spec), nnx.Param).to_pure_dict()
+    plan = spec.layer_plan()
+    assert list(conv_kernels(params)) == [f"{c.name}/kernel" for c in plan.convs]
+    # The released densities by the plan's roles equal those read back from parameter names.
+    assert resolve_densities(params, "released", plan) == resolve_densities(params, "released")
+    released = released_densities(plan)
+    assert released["conv1/kernel"] == 0.985 and released["conv10/kernel"] == 0.207
+    last = plan.fire_blocks[-1]
+    assert released[f"{last}/expand3x3/kernel"] == 0.30  # the paper's fire9
+    with pytest.raises(ValueError, match="layer plan"):
+        check_against_plan(params, spec.replace(stem_filters=spec.stem_filters + 1).layer_plan())
 
 
 def test_bad_input_is_rejected_with_a_clear_error():

@@ -1,6 +1,8 @@
 """One override path for typed configs (`config.apply_overrides`): sweep trials, a sweep's fixed
 values and space checks, and `sqz describe --set` all set values through it."""
 
+import os
+
 import pytest
 
 from sqzexplore.config import (
@@ -23,9 +25,13 @@ DEFN = SweepDefinition(
     objectives=[("final.top1", "maximize")],
 )
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_a_json_config_regains_its_field_types():
-    config = load_config_file("experiments/digits/squeezenet.py:runlocal")
+    config = load_config_file(
+        os.path.join(ROOT, "experiments", "digits", "squeezenet.py"), "runlocal"
+    )
     as_json = config_json(config)
     assert config_json(typed_config(as_json)) == as_json
     with pytest.raises(UnknownKeyError) as err:
