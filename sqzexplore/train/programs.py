@@ -42,7 +42,7 @@ from sqzexplore import optim, rundir, sharding
 from sqzexplore.durations import Durations
 from sqzexplore.models.spec import SqueezeNetSpec
 from sqzexplore.train import xla_options
-from sqzexplore.train.evaluate import EvalRunner
+from sqzexplore.train.evaluate import EvalRunner, eval_metrics
 from sqzexplore.train.state import TrainState, init_state, model_graphdef
 from sqzexplore.train.step import make_train_step
 
@@ -262,8 +262,10 @@ class Programs:
         )
         return images, jax.ShapeDtypeStruct((self.batch_size,), jnp.int32, sharding=batch)
 
-    def train_step(self) -> Callable:
-        """The compiled step `(state, images, labels) -> (state, metrics)`; it never retraces."""
+    def step_fn(self) -> Callable:
+        """The pure train step of this point (step.py), with the device-resident batch function
+        where the data lives on the devices: what `train_step` and the population programs
+        compile."""
 
         def build():
             batch_fn = None
@@ -272,7 +274,7 @@ class Programs:
                 batch_fn = lambda images, labels, step, key: ds.device_train_batch(
                     images, labels, step, key, batch_size
                 )
-            step_fn = make_train_step(
+            return make_train_step(
                 self.graphdef,
                 self.tx,
                 self.schedule,
@@ -282,12 +284,79 @@ class Programs:
                 batch_fn=batch_fn,
                 batch_sharding=sharding.batch_sharded(self.mesh),
             )
+
+        return self._once("step_fn", build)
+
+    def train_step(self) -> Callable:
+        """The compiled step `(state, images, labels) -> (state, metrics)`; it never retraces."""
+
+        def build():
             replicated = sharding.replicated(self.mesh)
-            jitted = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+            jitted = jax.jit(
+                self.step_fn(), donate_argnums=0, out_shardings=(replicated, replicated)
+            )
             lowered = jitted.lower(self.abstract_state(), *self._example_batch())
             return lowered.compile(xla_options.step_options())
 
         return self._once("train_step", build)
+
+    # ------------------------------------------------------------------ populations (population.py)
+    def abstract_population(self, members: int) -> TrainState:
+        """The state of `members` stacked members (a leading member axis), replicated."""
+        replicated = sharding.replicated(self.mesh)
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct((members, *s.shape), s.dtype, sharding=replicated),
+            self._lowered_init().out_info,
+        )
+
+    def population_step(self, members: int) -> Callable:
+        """The compiled step of a population: `(state, active, images, labels) -> (state,
+        metrics)`, the train step vmapped over the leading member axis of `state`; a member
+        whose `active` flag is False keeps its state (frozen). Metrics have a member axis."""
+        if not self.ds.on_device:
+            raise ValueError(
+                "populations need a device-resident dataset (config.data.on_device true or auto "
+                f"within budget); {self.ds.name} is streamed"
+            )
+
+        def build():
+            step = jax.vmap(self.step_fn(), in_axes=(0, None, None))
+
+            def population_step(state, active, images, labels):
+                new, metrics = step(state, images, labels)
+                pick = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+                return jax.tree.map(pick, new, state), metrics
+
+            replicated = sharding.replicated(self.mesh)
+            jitted = jax.jit(
+                population_step, donate_argnums=0, out_shardings=(replicated, replicated)
+            )
+            active = jax.ShapeDtypeStruct((members,), jnp.bool_, sharding=replicated)
+            lowered = jitted.lower(
+                self.abstract_population(members), active, *self._example_batch()
+            )
+            return lowered.compile(xla_options.step_options())
+
+        return self._once(f"population_step/{members}", build)
+
+    def population_eval(self, members: int) -> Callable[[TrainState], list[dict]]:
+        """Exact eval metrics of every member of a stacked state (the eval scan, vmapped)."""
+
+        def build():
+            runner = self.eval_runner
+            scan = jax.vmap(runner._scan, in_axes=(0, None, None, None))
+            lowered = jax.jit(scan).lower(self.abstract_population(members), *runner.arrays)
+            compiled = lowered.compile(xla_options.step_options())
+
+            def evaluate(state: TrainState) -> list[dict]:
+                totals = jax.device_get(compiled(state, *runner.arrays))
+                return [
+                    eval_metrics(jax.tree.map(lambda a, i=i: a[i], totals)) for i in range(members)
+                ]
+
+            return evaluate
+
+        return self._once(f"population_eval/{members}", build)
 
     @property
     def eval_runner(self) -> EvalRunner:
