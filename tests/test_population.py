@@ -268,3 +268,73 @@ def test_digits_population_of_three_matches_its_lone_trials(tmp_path, capsys):
         assert abs(drift[-1]) <= 0.02, (c.seed, single["final"], member["final"])
     with capsys.disabled():
         print(f"\ndigits population of 3: final top-1 member - lone trial = {drift}")
+
+
+# ---------------------------------------------------------------------------- sweeps
+def _sweep_file(tmp_path):
+    from test_sweep_support import DIGITS, write_sweep
+
+    from sqzexplore.sweep.params import categorical
+    from sqzexplore.sweep.space import Experiment
+
+    return write_sweep(
+        tmp_path / "pop.py",
+        doc="Three seeds of one digits point: trained as one population or one by one.",
+        name="pop",
+        base=Experiment(DIGITS, {"runlocal": True}),
+        fixed={"num_steps": 6, "eval_every_epochs": 0.1, "log_every_steps": 2},
+        space={"model.squeeze_ratio": categorical(0.25)},
+        seeds=3,
+    )
+
+
+def _sweep(path, workdir, *extra) -> tuple[int, str]:
+    from sqzexplore.sweep import cli as sweep_cli
+
+    argv = ["run", str(path), "--workdir", str(workdir), "--progress", "off", *extra]
+    return sweep_cli.main(argv)
+
+
+@pytest.mark.slow
+def test_sweep_population_keeps_the_trial_directories_and_report(tmp_path, capsys):
+    from sqzexplore.sweep import cli as sweep_cli
+    from sqzexplore.sweep import sweepdir as sd
+    from sqzexplore.sweep.analyze import collect_runs
+
+    path = _sweep_file(tmp_path)
+    outs = {}
+    for mode in ("off", "3"):
+        workdir = tmp_path / f"w{mode}"
+        assert _sweep(path, workdir, "--population", mode) == 0
+        outs[mode] = capsys.readouterr().out
+        assert "3 done, 0 running, 0 failed" in outs[mode]
+        assert sweep_cli.main(["report", str(workdir), "--quiet"]) == 0
+    assert "seeds 0, 1, 2 as one population" in outs["3"]
+    assert "as one population" not in outs["off"]
+    alone, pop = (sd.SweepDir(tmp_path / f"w{m}") for m in ("off", "3"))
+    runs_alone, runs_pop = collect_runs(alone), collect_runs(pop)
+    assert [r.trial_id for r in runs_alone] == [r.trial_id for r in runs_pop]
+    for a, b in zip(runs_alone, runs_pop, strict=True):
+        assert a.state == b.state == sd.COMPLETE
+        files = lambda d, tid: sorted(p.name for p in d.trial_dir(tid).iterdir())
+        assert files(alone, a.trial_id) == files(pop, b.trial_id)
+        assert set(a.result) == set(b.result) and b.result["steps"] == 6
+        assert b.result["final"]["top1"] == pytest.approx(a.result["final"]["top1"], abs=0.1)
+    for name in ("results.csv", "frontier.csv"):
+        heads = [
+            (tmp_path / f"w{m}" / "report" / name).read_text().splitlines()[0] for m in ("off", "3")
+        ]
+        assert heads[0] == heads[1]
+
+
+def test_sweep_bad_population_values(tmp_path, capsys):
+    path = _sweep_file(tmp_path)
+    for bad in ("0", "-1", "two", "2.5"):
+        with pytest.raises(SystemExit) as e:
+            _sweep(path, tmp_path / "w", "--population", bad)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--population must be auto, off or an integer >= 1" in err, err
+    rc = _sweep(path, tmp_path / "w", "--population", "3", "--runner", "fake_runner:run_fake_trial")
+    assert rc == 2 and "needs the default trainer" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

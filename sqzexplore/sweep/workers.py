@@ -15,6 +15,13 @@ CPU host with more cores than live local workers), a worker about to start the l
 seed of its point also claims its next run and compiles that run's programs in a background
 thread meanwhile (the runner's `prepare(config)`, see `prepare_hook`).
 
+Populations (`population`, `--population auto|N|off`): a worker that claims a run also claims
+up to N-1 other pending seeds of its point (`SweepEngine.claim_more_runs`) and trains them as
+one program (`sqzexplore.train.population.train_population`); each member still writes its own
+trial directory and gets its own outcome. `auto` asks `population.auto_population_size` (off on
+a CPU, where it measured slower than one after another). Only the default trainer trains
+populations.
+
 A worker keeps going until the sweep is done. When only other workers' runs remain it waits and
 polls (`wait_for_others`), so that a run whose worker dies is picked up again; SLURM array tasks
 turn this off so that finished tasks release their GPUs.
@@ -111,11 +118,13 @@ def run_worker(
     max_runs: int | None = None,
     max_consecutive_skips: int = 100,
     compile_ahead: bool | None = None,
+    population: str | int = "off",
     log: Callable[[str], None] = print,
 ) -> WorkerSummary:
     """Run the sweep's runs until it is done (or `max_runs` runs ended here).
 
-    `compile_ahead`: None decides by the host (`auto_compile_ahead`)."""
+    `compile_ahead`: None decides by the host (`auto_compile_ahead`). `population`: 'auto',
+    'off' or the most runs of one point to train as one program (`population_size`)."""
     engine = SweepEngine(
         sweep_dir,
         worker=worker,
@@ -132,7 +141,8 @@ def run_worker(
     stop = _StopFlag()
     recent: list[str] = []  # points this process trained, newest first
     ahead: _Ahead | None = None
-    prepare = prepare_hook(runner) if compile_ahead is not False else None
+    size = population_size(population, runner, log, worker)
+    prepare = prepare_hook(runner, size) if compile_ahead is not False else None
     try:
         while max_runs is None or sum(summary.runs.values()) < max_runs:
             if stop.requested:
@@ -150,6 +160,9 @@ def run_worker(
                 time.sleep(poll_s)
                 continue
             heartbeat.add(ticket.claim.path, ticket.claim.record["token"])
+            tickets = [ticket, *engine.claim_more_runs(ticket, size - 1)]
+            for more in tickets[1:]:
+                heartbeat.add(more.claim.path, more.claim.record["token"])
             recent = [ticket.point, *(p for p in recent if p != ticket.point)][:RECENT_POINTS]
             if (
                 prepare is not None
@@ -159,17 +172,24 @@ def run_worker(
             ):
                 ahead = _Ahead.start(engine, heartbeat, prepare, log)
             try:
-                outcome = execute_run(ticket, engine, runner, heartbeat, log)
+                if len(tickets) > 1:
+                    outcomes = execute_population(tickets, engine, runner, heartbeat, log)
+                else:
+                    outcomes = [execute_run(ticket, engine, runner, heartbeat, log)]
             except BaseException:
-                engine.finish_run(ticket, RunOutcome("interrupted"))
+                for t in tickets:
+                    engine.finish_run(t, RunOutcome("interrupted"))
                 raise
             finally:
-                heartbeat.discard(ticket.claim.path)
-            engine.finish_run(ticket, outcome)
-            summary.runs[outcome.kind] = summary.runs.get(outcome.kind, 0) + 1
-            summary.trial_ids.append(ticket.trial_id)
-            if outcome.kind == "interrupted":
-                summary.stopped_by_signal = bool(outcome.detail.get("preempted"))
+                for t in tickets:
+                    heartbeat.discard(t.claim.path)
+            for t, outcome in zip(tickets, outcomes, strict=True):
+                engine.finish_run(t, outcome)
+                summary.runs[outcome.kind] = summary.runs.get(outcome.kind, 0) + 1
+                summary.trial_ids.append(t.trial_id)
+            interrupted = [o for o in outcomes if o.kind == "interrupted"]
+            if interrupted:
+                summary.stopped_by_signal = any(o.detail.get("preempted") for o in interrupted)
                 break
     finally:
         if ahead is not None:  # claimed but never started: hand it back
@@ -183,14 +203,46 @@ def run_worker(
     return summary
 
 
-def prepare_hook(runner: Runner) -> Callable[[ml_collections.ConfigDict], Any] | None:
-    """The runner's compile-ahead function `prepare(config)`: its `prepare` attribute, or for
-    the default trainer the program cache's `sqzexplore.train.programs.prepare`."""
-    hook = getattr(runner, "prepare", None)
+def _is_default_trainer(runner: Runner) -> bool:
     name = f"{getattr(runner, '__module__', '')}:{getattr(runner, '__qualname__', '')}"
-    if hook is None and name == "sqzexplore.train.loop:train_and_evaluate":
+    return name == "sqzexplore.train.loop:train_and_evaluate"
+
+
+def population_size(population: str | int, runner: Runner, log, worker: str) -> int:
+    """The most runs of one point this worker trains as one program (1: one at a time), said in
+    the log with the reason. A SweepError for populations of a custom runner."""
+    if population in ("off", 1, "1"):
+        return 1
+    if not _is_default_trainer(runner):
+        if population == "auto":
+            return 1  # a custom runner trains its runs itself, one at a time
+        raise SweepError(
+            f"--population {population} needs the default trainer; --runner "
+            f"{getattr(runner, '__module__', '?')} trains one run at a time"
+        )
+    # The trainer's own module decides `auto` (it imports jax: loaded with the trainer).
+    from sqzexplore.train.population import auto_population_size
+
+    if population == "auto":
+        size, why = auto_population_size()
+        log(f"[{worker}] population: {why}")
+        return size
+    log(f"[{worker}] population: up to {int(population)} seeds of a point as one program")
+    return int(population)
+
+
+def prepare_hook(
+    runner: Runner, population: int = 1
+) -> Callable[[ml_collections.ConfigDict], Any] | None:
+    """The runner's compile-ahead function `prepare(config)`: its `prepare` attribute, or for
+    the default trainer the program cache's `sqzexplore.train.programs.prepare` (of a
+    population of `population` members when that is more than 1)."""
+    hook = getattr(runner, "prepare", None)
+    if hook is None and _is_default_trainer(runner):
         from sqzexplore.train import programs
 
+        if population > 1:
+            return lambda config: programs.prepare(config, population=population)
         hook = programs.prepare
     return hook
 
@@ -283,7 +335,14 @@ def execute_run(
                 "seconds": time.time() - t0,
             },
         )
-    if lost["claim"]:
+    return _outcome(ticket, result, stopper, lost["claim"], t0)
+
+
+def _outcome(
+    ticket: RunTicket, result: dict | None, stopper: MedianStopper, lost: bool, t0: float
+) -> RunOutcome:
+    """How a run that returned `result` ended."""
+    if lost:
         return RunOutcome("interrupted", {"reason": "claim taken over by another worker"})
     status = (result or {}).get("status")
     if status == "preempted":
@@ -296,3 +355,61 @@ def execute_run(
         # A runner that only returns its result: keep the contract (result.json written last).
         write_json(ticket.workdir / RESULT_FILE, result)
     return RunOutcome("complete", {"seconds": time.time() - t0})
+
+
+def execute_population(
+    tickets: list[RunTicket],
+    engine: SweepEngine,
+    runner: Runner,
+    heartbeat: Heartbeat,
+    log: Callable[[str], None] = print,
+) -> list[RunOutcome]:
+    """Train runs of one point as one population (default trainer) and classify each member's
+    end as `execute_run` would its run's."""
+    from sqzexplore.train.population import PopulationError, train_population  # jax
+
+    records = [t.record() for t in tickets]
+    configs = [ml_collections.ConfigDict(r["config"]) for r in records]
+    stoppers = [MedianStopper(engine.defn.early_stop, engine.dir, t.point) for t in tickets]
+    lost = [False] * len(tickets)
+
+    def on_eval(member: int, step: int, metrics: dict) -> bool:
+        if heartbeat.lost(tickets[member].claim.path):
+            lost[member] = True
+            return True
+        return stoppers[member].should_stop(step, metrics)
+
+    t0 = time.time()
+    design = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in records[0]["design"].items())
+    seeds = ", ".join(str(t.seed) for t in tickets)
+    log(f"[{engine.worker}] {tickets[0].point}: {design}, seeds {seeds} as one population")
+    try:
+        results = train_population(configs, [str(t.workdir) for t in tickets], on_eval=on_eval)
+    except PopulationError as e:  # e.g. a streamed dataset: said, then trained one by one
+        log(f"[{engine.worker}] no population for {tickets[0].point} ({e}); one run at a time")
+        return [execute_run(t, engine, runner, heartbeat, log) for t in tickets]
+    except Exception as e:  # as execute_run: a failure is data; every member failed with it
+        log(f"[{engine.worker}] population of {tickets[0].point} failed: {type(e).__name__}: {e}")
+        detail = {
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(),
+            "seconds": time.time() - t0,
+        }
+        return [RunOutcome("failed", dict(detail)) for _ in tickets]
+    outcomes = []
+    for k, (ticket, result) in enumerate(zip(tickets, results, strict=True)):
+        if result.get("status") == "failed":  # frozen by a non-finite loss: the run's error
+            log(f"[{engine.worker}] {ticket.trial_id} failed: {result['error']}")
+            outcomes.append(
+                RunOutcome(
+                    "failed",
+                    {
+                        "error": result["error"],
+                        "traceback": result["error"],
+                        "seconds": time.time() - t0,
+                    },
+                )
+            )
+            continue
+        outcomes.append(_outcome(ticket, result, stoppers[k], lost[k], t0))
+    return outcomes

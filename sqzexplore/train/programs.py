@@ -108,13 +108,20 @@ def for_run(
     return programs
 
 
-def prepare(config: ml_collections.ConfigDict) -> Programs:
-    """Compile the programs of a future run of `config` now (compile-ahead); cached."""
+def prepare(config: ml_collections.ConfigDict, *, population: int = 1) -> Programs:
+    """Compile the programs of a future run of `config` now (compile-ahead); cached. With
+    `population` > 1, those of a population of that many members (population.py)."""
     from sqzexplore.config import validate_config
 
     spec = validate_config(config)
     programs = for_run(config, spec, sharding.make_mesh())
-    programs.prepare()
+    if population > 1 and programs.ds.on_device:
+        with programs._lock:
+            programs._compiled_init()
+            programs.population_step(population)
+            programs.population_eval(population)
+    else:
+        programs.prepare()
     return programs
 
 
