@@ -34,7 +34,14 @@ RESULT_FILE = "result.json"
 CHECKPOINT_DIR = "checkpoints"
 
 # Config keys whose change does not change what a run computes (safe to differ on resume).
-NON_SEMANTIC_KEYS = ("progress", "wandb", "compilation_cache_dir", "distributed", "platform")
+NON_SEMANTIC_KEYS = (
+    "progress",
+    "wandb",
+    "compilation_cache_dir",
+    "distributed",
+    "platform",
+    "steps_per_dispatch",  # how steps are dispatched, not what they compute
+)
 
 
 class WorkdirConflictError(RuntimeError):

@@ -255,12 +255,17 @@ def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: f
 
         train_x, train_y = progs.train_arrays()
         compile_time = 0.0
+        k, why = programs.steps_per_dispatch(config, steps, on_device=True)
+        block = lambda length: progs.population_step(n, length)
         if start_step < total:
             events.reached("compile", start_step)
             if is_main:
                 print(f"compiling the train step of a population of {n} ...", flush=True)
+                if k > 1:
+                    print(f"{k} steps per dispatch ({why})", flush=True)
             t0 = time.perf_counter()
-            compiled_step = progs.population_step(n)
+            log_every = config.log_every_steps
+            block(min(k, programs.next_boundary(start_step, steps, log_every) - start_step))
             compile_time = time.perf_counter() - t0
             if is_main:
                 print(f"compiled in {compile_time:.1f} s", flush=True)
@@ -284,17 +289,19 @@ def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: f
         train_time, interval_t0, pending = 0.0, time.perf_counter(), []
         try:
             while step < total and any(m.active for m in members):
-                state, metrics = compiled_step(state, active_dev, train_x, train_y)
+                length = min(k, programs.next_boundary(step, steps, config.log_every_steps) - step)
+                state, metrics = block(length)(state, active_dev, train_x, train_y)
                 pending.append(metrics)
-                step += 1
-                events.reached("step", step)
+                for s in range(step + 1, step + length + 1):
+                    events.reached("step", s)
+                step += length
                 preempt = stop.requested and step < total
                 is_eval = step % steps.eval_every == 0 or step == total
                 is_ckpt = step % steps.checkpoint_every == 0 or step == total
                 is_log = step % config.log_every_steps == 0 or is_eval or is_ckpt
                 changed = False
                 if is_log or preempt:
-                    synced = jax.device_get(pending)
+                    synced = loop.per_step(jax.device_get(pending), step_ndim=1)
                     pending = []
                     bad = np.asarray(jax.device_get(state.nonfinite_step))
                     interval = time.perf_counter() - interval_t0
