@@ -17,11 +17,12 @@ from typing import Any
 
 import jax
 
+from benchmarks import population
 from benchmarks.e2e import TARGET_LOOP_VS_STEP
 from benchmarks.torch_compare import TARGET_VS_TORCH_COMPILE, TARGET_VS_TORCH_EAGER
 from sqzexplore import rundir
 
-SECTIONS = ("step", "e2e", "torch", "torch_ratio", "maxbatch", "compile_ahead")
+SECTIONS = ("step", "e2e", "torch", "torch_ratio", "maxbatch", "compile_ahead", "population")
 
 
 def machine_info() -> dict:
@@ -132,6 +133,8 @@ def one_line(section: str, r: dict) -> str:
             f"{r['steps_per_run']} steps: sequential {r['sequential_wall_s']:.1f}s, ahead "
             f"{r['ahead_wall_s']:.1f}s (x{r['speedup']:.2f})"
         )
+    if section == "population":
+        return population.one_line(r)
     return json.dumps({k: v for k, v in r.items() if not isinstance(v, (list, dict))})[:200]
 
 
@@ -273,6 +276,7 @@ _TABLES = {
          "waited s (ahead)"],
         _ahead_cells,
     ),
+    "population": (population.TITLE, population.COLUMNS, population.cells),
 }  # fmt: skip
 
 

@@ -428,3 +428,22 @@ def test_blocks_of_steps_resume_after_kill_and_sigterm(tmp_path):
     a, b = (rundir.read_json(d / "result.json") for d in (ref, run))
     assert _strip(a) == _strip(b)
     assert _records(ref) == _records(run)
+
+
+# ---------------------------------------------------------------------------- sqz bench population
+def test_bench_population_rows(tmp_path):
+    from pathlib import Path
+
+    from benchmarks import cli as bench_cli
+
+    out = tmp_path / "bench.json"
+    argv = ["population", "--smoke", "--members", "1,2", "--steps", "2", "--windows", "1"]
+    where = Path(REPO) / "benchmarks"
+    assert bench_cli.main([*argv, "--json", str(out)], benchmarks_dir=where) == 0
+    rows = rundir.read_json(out)["population"]
+    assert [r["members"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["img_s"] > 0 and r["lone_img_s"] > 0 and r["loss_finite"]
+        assert r["trials_per_hour"] > 0 and r["trials_per_hour_vs_sequential"] > 0
+    bad = ["population", "--members", "2,x"]
+    assert bench_cli.main(bad, benchmarks_dir=where) == 2
