@@ -332,9 +332,8 @@ def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: f
                 if is_eval and any(m.active for m in members):
                     events.reached("eval", step)
                     evals = evaluate(state)
-                    for m in members:
-                        if not m.active:
-                            continue
+                    evaluated = [m for m in members if m.active]
+                    for m in evaluated:
                         m.last_eval = evals[m.index]
                         m.best = m.best.update(step, m.last_eval)
                         m.writer.write(dict(step=step, split="eval", **m.last_eval))
@@ -344,7 +343,7 @@ def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: f
                             and step < total
                         ):
                             pruned.append(m)
-                    progress.update(step, top1=max(evals[m.index]["top1"] for m in members))
+                    progress.update(step, top1=max(evals[m.index]["top1"] for m in evaluated))
                 to_save = [m for m in members if m.active] if (is_ckpt or preempt) else pruned
                 if to_save:
                     for m in to_save:
