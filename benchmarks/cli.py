@@ -12,7 +12,9 @@ on, on whatever devices exist, and writes rows that name the machine:
     sqz bench maxbatch       the largest batch (and power of two) whose step fits (GPU/TPU)
     sqz bench compile-ahead  runs at several squeeze ratios, compiled one after another vs the
                              next one compiled in a background thread while the current trains
-    sqz bench all            all of the above
+    sqz bench population     N seeds of one point as one vmapped program vs one after another:
+                             members x img/s and trials per hour (--members 1,2,4,8)
+    sqz bench all            all of the above but population
 
 Without --preset/--batch/--dtype each command uses a plan for the platform (benchmarks/plan.py).
 `--smoke` shrinks everything to seconds (for tests). `--json PATH` writes machine-readable
@@ -42,13 +44,14 @@ from sqzexplore.models.spec import DTYPES, PRESETS
 if TYPE_CHECKING:  # the heavy modules are imported after the arguments are parsed
     from benchmarks.report import Report
 
-COMMANDS = ("step", "e2e", "torch", "maxbatch", "compile-ahead", "all")
+COMMANDS = ("step", "e2e", "torch", "maxbatch", "compile-ahead", "population", "all")
 HELPS = {
     "step": "train-step img/s, compile time and memory on synthetic device-resident data",
     "e2e": "train_and_evaluate loop img/s vs the synthetic-data step (digits, CIFAR-shaped)",
     "torch": "torchvision squeezenet1_0/1_1 eager AMP and torch.compile, as ratios",
     "maxbatch": "largest batch whose step fits on one device (GPU/TPU)",
     "compile-ahead": "sequential compiles vs compiling the next run while this one trains",
+    "population": "N seeds of a point as one program: members x img/s, trials/h vs sequential",
     "all": "all of the above",
 }
 
@@ -76,6 +79,15 @@ def parser() -> argparse.ArgumentParser:
         "--run-steps", type=int,
         help="compile-ahead: train steps per run (default 1500 on an accelerator, 40 on a CPU)",
     )  # fmt: skip
+    common.add_argument(
+        "--members", help="population: population sizes, e.g. 1,2,4,8 (the default)"
+    )
+    common.add_argument(
+        "--config", help="population: the experiment (default experiments/digits/squeezenet.py)"
+    )
+    common.add_argument(
+        "--steps-per-dispatch", help="population: steps per dispatch to measure, e.g. 1,8 (1)"
+    )
     common.add_argument("--data-dir", help="TFDS data_dir: adds e2e rows on a real TFDS dataset")
     common.add_argument("--tfds", default="cifar10", help="TFDS dataset for --data-dir (cifar10)")
     common.add_argument("--profile", action="store_true", help="trace each step row; top ops")
@@ -102,7 +114,7 @@ def run(args: argparse.Namespace, plan: Plan, report: Report, benchmarks_dir: Pa
     A row that fails (other than for a bad request) becomes a note naming the case and the
     error, and the run goes on: one broken case must not cost the others' measurements.
     """
-    wanted = COMMANDS[:-1] if args.command == "all" else (args.command,)
+    wanted = COMMANDS[:-2] if args.command == "all" else (args.command,)
     if "step" in wanted:
         from benchmarks.step import measure_step
 
@@ -141,6 +153,12 @@ def run(args: argparse.Namespace, plan: Plan, report: Report, benchmarks_dir: Pa
 
         with _row_errors(report, f"compile-ahead {plan.ahead}"):
             report.add("compile_ahead", measure_compile_ahead(plan.ahead, plan))
+    if "population" in wanted:
+        from benchmarks.population import measure_population
+
+        with _row_errors(report, "population"):
+            for row in measure_population(args, plan):
+                report.add("population", row)
 
 
 @contextlib.contextmanager
@@ -171,6 +189,10 @@ def main(argv: list[str], *, benchmarks_dir: Path) -> int:
     print(devices_line(machine), flush=True)
     try:  # every option checked before anything compiles or any file is written
         plan = build_plan(args, jax.device_count())
+        if args.command == "population":
+            from benchmarks.population import check_args
+
+            check_args(args)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -205,7 +227,7 @@ def main(argv: list[str], *, benchmarks_dir: Path) -> int:
 def report_sections() -> list[Section]:
     """Every benchmark's report sections, in the order of their RESULTS.md tables (each module
     declares its own; importing them imports jax, so this runs after the arguments parse)."""
-    from benchmarks import compile_ahead, e2e, maxbatch, step, torch_compare
+    from benchmarks import compile_ahead, e2e, maxbatch, population, step, torch_compare
 
     return [
         step.SECTION,
@@ -214,6 +236,7 @@ def report_sections() -> list[Section]:
         torch_compare.RATIO_SECTION,
         maxbatch.SECTION,
         compile_ahead.SECTION,
+        population.SECTION,
     ]
 
 

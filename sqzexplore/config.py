@@ -217,6 +217,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 1.0
     c.keep_checkpoints = 3
+    c.steps_per_dispatch = 0  # train steps per host call (one lax.scan); 0: auto (train/loop.py)
     c.wandb = ml_collections.ConfigDict(
         dict(
             mode="disabled",  # disabled | offline | online
@@ -472,6 +473,11 @@ def validate_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
         raise ConfigError(
             "config.num_epochs must be a finite number > 0 when num_steps is 0, "
             f"got {config.num_epochs!r}"
+        )
+    k = config.get("steps_per_dispatch", 0)
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 10_000:
+        raise ConfigError(
+            f"config.steps_per_dispatch must be an integer in [0, 10000] (0: auto), got {k!r}"
         )
     for field in ("eval_every_epochs", "checkpoint_every_epochs"):
         if not _finite(config[field], above=0):

@@ -42,6 +42,7 @@ NON_SEMANTIC_KEYS = (
     "xla_gpu_autotune_level",
     "distributed",
     "platform",
+    "steps_per_dispatch",  # how steps are dispatched, not what they compute
 )
 
 

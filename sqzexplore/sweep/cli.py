@@ -36,6 +36,7 @@ from sqzexplore.sweep.dashboards import (
     save_settings,
 )
 from sqzexplore.sweep.space import SweepError
+from sqzexplore.train.cli import parse_population
 
 RUN_DEFAULTS = {"heartbeat_s": 10.0, "stale_after_s": 300.0, "poll_s": 2.0}
 
@@ -97,6 +98,13 @@ class FailureLog:
             self.write("  (the same error again; further repeats are not printed)")
 
 
+def _population(text: str) -> str | int:
+    try:
+        return parse_population(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runner",
@@ -130,6 +138,14 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
         type=_bounded(float, 1.0, "--stale-after-s"),
         default=RUN_DEFAULTS["stale_after_s"],
         help="a claim from another host without heartbeat this long is taken over",
+    )
+    p.add_argument(
+        "--population",
+        type=_population,
+        default="auto",
+        help="train up to N pending seeds of a design point as one program: auto | N | off "
+        "(auto: off on a CPU, where it measured slower; up to 8 on a GPU; see "
+        "sqzexplore/train/population.py)",
     )
     p.add_argument(
         "--compile-ahead",
@@ -259,7 +275,24 @@ def _worker_command(args, workdir: str, *, no_wait: bool) -> list[str]:
         cmd.append("--no-wait")
     if args.compile_ahead != "auto":
         cmd += ["--compile-ahead", args.compile_ahead]
+    if args.population != "auto":
+        cmd += ["--population", str(args.population)]
     return cmd
+
+
+def _check_population(args, runner) -> None:
+    """A population size needs a runner that trains populations (the default trainer does; a
+    custom runner without `train_population` trains one run at a time)."""
+    if getattr(runner, "train_population", None) is None and args.population not in (
+        "auto",
+        "off",
+        1,
+    ):
+        raise SweepError(
+            f"--population {args.population} needs a runner that trains populations (the "
+            f"default trainer); --runner {args.runner} trains one run at a time (use "
+            "--population off)"
+        )
 
 
 def cmd_run(args) -> int:
@@ -273,7 +306,7 @@ def cmd_run(args) -> int:
     defn = load_sweep(args.sweep_file, args.arg)
     base = load_base_config(defn)
     check_against_config(defn, base)
-    load_runner(args.runner or DEFAULT_RUNNER)
+    _check_population(args, load_runner(args.runner or DEFAULT_RUNNER))
     if args.storage:
         open_storage(args.storage, None)
     workdir = args.workdir or default_workdir(defn.name, args.arg)
@@ -353,6 +386,7 @@ def _run_worker(args, sweep_dir, log=print) -> None:
         wait_for_others=not args.no_wait,
         max_runs=args.max_runs,
         compile_ahead={"auto": None, "on": True, "off": False}[args.compile_ahead],
+        population=args.population,
         log=log,
     )
 
@@ -395,7 +429,7 @@ def cmd_worker(args) -> int:
 
     sweep_dir = SweepDir(args.workdir)
     sweep_dir.state()  # a clear error when DIR is not a sweep directory
-    load_runner(args.runner or DEFAULT_RUNNER)
+    _check_population(args, load_runner(args.runner or DEFAULT_RUNNER))
     _run_worker(args, sweep_dir, log=FailureLog(print))
     return 0
 

@@ -192,6 +192,20 @@ class SweepEngine:
                 return ticket
             return WAIT if self._any(trials, "RUNNING") else DONE
 
+    def claim_more_runs(self, ticket: RunTicket, limit: int) -> list[RunTicket]:
+        """Claim up to `limit` more pending runs of `ticket`'s point (its other seeds), for a
+        worker that trains them with it as one population (train/population.py)."""
+        claimed: list[RunTicket] = []
+        if limit < 1:
+            return claimed
+        with self.lock:
+            for number, point, seed in self._pending(self._trials())[0]:
+                if point == ticket.point and len(claimed) < limit:
+                    more = self._try_claim(point, number, seed)
+                    if more is not None:
+                        claimed.append(more)
+        return claimed
+
     def has_free_runs(self, point: str) -> bool:
         """Whether `point` has unfinished runs that nobody has claimed."""
         with self.lock:

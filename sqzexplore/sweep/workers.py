@@ -15,6 +15,13 @@ CPU host with more cores than live local workers), a worker about to start the l
 seed of its point also claims its next run and compiles that run's programs in a background
 thread meanwhile (the runner's `prepare(config)`, see `prepare_hook`).
 
+Populations (`population`, `--population auto|N|off`): a worker that claims a run also claims
+up to N-1 other pending seeds of its point (`SweepEngine.claim_more_runs`) and trains them as
+one program (`sqzexplore.train.population.train_population`); each member still writes its own
+trial directory and gets its own outcome. `auto` asks `population.auto_population_size` (off on
+a CPU, where it measured slower than one after another). Only the default trainer trains
+populations.
+
 A worker keeps going until the sweep is done. When only other workers' runs remain it waits and
 polls (`wait_for_others`), so that a run whose worker dies is picked up again; SLURM array tasks
 turn this off so that finished tasks release their GPUs.
@@ -45,7 +52,7 @@ from sqzexplore.sweep.engine import DONE, WAIT, RunOutcome, RunTicket, SweepEngi
 from sqzexplore.sweep.launch import LOCAL_WORKERS_ENV
 from sqzexplore.sweep.space import SweepError
 
-DEFAULT_RUNNER = "sqzexplore.train:train_and_evaluate"
+DEFAULT_RUNNER = "sqzexplore.train.runner:train_and_evaluate"
 Runner = Callable[..., dict]
 RECENT_POINTS = 4  # points a worker asks for first (the trainer keeps this many compiled)
 
@@ -112,11 +119,13 @@ def run_worker(
     max_runs: int | None = None,
     max_consecutive_skips: int = 100,
     compile_ahead: bool | None = None,
+    population: str | int = "off",
     log: Callable[[str], None] = print,
 ) -> WorkerSummary:
     """Run the sweep's runs until it is done (or `max_runs` runs ended here).
 
-    `compile_ahead`: None decides by the host (`auto_compile_ahead`)."""
+    `compile_ahead`: None decides by the host (`auto_compile_ahead`). `population`: 'auto',
+    'off' or the most runs of one point to train as one program (`population_size`)."""
     engine = SweepEngine(
         sweep_dir,
         worker=worker,
@@ -133,7 +142,8 @@ def run_worker(
     stop = _StopFlag()
     recent: list[str] = []  # points this process trained, newest first
     ahead: _Ahead | None = None
-    prepare = prepare_hook(runner) if compile_ahead is not False else None
+    size = population_size(population, runner, log, worker)
+    prepare = prepare_hook(runner, size) if compile_ahead is not False else None
     try:
         while max_runs is None or sum(summary.runs.values()) < max_runs:
             if stop.requested:
@@ -151,6 +161,9 @@ def run_worker(
                 time.sleep(poll_s)
                 continue
             heartbeat.add(ticket.claim.path, ticket.claim.record["token"])
+            tickets = [ticket, *engine.claim_more_runs(ticket, size - 1)]
+            for more in tickets[1:]:
+                heartbeat.add(more.claim.path, more.claim.record["token"])
             recent = [ticket.point, *(p for p in recent if p != ticket.point)][:RECENT_POINTS]
             if (
                 prepare is not None
@@ -160,17 +173,24 @@ def run_worker(
             ):
                 ahead = _Ahead.start(engine, heartbeat, prepare, log)
             try:
-                outcome = execute_run(ticket, engine, runner, heartbeat, log)
+                if len(tickets) > 1:
+                    outcomes = execute_population(tickets, engine, runner, heartbeat, log)
+                else:
+                    outcomes = [execute_run(ticket, engine, runner, heartbeat, log)]
             except BaseException:
-                engine.finish_run(ticket, RunOutcome("interrupted"))
+                for t in tickets:
+                    engine.finish_run(t, RunOutcome("interrupted"))
                 raise
             finally:
-                heartbeat.discard(ticket.claim.path)
-            engine.finish_run(ticket, outcome)
-            summary.runs[outcome.kind] = summary.runs.get(outcome.kind, 0) + 1
-            summary.trial_ids.append(ticket.trial_id)
-            if outcome.kind == "interrupted":
-                summary.stopped_by_signal = bool(outcome.detail.get("preempted"))
+                for t in tickets:
+                    heartbeat.discard(t.claim.path)
+            for t, outcome in zip(tickets, outcomes, strict=True):
+                engine.finish_run(t, outcome)
+                summary.runs[outcome.kind] = summary.runs.get(outcome.kind, 0) + 1
+                summary.trial_ids.append(t.trial_id)
+            interrupted = [o for o in outcomes if o.kind == "interrupted"]
+            if interrupted:
+                summary.stopped_by_signal = any(o.detail.get("preempted") for o in interrupted)
                 break
     finally:
         if ahead is not None:  # claimed but never started: hand it back
@@ -184,13 +204,41 @@ def run_worker(
     return summary
 
 
-def prepare_hook(runner: Runner) -> Callable[[ml_collections.ConfigDict], Any] | None:
-    """The runner's compile-ahead function, `runner.prepare(config)`, or None if it has none.
+def population_size(population: str | int, runner: Runner, log, worker: str) -> int:
+    """The most runs of one point this worker trains as one program (1: one at a time), said in
+    the log with the reason. A runner trains populations when it carries `train_population`
+    (the default trainer does, sqzexplore/train/runner.py); `auto` then asks its
+    `auto_population_size`. A SweepError for a size > 1 with a runner that has none."""
+    if population in ("off", 1, "1"):
+        return 1
+    if getattr(runner, "train_population", None) is None:
+        if population == "auto":
+            return 1  # this runner trains its runs itself, one at a time
+        raise SweepError(
+            f"--population {population} needs a runner that trains populations (the default "
+            f"trainer); --runner {getattr(runner, '__module__', '?')} trains one run at a time"
+        )
+    if population == "auto":
+        size, why = runner.auto_population_size()
+        log(f"[{worker}] population: {why}")
+        return size
+    log(f"[{worker}] population: up to {int(population)} seeds of a point as one program")
+    return int(population)
+
+
+def prepare_hook(
+    runner: Runner, population: int = 1
+) -> Callable[[ml_collections.ConfigDict], Any] | None:
+    """The runner's compile-ahead function, `runner.prepare(config)` (of a population of
+    `population` members when that is more than 1), or None if the runner has none.
 
     A runner offers compile-ahead by carrying the attribute; the default trainer carries the
-    program cache's `sqzexplore.train.programs.prepare` (set in train/loop.py).
+    program cache's `sqzexplore.train.programs.prepare` (sqzexplore/train/runner.py).
     """
-    return getattr(runner, "prepare", None)
+    hook = getattr(runner, "prepare", None)
+    if hook is not None and population > 1:
+        return lambda config: hook(config, population=population)
+    return hook
 
 
 def auto_compile_ahead(sweep_dir: sd.SweepDir, stale_after_s: float) -> bool:
@@ -282,7 +330,14 @@ def execute_run(
                 "seconds": time.time() - t0,
             },
         )
-    if lost["claim"]:
+    return _outcome(ticket, result, stopper, lost["claim"], t0)
+
+
+def _outcome(
+    ticket: RunTicket, result: dict | None, stopper: MedianStopper, lost: bool, t0: float
+) -> RunOutcome:
+    """How a run that returned `result` ended."""
+    if lost:
         return RunOutcome("interrupted", {"reason": "claim taken over by another worker"})
     status = (result or {}).get("status")
     if status == "preempted":
@@ -295,3 +350,63 @@ def execute_run(
         # A runner that only returns its result: keep the contract (result.json written last).
         write_json(ticket.workdir / RESULT_FILE, result)
     return RunOutcome("complete", {"seconds": time.time() - t0})
+
+
+def execute_population(
+    tickets: list[RunTicket],
+    engine: SweepEngine,
+    runner: Runner,
+    heartbeat: Heartbeat,
+    log: Callable[[str], None] = print,
+) -> list[RunOutcome]:
+    """Train runs of one point as one population (default trainer) and classify each member's
+    end as `execute_run` would its run's."""
+    from sqzexplore.train.population import PopulationError  # jax, loaded with the trainer
+
+    records = [t.record() for t in tickets]
+    configs = [ml_collections.ConfigDict(r["config"]) for r in records]
+    stoppers = [MedianStopper(engine.defn.early_stop, engine.dir, t.point) for t in tickets]
+    lost = [False] * len(tickets)
+
+    def on_eval(member: int, step: int, metrics: dict) -> bool:
+        if heartbeat.lost(tickets[member].claim.path):
+            lost[member] = True
+            return True
+        return stoppers[member].should_stop(step, metrics)
+
+    t0 = time.time()
+    design = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in records[0]["design"].items())
+    seeds = ", ".join(str(t.seed) for t in tickets)
+    log(f"[{engine.worker}] {tickets[0].point}: {design}, seeds {seeds} as one population")
+    try:
+        results = runner.train_population(
+            configs, [str(t.workdir) for t in tickets], on_eval=on_eval
+        )
+    except PopulationError as e:  # e.g. a streamed dataset: said, then trained one by one
+        log(f"[{engine.worker}] no population for {tickets[0].point} ({e}); one run at a time")
+        return [execute_run(t, engine, runner, heartbeat, log) for t in tickets]
+    except Exception as e:  # as execute_run: a failure is data; every member failed with it
+        log(f"[{engine.worker}] population of {tickets[0].point} failed: {type(e).__name__}: {e}")
+        detail = {
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(),
+            "seconds": time.time() - t0,
+        }
+        return [RunOutcome("failed", dict(detail)) for _ in tickets]
+    outcomes = []
+    for k, (ticket, result) in enumerate(zip(tickets, results, strict=True)):
+        if result.get("status") == "failed":  # frozen by a non-finite loss: the run's error
+            log(f"[{engine.worker}] {ticket.trial_id} failed: {result['error']}")
+            outcomes.append(
+                RunOutcome(
+                    "failed",
+                    {
+                        "error": result["error"],
+                        "traceback": result["error"],
+                        "seconds": time.time() - t0,
+                    },
+                )
+            )
+            continue
+        outcomes.append(_outcome(ticket, result, stoppers[k], lost[k], t0))
+    return outcomes

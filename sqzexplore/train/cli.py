@@ -13,6 +13,7 @@ nothing written. `--help` lists every config key with its default and meaning.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any
@@ -166,8 +167,65 @@ def _data_error() -> type[Exception]:
     return data.DataError if data is not None else UsageError
 
 
+def _take_flag(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The value of `--NAME=V` / `--NAME V` and argv without it."""
+    value, rest, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == f"--{name}" or arg.startswith(f"--{name}="):
+            if "=" in arg:
+                value = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                value, i = argv[i + 1], i + 1
+            else:
+                raise UsageError(f"--{name} needs a value (see sqz train --help)")
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2] (distinct integers >= 0); UsageError otherwise."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        seeds = [int(p) for p in parts]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UsageError(
+            f"--seeds must be distinct integers >= 0 separated by commas (e.g. 0,1,2), got {text!r}"
+        )
+    return seeds
+
+
+def parse_population(value: str) -> str | int:
+    """`--population` value: 'auto', 'off' or an integer >= 1 (1 is the same as off)."""
+    text = str(value).strip().lower()
+    if text in ("auto", "off"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1 or str(n) != text:
+        raise ValueError(f"--population must be auto, off or an integer >= 1, got {value!r}")
+    return n
+
+
 def _train(argv: list[str]) -> int:
+    seeds_text, argv = _take_flag(argv, "seeds")
+    population_text, argv = _take_flag(argv, "population")
+    if population_text is not None and seeds_text is None:
+        raise UsageError("--population needs --seeds (it trains several seeds as one program)")
     config, workdir = parse_args(argv)
+    if seeds_text is not None:
+        seeds = parse_seeds(seeds_text)
+        try:
+            population = parse_population(population_text or "auto")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        return _train_seeds(config, workdir, seeds, population)
     if rundir.read_result(workdir) is None:
         rundir.check_writable_dir(workdir)
     if config.compilation_cache_dir:
@@ -184,6 +242,50 @@ def _train(argv: list[str]) -> int:
         return 0
     print(final_line(result, workdir), flush=True)
     return 0
+
+
+def _train_seeds(config: Any, workdir: str, seeds: list[int], population: str | int) -> int:
+    """`--seeds`: one trial per seed in `workdir/seed_N`, trained as populations of up to
+    `population` members (auto: by platform, `population.auto_population_size`) or one by one."""
+    workdirs = [os.path.join(workdir, f"seed_{s}") for s in seeds]
+    for w in workdirs:
+        if rundir.read_result(w) is None:
+            rundir.check_writable_dir(w)
+    if config.compilation_cache_dir:
+        rundir.check_writable_dir(config.compilation_cache_dir, "config.compilation_cache_dir")
+    _apply_platform(config)
+    from sqzexplore.train.loop import NonFiniteError, train_and_evaluate
+    from sqzexplore.train.population import auto_population_size, train_population
+
+    if population == "auto":
+        size, why = auto_population_size()
+        print(f"population: {why}", flush=True)
+    else:
+        size = 1 if population == "off" else int(population)
+    configs = []
+    for s in seeds:
+        c = config.copy_and_resolve_references()
+        c.seed = s
+        configs.append(c)
+    results: list[dict] = []
+    for lo in range(0, len(seeds), size):
+        group = slice(lo, lo + size)
+        if size > 1:
+            print(f"training seeds {seeds[group]} as one population", flush=True)
+            results += train_population(configs[group], workdirs[group])
+            continue
+        try:
+            results.append(train_and_evaluate(configs[lo], workdirs[lo]))
+        except NonFiniteError as e:
+            results.append({"status": "failed", "error": f"{type(e).__name__}: {e}"})
+    code = 0
+    for s, w, r in zip(seeds, workdirs, results, strict=True):
+        if r.get("status") == "failed":
+            print(f"error: seed {s}: {r['error']}", file=sys.stderr)
+            code = EXIT_NONFINITE
+        elif r.get("status") != "preempted":
+            print(f"seed {s}: {final_line(r, w)}", flush=True)
+    return code
 
 
 def final_line(result: dict, workdir: str) -> str:

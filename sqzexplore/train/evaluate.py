@@ -97,11 +97,16 @@ class EvalRunner:
                 sums = self._compiled(state, x, y, m)
                 totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
             totals = jax.device_get(totals)
-        count = float(totals["count"])
-        out = {"loss": float(totals["loss"]) / count, "top1": float(totals["top1"]) / count}
-        out["top5"] = float(totals["top5"]) / count if "top5" in totals else None
-        out["count"] = int(count)
-        return out
+        return eval_metrics(totals)
+
+
+def eval_metrics(totals: dict) -> dict:
+    """{"loss", "top1", "top5" (None under 5 classes), "count"} from an eval's summed sums."""
+    count = float(totals["count"])
+    out = {"loss": float(totals["loss"]) / count, "top1": float(totals["top1"]) / count}
+    out["top5"] = float(totals["top5"]) / count if "top5" in totals else None
+    out["count"] = int(count)
+    return out
 
 
 def evaluate_params(config: ml_collections.ConfigDict, params: dict, batch_stats: dict) -> dict:

@@ -149,11 +149,18 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
                 )
                 train_x, train_y = next_batch()
             events.reached("compile", start_step)
-            reused = progs.built("train_step")  # by an earlier seed of this point, in memory
+            k, why = programs.steps_per_dispatch(config, steps, ds.on_device)
+            if is_main and k > 1:
+                print(f"{k} steps per dispatch ({why})", flush=True)
+            block = lambda length: progs.train_block(length)
+            log_every = config.log_every_steps
+            first = min(k, programs.next_boundary(start_step, steps, log_every) - start_step)
+            name = "train_step" if first == 1 else f"train_block/{first}"
+            reused = progs.built(name)  # by an earlier seed of this point, in memory
             if is_main and not reused:
                 print("compiling the train step ...", flush=True)
             t0 = time.perf_counter()
-            compiled_step = progs.train_step()
+            block(first)  # compiled now (a later block length, e.g. the tail, when first used)
             compile_time = time.perf_counter() - t0
             if is_main:
                 reuse = "train step reused from an earlier run of this point"
@@ -183,10 +190,14 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
             while step < total:
                 if next_batch is not None and step > start_step:
                     train_x, train_y = next_batch()
-                state, m = compiled_step(state, train_x, train_y)
+                # A block of steps per host call, ending exactly at the next log, eval or
+                # checkpoint step (k is 1 with streamed data or where blocks do not pay).
+                length = min(k, programs.next_boundary(step, steps, log_every) - step)
+                state, m = block(length)(state, train_x, train_y)
                 pending.append(m)
-                step += 1
-                events.reached("step", step)
+                for s in range(step + 1, step + length + 1):
+                    events.reached("step", s)
+                step += length
                 # One reading of the flag per step, used for all of it: a SIGTERM handled during
                 # this step's syncs (log, eval, save) is acted on at the next step.
                 preempt = stop.requested and step < total
@@ -194,7 +205,7 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
                 is_ckpt = step % steps.checkpoint_every == 0 or step == total
                 is_log = step % config.log_every_steps == 0 or is_eval or is_ckpt
                 if is_log or preempt:
-                    host_metrics += jax.device_get(pending)
+                    host_metrics += per_step(jax.device_get(pending))
                     pending = []
                     bad = int(jax.device_get(state.nonfinite_step))
                     interval = time.perf_counter() - interval_t0
@@ -276,6 +287,18 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
     return result
 
 
+def per_step(synced: list[dict], step_ndim: int = 0) -> list[dict]:
+    """Host metrics, one dict per step: a block's arrays (a leading step axis) split by step.
+    `step_ndim`: the rank of one step's metric (0; 1 with a population's member axis)."""
+    out = []
+    for m in synced:
+        if np.ndim(next(iter(m.values()))) == step_ndim:
+            out.append(m)
+        else:
+            out += [{k: v[i] for k, v in m.items()} for i in range(len(next(iter(m.values()))))]
+    return out
+
+
 def _image_label(batch: dict) -> tuple:
     return batch["image"], batch["label"]
 
@@ -310,8 +333,3 @@ def _preempted(ckpt: Checkpointer, step: int) -> dict:
             flush=True,
         )
     return {"status": "preempted", "step": step}
-
-
-# The compile-ahead hook a sweep worker looks for on its runner (sweep/workers.py `prepare_hook`):
-# the programs of a later run of this function, compiled while the current run trains.
-train_and_evaluate.prepare = programs.prepare  # type: ignore[attr-defined]

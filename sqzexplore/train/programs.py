@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import math
 import threading
 import time
 import weakref
@@ -42,7 +43,7 @@ from sqzexplore import optim, rundir, sharding
 from sqzexplore.durations import Durations
 from sqzexplore.models.spec import SqueezeNetSpec
 from sqzexplore.train import xla_options
-from sqzexplore.train.evaluate import EvalRunner
+from sqzexplore.train.evaluate import EvalRunner, eval_metrics
 from sqzexplore.train.state import TrainState, init_state, model_graphdef
 from sqzexplore.train.step import make_train_step
 
@@ -110,14 +111,63 @@ def for_run(
     return programs
 
 
-def prepare(config: ml_collections.ConfigDict) -> Programs:
-    """Compile the programs of a future run of `config` now (compile-ahead); cached."""
+def prepare(config: ml_collections.ConfigDict, *, population: int = 1) -> Programs:
+    """Compile the programs of a future run of `config` now (compile-ahead); cached: the init,
+    the eval and the first block of steps the run dispatches (`steps_per_dispatch`). With
+    `population` > 1, those of a population of that many members (population.py)."""
     from sqzexplore.config import validate_config
 
     spec = validate_config(config)
     programs = for_run(config, spec, sharding.make_mesh())
-    programs.prepare()
+    k, _ = steps_per_dispatch(config, programs.steps, programs.ds.on_device)
+    first = min(k, next_boundary(0, programs.steps, config.log_every_steps))
+    with programs._lock:
+        if population > 1 and programs.ds.on_device:
+            programs._compiled_init()
+            programs.population_step(population, first)
+            programs.population_eval(population)
+        else:
+            programs._compiled_init()
+            programs.train_block(first)
+            programs._compiled_eval(programs.abstract_state())
     return programs
+
+
+# Steps per dispatch when config.steps_per_dispatch is 0 (auto), per platform. CPU: 1. On
+# XLA:CPU the scanned block of the digits step compiled in 40.4 s against 16.8 s for one step and
+# ran at 3347 ms a step against 312 ms (K=10, 1 CPU device; /tmp script in docs/architecture.md,
+# 2-core AMD EPYC VM loaded by concurrent work): XLA:CPU runs a while loop's body far slower.
+# Accelerators: 8 (cut to divide the cadences), NOT yet measured on a GPU: one dispatch there
+# costs about as much as a small step; `sqz bench population --steps-per-dispatch 1,8` measures it.
+AUTO_STEPS_PER_DISPATCH = {"cpu": 1}
+AUTO_STEPS_PER_DISPATCH_ACCELERATOR = 8
+
+
+def steps_per_dispatch(config: Any, steps: Any, on_device: bool) -> tuple[int, str]:
+    """(k, why): the train steps per host call. The largest divisor of the log, eval and
+    checkpoint cadences' greatest common divisor that is at most the wanted count, so that blocks
+    end exactly at those steps; 1 with streamed data (each step's batch comes from the host)."""
+    wanted = int(config.get("steps_per_dispatch", 0) or 0)
+    if not on_device:
+        return 1, "the batches are streamed from the host"
+    if wanted == 0:
+        platform = jax.default_backend()
+        wanted = AUTO_STEPS_PER_DISPATCH.get(platform, AUTO_STEPS_PER_DISPATCH_ACCELERATOR)
+        why = f"auto on {platform}"
+    else:
+        why = f"config.steps_per_dispatch={wanted}"
+    cadence = math.gcd(int(config.log_every_steps), steps.eval_every, steps.checkpoint_every)
+    k = max(d for d in range(1, min(wanted, cadence) + 1) if cadence % d == 0)
+    if k != wanted:
+        why += f", cut to {k} to divide the log/eval/checkpoint cadences ({cadence})"
+    return k, why
+
+
+def next_boundary(step: int, steps: Any, log_every: int) -> int:
+    """The first step after `step` that logs, evaluates, checkpoints or ends the run."""
+    nxt = lambda every: (step // every + 1) * every
+    every = (log_every, steps.eval_every, steps.checkpoint_every)
+    return min(*(nxt(e) for e in every), steps.total_steps)
 
 
 def _dataset(config: ml_collections.ConfigDict, spec: SqueezeNetSpec) -> Any:
@@ -148,6 +198,24 @@ def compile_seconds() -> float:
     """Seconds this thread has spent building programs, waiting for another thread included
     (a run's compile time is the change over the run)."""
     return getattr(_spent, "seconds", 0.0)
+
+
+def scan_steps(step_fn: Callable, length: int) -> Callable:
+    """`length` train steps as one function (`lax.scan`): `(state, images, labels) -> (state,
+    metrics)`, each metric with a leading step axis. The same step, the same order."""
+
+    def block(state, images, labels):
+        return jax.lax.scan(lambda s, _: step_fn(s, images, labels), state, None, length=length)
+
+    return block
+
+
+def _needs_device_data(ds: Any, what: str) -> None:
+    if not ds.on_device:
+        raise ValueError(
+            f"{what} need a device-resident dataset (config.data.on_device true, or auto within "
+            f"the memory budget); {ds.name} is streamed"
+        )
 
 
 class Programs:
@@ -264,8 +332,10 @@ class Programs:
         )
         return images, jax.ShapeDtypeStruct((self.batch_size,), jnp.int32, sharding=batch)
 
-    def train_step(self) -> Callable:
-        """The compiled step `(state, images, labels) -> (state, metrics)`; it never retraces."""
+    def step_fn(self) -> Callable:
+        """The pure train step of this point (step.py), with the device-resident batch function
+        where the data lives on the devices: what `train_step` and the population programs
+        compile."""
 
         def build():
             batch_fn = None
@@ -274,7 +344,7 @@ class Programs:
                 batch_fn = lambda images, labels, step, key: ds.device_train_batch(
                     images, labels, step, key, batch_size
                 )
-            step_fn = make_train_step(
+            return make_train_step(
                 self.graphdef,
                 self.tx,
                 self.schedule,
@@ -284,12 +354,101 @@ class Programs:
                 batch_fn=batch_fn,
                 batch_sharding=sharding.batch_sharded(self.mesh),
             )
+
+        return self._once("step_fn", build)
+
+    def train_step(self) -> Callable:
+        """The compiled step `(state, images, labels) -> (state, metrics)`; it never retraces."""
+
+        def build():
             replicated = sharding.replicated(self.mesh)
-            jitted = jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+            jitted = jax.jit(
+                self.step_fn(), donate_argnums=0, out_shardings=(replicated, replicated)
+            )
             lowered = jitted.lower(self.abstract_state(), *self._example_batch())
             return lowered.compile(xla_options.step_options())
 
         return self._once("train_step", build)
+
+    def train_block(self, length: int) -> Callable:
+        """The compiled block of `length` steps `(state, images, labels) -> (state, metrics)`:
+        one `lax.scan` over the train step (device-resident data only), metrics with a leading
+        step axis; `length` 1 is `train_step()`."""
+        if length == 1:
+            return self.train_step()
+        _needs_device_data(self.ds, "several steps per dispatch")
+
+        def build():
+            block = scan_steps(self.step_fn(), length)
+            replicated = sharding.replicated(self.mesh)
+            jitted = jax.jit(block, donate_argnums=0, out_shardings=(replicated, replicated))
+            lowered = jitted.lower(self.abstract_state(), *self._example_batch())
+            return lowered.compile(xla_options.step_options())
+
+        return self._once(f"train_block/{length}", build)
+
+    # ------------------------------------------------------------------ populations (population.py)
+    def abstract_population(self, members: int) -> TrainState:
+        """The state of `members` stacked members (a leading member axis), replicated."""
+        replicated = sharding.replicated(self.mesh)
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct((members, *s.shape), s.dtype, sharding=replicated),
+            self._lowered_init().out_info,
+        )
+
+    def population_step(self, members: int, length: int = 1) -> Callable:
+        """The compiled step of a population: `(state, active, images, labels) -> (state,
+        metrics)`, the train step vmapped over the leading member axis of `state`; a member
+        whose `active` flag is False keeps its state (frozen). Metrics have a member axis
+        (after a leading step axis when `length` > 1: a block of `length` steps, one scan)."""
+        _needs_device_data(self.ds, "populations")
+
+        def build():
+            step = jax.vmap(self.step_fn(), in_axes=(0, None, None))
+
+            def one_step(state, active, images, labels):
+                new, metrics = step(state, images, labels)
+                pick = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+                return jax.tree.map(pick, new, state), metrics
+
+            if length == 1:
+                population_step = one_step
+            else:
+
+                def population_step(state, active, images, labels):
+                    body = lambda s, _: one_step(s, active, images, labels)
+                    return jax.lax.scan(body, state, None, length=length)
+
+            replicated = sharding.replicated(self.mesh)
+            jitted = jax.jit(
+                population_step, donate_argnums=0, out_shardings=(replicated, replicated)
+            )
+            active = jax.ShapeDtypeStruct((members,), jnp.bool_, sharding=replicated)
+            lowered = jitted.lower(
+                self.abstract_population(members), active, *self._example_batch()
+            )
+            return lowered.compile(xla_options.step_options())
+
+        return self._once(f"population_step/{members}/{length}", build)
+
+    def population_eval(self, members: int) -> Callable[[TrainState], list[dict]]:
+        """Exact eval metrics of every member of a stacked state (the eval scan, vmapped)."""
+
+        def build():
+            runner = self.eval_runner
+            scan = jax.vmap(runner._scan, in_axes=(0, None, None, None))
+            lowered = jax.jit(scan).lower(self.abstract_population(members), *runner.arrays)
+            compiled = lowered.compile(xla_options.step_options())
+
+            def evaluate(state: TrainState) -> list[dict]:
+                totals = jax.device_get(compiled(state, *runner.arrays))
+                return [
+                    eval_metrics(jax.tree.map(lambda a, i=i: a[i], totals)) for i in range(members)
+                ]
+
+            return evaluate
+
+        return self._once(f"population_eval/{members}", build)
 
     @property
     def eval_runner(self) -> EvalRunner:

@@ -16,12 +16,18 @@ from sqzexplore.models.spec import field_infos
 
 USAGE = """\
 usage: sqz train --config=EXPERIMENT.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]
+                 [--seeds=S1,S2,... [--population=auto|N|off]]
 
 Train and evaluate one design point in DIR; rerunning the same command resumes it (and returns
 the stored result once it is finished). EXPERIMENT.py defines get_config(arg); ARG is its
 comma-separated key=value arguments (e.g. experiments/digits/squeezenet.py:epochs=4).
 Any config key below can be overridden: --config.model.squeeze_ratio=0.25,
 --config.model.pool_after="('conv1','fire4')", --config.optim.lr=0.01.
+
+Several seeds: --seeds=0,1,2 trains one trial per seed in DIR/seed_0, DIR/seed_1, ... (each
+its own complete run directory), as one program of stacked members with
+--population=auto|N|off (default auto: off on CPU, where it is slower than one after another;
+up to 8 members on a GPU, see sqzexplore/train/population.py); N forces populations of up to N.
 
 Exit status: 0 finished (or preempted: checkpoint saved, rerun to resume), 2 bad input
 (named with the allowed values, nothing written), 3 non-finite loss (last good checkpoint kept)."""
@@ -37,6 +43,7 @@ KEY_HELP: dict[str, str] = {
     "log_every_steps": "log train metrics (and check for NaN) every this many steps",
     "checkpoint_every_epochs": "save a checkpoint every this many epochs (> 0)",
     "keep_checkpoints": "how many checkpoints to keep (>= 1)",
+    "steps_per_dispatch": "train steps per host call, one lax.scan (0: auto, 1 on CPU, 8 GPU)",
     "progress": "progress bar: auto (on a terminal) | true | false",
     "platform": "devices to train on: auto | cpu | gpu | tpu (an error if JAX has none)",
     "compilation_cache_dir": "persistent XLA compilation cache, per user ('' leaves JAX's)",
