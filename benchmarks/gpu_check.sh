@@ -241,9 +241,9 @@ for name, data in compile_runs.items():
         f"| {name} | {r['init']:.2f} | {r['step']:.2f} | {r['eval']:.2f} | {r['all']:.2f} | "
         f"{r.get('hits', '-')} | {r.get('writes', '-')} | {r.get('autotune_cache_files', '-')} | "
         f"{r['step_ms']:.2f} |")
-if compile_runs:
-    first = next(iter(compile_runs.values()))
-    lines += ["", f"settings: {first['runs']['this'][0].get('settings', '?')}"]
+lines.append("")
+for name, data in compile_runs.items():
+    lines.append(f"- {name} settings: {data['runs']['this'][0].get('settings', '?')}")
 lines += ["", "## sweeps", ""]
 for name, s in sweeps.items():
     compiles = [t["compile_time_s"] for t in s["trials"] if t["compile_time_s"] is not None]
