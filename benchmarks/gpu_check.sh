@@ -187,8 +187,8 @@ if wanted e2e; then
     --json "$OUT/e2e.json" --results "$SCRATCH/results.md"
 fi
 if wanted population; then  # `sqz bench population` comes with populations (branch pop)
-  run population 90 $SQZ bench population --members "$MEMBERS" --config "$DIGITS" \
-    --json "$OUT/population.json"
+  run population 90 $SQZ bench population --members "$MEMBERS" --config "$DIGITS" $BENCH_SMOKE \
+    --json "$OUT/population.json" --results "$SCRATCH/results.md"
 fi
 unset JAX_COMPILATION_CACHE_DIR JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS
 if wanted sweep; then  # a fresh HOME: a first sweep on a new machine, every cache cold
