@@ -187,7 +187,9 @@ if wanted e2e; then
     --json "$OUT/e2e.json" --results "$SCRATCH/results.md"
 fi
 if wanted population; then  # `sqz bench population` comes with populations (branch pop)
-  run population 90 $SQZ bench population --members "$MEMBERS" --config "$DIGITS" $BENCH_SMOKE \
+  # (its --smoke runs the experiment with its `runlocal` argument, which tiny_digits lacks)
+  run population 90 $SQZ bench population --members "$MEMBERS" \
+    --config experiments/digits/squeezenet.py $BENCH_SMOKE \
     --json "$OUT/population.json" --results "$SCRATCH/results.md"
 fi
 unset JAX_COMPILATION_CACHE_DIR JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS
