@@ -183,7 +183,7 @@ fi
 # run (JAX's own variables: the bench commands set config.compilation_cache_dir='').
 export JAX_COMPILATION_CACHE_DIR=$SCRATCH/cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 if wanted e2e; then
-  run e2e 80 $SQZ bench e2e --preset digits --batch 64 --dtype float32 $BENCH_SMOKE \
+  run e2e 90 $SQZ bench e2e --preset digits --batch 64 --dtype float32 $BENCH_SMOKE \
     --json "$OUT/e2e.json" --results "$SCRATCH/results.md"
 fi
 if wanted population; then  # `sqz bench population` comes with populations (branch pop)
