@@ -54,8 +54,12 @@ SUMMARY_ROWS=$SCRATCH/rows.tsv
 # The carried wheels are cp312 ones (the GPU image's Python): a smoke run elsewhere uses its own.
 if ls .whl/*.whl >/dev/null 2>&1 && $PY -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'
 then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG" && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  if $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >>"$LOG" 2>&1; then
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # before the image's packages
+  else
+    echo "installing .whl/*.whl failed (log.txt)" | tee -a "$LOG"
+  fi
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 SQZ="$PY -m sqzexplore.cli"
