@@ -91,6 +91,16 @@ def test_an_empty_cache_dir_leaves_jax_alone(restore_jax_config):
     assert "JAX's setting" in line
 
 
+def test_gpu_options_are_options_xla_knows():
+    # XLA's DebugOptions are shared by its backends: a misspelt name fails on the CPU as well.
+    x = jax.numpy.ones(3)
+    for level in (None, 0, 5):
+        options = xla_options.gpu_compile_options(level) or None
+        assert float(jax.jit(lambda v: v * 2).lower(x).compile(options)(x)[0]) == 2.0
+    with pytest.raises(Exception, match="No such compile option"):
+        jax.jit(lambda v: v * 3).lower(x).compile({"xla_gpu_autotune_levelz": 0})
+
+
 def test_program_key_holds_the_compile_options(monkeypatch):
     config, mesh = small_config(), sharding.make_mesh()
     key = programs.program_key(config, mesh)

@@ -23,8 +23,8 @@ is set). What is cached depends on the platform (`cache_settings`):
 - GPU / TPU: every program (no minimum compile time or entry size): a cold digits trial spends
   tens of seconds compiling there, a cached one reads files. On GPU, XLA's per-fusion autotune
   cache (`xla_gpu_per_fusion_autotune_cache_dir`, a folder inside the cache) is on as well, so a
-  design point whose convolutions have shapes an earlier program had (another point of the same
-  sweep, a later sweep) does not autotune them again.
+  new program does not autotune again the convolutions an earlier one had (layers whose shapes
+  a sweep does not change, a later sweep over the same widths).
 
 Every option is set through `jax.config` by name; one that this jax does not have is reported
 in the line `configure` prints (it says what is on and what is not), never skipped silently.
