@@ -113,13 +113,10 @@ def test_the_script_checks_the_checkout_and_python_on_the_node(tmp_path, capsys)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and f"checkout {tmp_path}/nowhere is not on" in err
     assert "--checkout" in err
-    script, _ = script_for(
-        tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
-        capsys,
-        "--venv",
-        str(tmp_path / "novenv"),
-    )
-    proc = run_script(tmp_path / "b", script)
+    other = tmp_path / "b"
+    other.mkdir()
+    script, _ = script_for(other, capsys, "--venv", str(tmp_path / "novenv"))
+    proc = run_script(other, script)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and f"Python {tmp_path}/novenv/bin/python is not on" in err
     assert "--venv" in err
@@ -158,4 +155,4 @@ def test_near_the_time_limit_the_task_requeues_itself_and_the_rerun_finishes(tmp
     assert len(runs) == 3 and all(r.state == sd.COMPLETE for r in runs)
     for tid in sweep_dir.trial_ids():
         assert len(read_jsonl(sweep_dir.trial_dir(tid) / "fake_attempts.jsonl")) == 1
-    assert sys.executable  # the script ran this interpreter (PYTHON=sys.executable)
+    assert f"PYTHON={sys.executable}" in script.read_text().splitlines()
