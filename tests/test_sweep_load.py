@@ -90,6 +90,7 @@ def run_load(tmp_path, storage: str, *, distinct_hosts: bool, stale_after_s: flo
     procs = [sweep_cli(*args, env=env) for env in envs]  # all at once, on a fresh database
     victims = rng.sample(range(WORKERS), KILLS)
     killed: set[int] = set()
+    mid_run = 0
     try:
         # Kill each victim at a random moment once it is in the middle of a run.
         for k in victims:
@@ -103,6 +104,7 @@ def run_load(tmp_path, storage: str, *, distinct_hosts: bool, stale_after_s: flo
                 procs[k].send_signal(signal.SIGKILL)
                 procs[k].wait()
                 killed.add(procs[k].pid)
+                mid_run += running(sweep_dir, procs[k].pid)  # its run must be handed out again
         results = {}
         for k, p in enumerate(procs):
             out, err = p.communicate(timeout=240)
@@ -119,7 +121,8 @@ def run_load(tmp_path, storage: str, *, distinct_hosts: bool, stale_after_s: flo
             assert rc == -signal.SIGKILL
         else:
             assert rc == 0, f"worker {k} exited {rc}: {err[-3000:]}"
-    return sweep_dir, killed, wall
+    assert mid_run >= 1, "no worker was killed in the middle of a run"
+    return sweep_dir, killed, mid_run, wall
 
 
 def running(sweep_dir: sd.SweepDir, pid: int) -> bool:
@@ -175,19 +178,20 @@ def report_rate(label: str, sweep_dir: sd.SweepDir, claims: int, wall: float) ->
 @pytest.mark.slow
 def test_sixteen_workers_on_postgres_with_no_file_locks_and_sigkills(tmp_path, postgres):
     storage = create_database(postgres, "load_one_host")
-    sweep_dir, killed, wall = run_load(
+    sweep_dir, killed, mid_run, wall = run_load(
         tmp_path, storage, distinct_hosts=False, stale_after_s=300, seed=1
     )
     # One host: a killed worker's claims are taken over at once (its pid is gone), not
     # after the 300 s heartbeat limit, which this test would not survive.
     claims = check_exactly_once(sweep_dir, storage, killed)
+    assert claims - len(sweep_dir.trial_ids()) >= mid_run  # the killed runs were handed out again
     report_rate("postgres, one host", sweep_dir, claims, wall)
 
 
 @pytest.mark.slow
 def test_stale_claims_are_recovered_across_hosts(tmp_path, postgres):
     storage = create_database(postgres, "load_hosts")
-    sweep_dir, killed, wall = run_load(
+    sweep_dir, killed, mid_run, wall = run_load(
         tmp_path, storage, distinct_hosts=True, stale_after_s=6, seed=2
     )
     claims = check_exactly_once(sweep_dir, storage, killed)
@@ -196,8 +200,8 @@ def test_stale_claims_are_recovered_across_hosts(tmp_path, postgres):
         hosts = set(conn.execute(sa.select(RUNS.c.host)).scalars())
     engine.dispose()
     assert len(hosts) > KILLS  # the runs were trained on many "hosts"
-    taken_over = claims - len(sweep_dir.trial_ids())
-    assert taken_over >= 1  # a killed host's claim went stale and was handed out again
+    # Each run a killed "host" was in the middle of went stale and was handed out again.
+    assert claims - len(sweep_dir.trial_ids()) >= mid_run
     report_rate("postgres, distinct hosts", sweep_dir, claims, wall)
 
 
