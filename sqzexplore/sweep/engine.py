@@ -132,6 +132,7 @@ class SweepEngine:
         self.max_consecutive_skips = max_consecutive_skips
         self._mine: set[str] = set()  # trial ids this engine has claimed and not yet finished
         self._spent = False  # database: the budget was seen fully handed out
+        self._ids: dict[int, int] = {}  # Optuna trial number -> storage id
         self._study = None
         grid = self.defn.sampler == "grid"
         self.distributions = {k: p.distribution(grid) for k, p in self.defn.space.items()}
@@ -203,8 +204,12 @@ class SweepEngine:
         self.study.tell(number, values=values, state=state, skip_if_finished=True)
 
     def _storage_id(self, number: int) -> int:
-        _ = self.study  # opens the storage
-        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        if number not in self._ids:  # a trial's number and id never change
+            _ = self.study  # opens the storage
+            self._ids[number] = self.storage.get_trial_id_from_study_id_trial_number(
+                self.study_id, number
+            )
+        return self._ids[number]
 
     def _frozen(self, number: int):
         return self.storage.get_trial(self._storage_id(number))
@@ -248,9 +253,9 @@ class SweepEngine:
             if number is None:
                 break
             ticket = self._register(number, claim=True)
-            trials = self._trials()
             if ticket is not None:
                 return ticket
+            trials = self._trials()
             skips += 1
         if skips >= self.max_consecutive_skips:
             write_json(
@@ -286,11 +291,12 @@ class SweepEngine:
             ticket, _ = self._claim_rows(prefer, elsewhere_too=False)
             if ticket is None:
                 ticket = self._propose_and_register(self._trials())
+            if ticket is not None:
+                return ticket
             trials = self._trials()
             # Monotone: no worker proposes after the budget is seen spent under this lock.
             self._spent = not self._budget_left(trials)
-        if ticket is None:
-            ticket, _ = self._claim_rows(prefer, elsewhere_too=True)
+        ticket, _ = self._claim_rows(prefer, elsewhere_too=True)
         if ticket is not None:
             return ticket
         return WAIT if self._any(trials, "RUNNING") else DONE
@@ -328,7 +334,7 @@ class SweepEngine:
         state = sd.run_state(workdir)
         if state is not None:  # finished by its files; a kill came before its row was updated
             self.db.finish(claim, state, self._run_values(workdir, state))
-            self._finalize(self._frozen(row.number))
+            self._finalize_db(row.number)
             return None
         self._mine.add(row.run_id)
         return RunTicket(row.run_id, row.point, row.number, row.seed, claim, workdir)
@@ -374,10 +380,11 @@ class SweepEngine:
             self._mine.discard(ticket.trial_id)
             if self.db is None:
                 self.claims.release(ticket.claim)
-            else:
-                state = None if outcome.kind == "interrupted" else sd.run_state(workdir)
-                self.db.finish(ticket.claim, state, self._run_values(workdir, state))
-            self._finalize(self._frozen(ticket.number))
+                self._finalize(self._frozen(ticket.number))
+                return
+            state = None if outcome.kind == "interrupted" else sd.run_state(workdir)
+            self.db.finish(ticket.claim, state, self._run_values(workdir, state))
+            self._finalize_db(ticket.number)
 
     def _run_values(self, workdir: Path, state: str | None) -> list[float | None] | None:
         """A complete run's objective values (None for one missing or not finite)."""
@@ -617,10 +624,12 @@ class SweepEngine:
     def _finalize_db(self, number: int) -> None:
         """_finalize from the point's rows, under their lock: one worker tells it, once."""
         with self.db.point_lock(number) as (conn, rows, now):
-            frozen = self._frozen(number)  # read again under the lock
-            if frozen.state != optuna.trial.TrialState.RUNNING or len(rows) < len(self.defn.seeds):
-                return
             states = [r.outcome if r.state == dbclaims.DONE else None for r in rows]
+            if len(rows) < len(self.defn.seeds) or (None in states and sd.STOPPED not in states):
+                return  # runs left to train: nothing to tell yet (and no need to ask Optuna)
+            frozen = self._frozen(number)  # read under the lock: told by another worker?
+            if frozen.state != optuna.trial.TrialState.RUNNING or not self._registered(frozen):
+                return
             if sd.STOPPED in states:
                 for k, row in enumerate(rows):
                     if states[k] is None and self.db.claimable(row, now):
