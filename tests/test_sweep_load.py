@@ -17,6 +17,7 @@ sweep_scheduling.py measures the engine's own rate with zero-length trials.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -26,16 +27,19 @@ import optuna
 import pytest
 import sqlalchemy as sa
 from postgres_server import create_database, missing_reason, postgres_server
-from test_sweep_support import FAKE_RUNNER, TESTS, sweep_cli, write_sweep
+from test_sweep_support import FAKE_RUNNER, TESTS, make_sweep_dir, sweep_cli, write_sweep
 
 from sqzexplore.rundir import read_jsonl
+from sqzexplore.sweep import engine as engine_module
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
+from sqzexplore.sweep.claims import LockUnsupportedError, node_local_flock
 from sqzexplore.sweep.dbclaims import RUNS
+from sqzexplore.sweep.engine import SweepEngine
 from sqzexplore.sweep.params import categorical
 
-pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
-pytest.importorskip("psycopg", reason="psycopg (requirements.txt) is not installed")
+# Only the load tests need a server (the refusals need none).
+needs_postgres = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 
 WORKERS = 16
 KILLS = 4
@@ -176,6 +180,7 @@ def report_rate(label: str, sweep_dir: sd.SweepDir, claims: int, wall: float) ->
 
 
 @pytest.mark.slow
+@needs_postgres
 def test_sixteen_workers_on_postgres_with_no_file_locks_and_sigkills(tmp_path, postgres):
     storage = create_database(postgres, "load_one_host")
     sweep_dir, killed, mid_run, wall = run_load(
@@ -189,6 +194,7 @@ def test_sixteen_workers_on_postgres_with_no_file_locks_and_sigkills(tmp_path, p
 
 
 @pytest.mark.slow
+@needs_postgres
 def test_stale_claims_are_recovered_across_hosts(tmp_path, postgres):
     storage = create_database(postgres, "load_hosts")
     sweep_dir, killed, mid_run, wall = run_load(
@@ -215,3 +221,34 @@ def test_journal_storage_refuses_a_filesystem_whose_flock_does_not_lock(tmp_path
     assert "does not exclude" in err and "--storage postgresql://" in err
     assert "Traceback" not in err
     assert not (workdir / "sweep.json").exists() and not (workdir / "trials").exists()
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("10.0.0.1@tcp:/fs {root} lustre rw,localflock 0 0", "Lustre mounted with localflock"),
+        ("srv:/export {root} nfs4 rw,vers=4.2,local_lock=flock 0 0", "NFS mounted with local_lock"),
+        ("srv:/export {root} nfs rw,nolock 0 0", "NFS mounted with nolock"),
+        ("10.0.0.1@tcp:/fs {root} lustre rw,flock 0 0", None),
+        ("/dev/sda1 {root} ext4 rw 0 0", None),
+    ],
+)
+def test_node_local_flock_is_read_from_the_mount_options(tmp_path, line, reason):
+    mounts = tmp_path / "mounts"
+    root = tmp_path / "shared"
+    (root / "sweep").mkdir(parents=True)
+    mounts.write_text(f"/dev/vda1 / ext4 rw 0 0\n{line.format(root=root)}\n")
+    found = node_local_flock(root / "sweep", mounts=str(mounts))
+    assert (found is None) if reason is None else (reason in found and str(root) in found)
+
+
+def test_a_journal_sweep_used_from_two_hosts_on_node_local_flock_is_refused(tmp_path, monkeypatch):
+    sweep_dir = make_sweep_dir(load_sweep(tmp_path), tmp_path / "w")
+    monkeypatch.setattr(engine_module, "node_local_flock", lambda p: "/w is Lustre (localflock)")
+    SweepEngine(sweep_dir, worker="a")  # one host so far: node-local flock serves it
+    state = json.loads(sweep_dir.sweep_json.read_text())
+    sweep_dir.sweep_json.write_text(json.dumps({**state, "created_on": "login01"}))
+    with pytest.raises(LockUnsupportedError) as e:
+        SweepEngine(sweep_dir, worker="b")
+    assert "localflock" in str(e.value) and "login01" in str(e.value)
+    assert "--storage postgresql://" in str(e.value)

@@ -100,13 +100,13 @@ def check_flock_excludes(directory: str | os.PathLike) -> None:
             os.unlink(probe)
 
 
-def node_local_flock(path: str | os.PathLike) -> str | None:
+def node_local_flock(path: str | os.PathLike, mounts: str = "/proc/self/mounts") -> str | None:
     """Why flock on the filesystem of `path` is local to this machine (from its mount
-    options), or None when nothing says so."""
+    options in `mounts`), or None when nothing says so."""
     target = os.path.realpath(path)
     best: tuple[str, str, str] | None = None
     try:
-        with open("/proc/self/mounts") as f:
+        with open(mounts) as f:
             for line in f:
                 fields = line.split()
                 if len(fields) < 4:
