@@ -31,6 +31,13 @@ database:
   not race to create them (PostgreSQL fails such a race with "duplicate key ... pg_type");
   once they exist, opening the storage takes no lock.
 
+Why rows of our own rather than Optuna's trial heartbeats (`heartbeat_interval`,
+`failed_trial_callback`): one Optuna trial is one design point, whose seeds are separate runs that
+different workers train, possibly at once; Optuna's heartbeat belongs to the process that asked
+the trial (it is documented for `Study.optimize`, not ask-and-tell), and a stale trial is failed
+as a whole, where the sweep must hand out just the dead worker's run again and resume it from its
+checkpoint. Optuna's transactions still make every study write atomic.
+
 A claim also writes `<sweep>/claims/<run>.claim` (touched by the heartbeat, removed at the end):
 a display copy for `sqz sweep status`, which reads only files; the row is the claim.
 """
