@@ -252,3 +252,19 @@ def test_a_journal_sweep_used_from_two_hosts_on_node_local_flock_is_refused(tmp_
         SweepEngine(sweep_dir, worker="b")
     assert "localflock" in str(e.value) and "login01" in str(e.value)
     assert "--storage postgresql://" in str(e.value)
+
+
+def test_workers_started_at_once_on_a_fresh_sqlite_database_all_succeed(tmp_path):
+    """SQLite is coordinated by flock like the journal; its tables are created under a flock
+    beside the database file, so processes started together do not race to create them."""
+    path = write_sweep(
+        tmp_path / "s.py", space={"model.squeeze_ratio": categorical(*SR[:4])}, fixed={}
+    )
+    args = ["run", str(path), "--workdir", str(tmp_path / "w"), "--runner", FAKE_RUNNER]
+    args += ["--progress", "off", "--poll-s", "0.1", "--storage", f"sqlite:///{tmp_path}/s.db"]
+    procs = [sweep_cli(*args) for _ in range(6)]
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err[-2000:]
+    runs = collect_runs(sd.SweepDir(tmp_path / "w"))
+    assert len(runs) == 4 and all(r.state == sd.COMPLETE for r in runs)

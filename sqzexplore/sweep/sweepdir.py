@@ -239,7 +239,8 @@ def open_storage(url: str | None, sweep_dir: SweepDir | None):
 
     Optuna creates its tables when it first opens a database; on a server database that happens
     under a server-wide lock (dbclaims.schema_lock), so many workers starting at once on a fresh
-    database do not race to create them; SQLite (one machine) retries a lost race instead.
+    database do not race to create them; for SQLite (one machine) a flock on `<db file>.lock`
+    does the same.
     Raises SweepError naming --storage when `url` cannot be opened."""
     if not url:
         journal = str(sweep_dir.journal)
@@ -256,13 +257,12 @@ def open_storage(url: str | None, sweep_dir: SweepDir | None):
                 return optuna.storages.RDBStorage(url, skip_table_creation=True)
             finally:
                 engine.dispose()
-        for attempt in range(5):
-            try:
-                return optuna.storages.RDBStorage(url)
-            except sa.exc.OperationalError as e:
-                if "already exists" not in str(e) or attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+        database = sa.engine.make_url(url).database
+        if not database or database == ":memory:":
+            return optuna.storages.RDBStorage(url)
+        # SQLite: one file on one machine; a flock beside it serialises table creation.
+        with sweep_lock(os.path.abspath(database) + ".lock"):
+            return optuna.storages.RDBStorage(url)
     except Exception as e:  # sqlalchemy raises many kinds: the user's URL is the cause
         raise SweepError(
             f"--storage {url}: cannot open it ({type(e).__name__}: {str(e).splitlines()[0]}); "
