@@ -9,18 +9,24 @@ its binaries are absent it skips, saying why, except under CI=true, where it fai
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
 import optuna
 import pytest
+import sqlalchemy as sa
 from postgres_server import create_database, missing_reason, postgres_server
 from required_service import import_or_require, require
 from test_sweep_support import FAKE_RUNNER, run_inprocess, sr_space, sweep_cli, write_sweep
 
 from sqzexplore.rundir import read_jsonl
+from sqzexplore.sweep import dbclaims
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
+from sqzexplore.sweep.engine import RunOutcome, SweepEngine
+from sqzexplore.sweep.sweepdir import init_sweep_dir, open_storage
+from sqzexplore.sweep.sweepfile import load_base_config, load_sweep
 
 pytestmark = require(missing_reason())
 psycopg = import_or_require("psycopg", "psycopg (requirements.txt) is not installed")
@@ -132,3 +138,67 @@ def test_three_workers_on_postgres_survive_a_sigkill_and_match_the_journal(tmp_p
     assert {(r.point, r.seed) for r in runs} == {
         (r.point, r.seed) for r in collect_runs(journal_dir)
     }
+
+
+def test_database_claims_one_winner_stale_takeover_and_a_lost_owner(tmp_path, postgres):
+    """The row protocol itself: one claim per run; a silent owner's claim is taken over by the
+    exact (token, beat) it had; the old owner's heartbeat and finish then fail and change
+    nothing."""
+    url = create_database(postgres, "claims_unit")
+    open_storage(url, None)  # creates Optuna's tables and ours
+    runs = dbclaims.DbRuns(url, "study", tmp_path, stale_after_s=1.0)
+    runs.create()
+    runs.add_runs(0, "p0", [0, 1], ["p0-s0", "p0-s1"])
+    runs.add_runs(0, "p0", [0, 1], ["p0-s0", "p0-s1"])  # idempotent
+    rows, now = runs.snapshot()
+    assert [(r.run_id, r.state) for r in rows] == [("p0-s0", "pending"), ("p0-s1", "pending")]
+    first = runs.try_claim(rows[0], "a", now)
+    assert first is not None and first.path.exists()  # the display copy for `status`
+    assert runs.try_claim(rows[0], "b", now) is None  # the row we saw is no longer pending
+    fresh, now = runs.snapshot()
+    assert not runs.claimable(fresh[0], now)  # live: its owner (this process) beats
+    # The owner goes silent on "another host": its claim is stale after 1 s by the DB's clock.
+    with runs.engine.begin() as conn:
+        silent = sa.func.now() - sa.text("interval '5 seconds'")
+        conn.execute(
+            dbclaims.RUNS.update()
+            .where(dbclaims.RUNS.c.run_id == "p0-s0")
+            .values(host="elsewhere", heartbeat=silent)
+        )
+    stale, now = runs.snapshot()
+    assert runs.claimable(stale[0], now)
+    second = runs.try_claim(stale[0], "c", now)
+    assert second is not None
+    assert runs.try_claim(stale[0], "d", now) is None  # the same stale view loses now
+    assert not first.beat() and not first.still_mine()  # the old owner learns it lost
+    assert not runs.finish(first, "complete", [0.9])  # and cannot record an outcome
+    assert second.beat() and runs.finish(second, "complete", [0.5, 1.0])
+    done, _ = runs.snapshot()
+    assert (done[0].state, done[0].outcome, done[0].handed_out) == ("done", "complete", 2)
+    assert json.loads(done[0].run_values) == [0.5, 1.0]
+    runs.close()
+
+
+@pytest.mark.parametrize("storage", ["journal", "postgres"])
+def test_claim_batch_takes_the_free_runs_of_one_point(tmp_path, request, storage):
+    """engine.claim_batch(point, n): up to n unclaimed runs of one design point, seed order."""
+    path = write_sweep(tmp_path / "b.py", space=sr_space(0.125, 0.25), seeds=3)
+    url = None
+    if storage == "postgres":
+        url = create_database(request.getfixturevalue("postgres"), "claim_batch")
+    defn = load_sweep(str(path), None)
+    sweep_dir, _ = init_sweep_dir(
+        tmp_path / "w", defn, load_base_config(defn), sweep_file=str(path), arg=None, storage=url
+    )
+    engine = SweepEngine(sweep_dir, worker="a")
+    first = engine.next_run()
+    assert first.seed == 0
+    batch = engine.claim_batch(first.point, 5)
+    assert [t.seed for t in batch] == [1, 2] and {t.point for t in batch} == {first.point}
+    assert engine.claim_batch(first.point, 5) == []  # all claimed now
+    assert not engine.has_free_runs(first.point)
+    other = SweepEngine(sweep_dir, worker="b").next_run()
+    assert other.point != first.point  # the next worker gets the other point
+    for t in [first, *batch]:
+        engine.finish_run(t, RunOutcome("interrupted"))
+    assert [t.seed for t in engine.claim_batch(first.point, 2)] == [0, 1]

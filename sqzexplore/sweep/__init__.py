@@ -13,7 +13,8 @@ config; its only other form is Optuna's (params.py encodes it at the Optuna boun
 
 Modules: params (search parameters), space (the definition), sweepfile (loading sweep files and
 their base experiment), design (SqueezeNet pooling ladders shared by sweep files), engine
-(Optuna + scheduling + registration), claims (lock, claims, heartbeats), sweepdir (layout and
+(Optuna + scheduling + registration), claims (flock, claim files, heartbeats), dbclaims (the
+same in a server database), sweepdir (layout and
 run states), workers (the worker loop), early_stop (the median rule), launch (local processes,
 GPUs, progress bar), slurm, wandb_export, analyze, figures, report, metric_table, cli.
 
@@ -38,11 +39,13 @@ anywhere, e.g. `sqz sweep run SWEEP --workdir /shared/sweeps/x --slurm --array 1
 study is the journal file DIR/study.journal (Optuna's JournalFileBackend, written under the same
 flock): no database server. Keep --stale-after-s well above clock skew between nodes.
 
-Many machines, a database: pass `--storage postgresql://user@host/db` (or mysql://, or
-sqlite:///path for one machine) the first time; it is stored in DIR/sweep.json and used by every
-later run. The database holds the study and takes the write load of many workers off the journal
-file; DIR (trial directories, claims, lock) must still be on a shared filesystem, because the
-trials' files are what `status` and `report` read.
+Many machines, a database: pass `--storage postgresql://user@host/db` (or mysql://) the first
+time; it is stored in DIR/sweep.json and used by every later run. The database then holds the
+study and coordinates everything (dbclaims.py): claims, heartbeats, stale-run recovery and
+results are database transactions and no file lock is taken, so flock need not work across nodes
+(Lustre localflock, NFS local_lock). DIR (sweep.json, the trial directories) must still be on a
+shared filesystem, because the trials' files are what `status` and `report` read. sqlite:///path
+is one machine's database and is coordinated like the journal. Server setup: docs/postgres.md.
 
 Dashboards: `sqz sweep run --wandb offline|online` (or $WANDB_MODE, or the base config's
 wandb.mode) logs one wandb run per trial, named from its design fields and seed, grouped per sweep

@@ -20,6 +20,17 @@ claim exists), so a kill never leaves a torn claim. Its owner touches it every `
 claim is stale, and its trial is handed out again (resuming from the trial's own checkpoints),
 when its process is gone (same host) or its heartbeat is older than `stale_after_s` (another
 host; keep this well above clock skew and NFS attribute caching).
+
+All of this is the journal-file (and SQLite) design, for one machine or a filesystem whose flock
+every node shares. Before its first lock a process checks that flock excludes at all here (two
+open file descriptions of one file must not both get it: a filesystem that lets them, or a
+no-op flock, is refused), and the engine refuses a filesystem whose mount options make flock
+node-local (Lustre `localflock`, NFS `local_lock=flock|all` or `nolock`) once the sweep is used
+from a second host. With a server database the database decides instead (dbclaims.py).
+
+The host name in claims is `socket.gethostname()`, or `$SQZ_SWEEP_HOST` where set: containers
+on different machines can share one host name, which would make a remote worker's pid look
+local (and its claim stale when that pid is not running here).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -39,11 +51,83 @@ from typing import Any
 import filelock
 import psutil
 
-HOST = socket.gethostname()
+HOST = os.environ.get("SQZ_SWEEP_HOST") or socket.gethostname()
+# What to use instead of a filesystem whose flock does not serve (said in every refusal).
+ALTERNATIVE = (
+    "keep the sweep's workers on one machine with a local disk, or coordinate through a "
+    "database: --storage postgresql://... (docs/postgres.md), which takes no file lock"
+)
 
 
 class LockUnsupportedError(RuntimeError):
-    """The sweep directory's filesystem has no working flock."""
+    """The sweep directory's filesystem has no working (or no shared) flock."""
+
+
+_probed: set[str] = set()
+
+
+def check_flock_excludes(directory: str | os.PathLike) -> None:
+    """Refuse a filesystem on which flock does not exclude at all: two open file descriptions
+    of one file must not both hold LOCK_EX (they do with a no-op flock, which some FUSE and
+    network filesystems give). Checked once per directory and process."""
+    directory = os.path.abspath(directory)
+    if directory in _probed:
+        return
+    probe = os.path.join(directory, f".flock-probe-{HOST}-{os.getpid()}")
+    first = os.open(probe, os.O_RDWR | os.O_CREAT, 0o644)
+    second = os.open(probe, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno == errno.ENOSYS:
+                return  # no flock at all: the lock itself says so (_CheckedLock)
+            raise
+        try:
+            fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _probed.add(directory)
+            return
+        raise LockUnsupportedError(
+            f"flock on the filesystem of {directory} does not exclude: two opens of one file "
+            f"both got the exclusive lock, so two workers could run the same trial; "
+            f"{ALTERNATIVE}"
+        )
+    finally:
+        os.close(first)
+        os.close(second)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
+def node_local_flock(path: str | os.PathLike, mounts: str = "/proc/self/mounts") -> str | None:
+    """Why flock on the filesystem of `path` is local to this machine (from its mount
+    options in `mounts`), or None when nothing says so."""
+    target = os.path.realpath(path)
+    best: tuple[str, str, str] | None = None
+    try:
+        with open(mounts) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 4:
+                    continue
+                mount, fstype, options = fields[1].replace("\\040", " "), fields[2], fields[3]
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and (best is None or len(mount) > len(best[0])):
+                    best = (mount, fstype, options)
+    except OSError:
+        return None
+    if best is None:
+        return None
+    mount, fstype, options = best
+    opts = set(options.split(","))
+    if fstype == "lustre" and "localflock" in opts:
+        return f"{mount} is Lustre mounted with localflock"
+    if fstype.startswith("nfs"):
+        for o in ("local_lock=flock", "local_lock=all", "nolock"):
+            if o in opts:
+                return f"{mount} is NFS mounted with {o}"
+    return None
 
 
 def sweep_lock(path: str | os.PathLike) -> filelock.UnixFileLock:
@@ -54,6 +138,7 @@ def sweep_lock(path: str | os.PathLike) -> filelock.UnixFileLock:
 
 class _CheckedLock(filelock.UnixFileLock):
     def acquire(self, *args, **kwargs):
+        check_flock_excludes(os.path.dirname(os.path.abspath(self.lock_file)))
         try:
             return super().acquire(*args, **kwargs)
         except OSError as e:
@@ -141,6 +226,14 @@ class Claim:
         except (OSError, ValueError):
             return False
 
+    def beat(self) -> bool:
+        """Touch the claim; False when it is no longer ours (another host took it over)."""
+        if not self.still_mine():
+            return False
+        with contextlib.suppress(OSError):
+            os.utime(self.path)
+        return True
+
 
 class RunClaims:
     """Claim files of one sweep: claim, inspect, heartbeat and release runs."""
@@ -220,55 +313,66 @@ class RunClaims:
 
 
 class Heartbeat:
-    """A daemon thread touching files (the claim of the running trial, the worker file) every
-    `interval_s`; Python threads keep running while JAX computes (it releases the GIL).
+    """A daemon thread renewing claims (the running trial's, the one claimed ahead) and touching
+    plain files (the worker file) every `interval_s`; Python threads keep running while JAX
+    computes (it releases the GIL).
 
-    A claim is touched only while it still holds our token: if another host took it over (our
-    heartbeats stalled past `stale_after_s`), `lost(claim)` turns True and the run stops."""
+    A claim is renewed through its `beat()`: a claim file is touched only while it still holds
+    our token, a database claim's row only while it is ours. When another worker took it over
+    (our heartbeats stalled past `stale_after_s`), `lost(claim.path)` turns True and the run
+    stops."""
 
     def __init__(self, interval_s: float):
         self.interval_s = interval_s
-        self._files: dict[Path, str | None] = {}
+        self._items: dict[Path, Any] = {}  # path -> the claim to renew, or None: touch the file
         self._lost: set[Path] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sweep-heartbeat", daemon=True)
         self._thread.start()
 
-    def add(self, path: Path, token: str | None = None) -> None:
+    def add(self, path: Path) -> None:
+        """Touch the plain file `path` every interval."""
+        self._add(Path(path), None)
+
+    def add_claim(self, claim: Any) -> None:
+        """Renew `claim` (a Claim or a dbclaims.DbClaim) every interval, keyed by its path."""
+        self._add(Path(claim.path), claim)
+
+    def _add(self, path: Path, claim: Any) -> None:
         with self._lock:
-            self._files[Path(path)] = token
-            self._lost.discard(Path(path))
-        self._beat(Path(path), token)
+            self._items[path] = claim
+            self._lost.discard(path)
+        self._beat(path, claim)
 
     def discard(self, path: Path) -> None:
         with self._lock:
-            self._files.pop(Path(path), None)
+            self._items.pop(Path(path), None)
 
     def lost(self, path: Path) -> bool:
         with self._lock:
             return Path(path) in self._lost
 
-    def _beat(self, path: Path, token: str | None) -> None:
-        if token is not None:
-            try:
-                mine = json.loads(path.read_text()).get("token") == token
-            except (OSError, ValueError):
-                mine = False
-            if not mine:
-                with self._lock:
-                    self._lost.add(path)
-                    self._files.pop(path, None)
-                return
-        with contextlib.suppress(OSError):
-            os.utime(path)
+    def _beat(self, path: Path, claim: Any) -> None:
+        if claim is None:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+            return
+        try:
+            mine = claim.beat()
+        except Exception:  # a database hiccup: try again next interval (stale_after_s >> it)
+            return
+        if not mine:
+            with self._lock:
+                self._lost.add(path)
+                self._items.pop(path, None)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             with self._lock:
-                files = list(self._files.items())
-            for path, token in files:
-                self._beat(path, token)
+                items = list(self._items.items())
+            for path, claim in items:
+                self._beat(path, claim)
 
     def stop(self) -> None:
         self._stop.set()

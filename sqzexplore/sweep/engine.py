@@ -9,10 +9,16 @@ Design points that break the sweep's analytic constraints, or are not a valid Sq
 repeat an earlier point, are told FAIL right away with the reason (also in skipped.jsonl) and
 never train; they do not use the budget.
 
-Every decision happens under the sweep lock, so the budget is exact and no run is handed out
-twice, however many processes or machines share the sweep. Samplers are deterministic: the grid
-order is the definition's seeded shuffle, and random / NSGA-II draws are seeded by (sweep seed,
-trial number), so a sweep asks the same points whichever worker asks.
+Who decides depends on the storage. With the journal file (and SQLite) every decision happens
+under the sweep directory's flock (claims.py): one machine, or a filesystem whose flock all nodes
+share. With a server database (`--storage postgresql://...`) the database decides and no file lock
+is taken (dbclaims.py): runs are rows claimed by conditional UPDATEs, a run's outcome and values
+go into its row, a point is told under a lock of its rows, and proposals (ask + register) hold
+the sweep row's lock; claiming an already registered run takes no sweep-wide lock. Either way the
+budget is exact and no run is handed out twice, however many processes or machines share the
+sweep. Samplers are deterministic: the grid order is the definition's seeded shuffle, and random
+/ NSGA-II draws are seeded by (sweep seed, trial number), so a sweep asks the same points
+whichever worker asks.
 
 Crash safety (a SIGKILL may land between any two storage writes):
 - a grid point is first enqueued (one write that holds the whole point), then asked, then its
@@ -21,13 +27,20 @@ Crash safety (a SIGKILL may land between any two storage writes):
 - a random / NSGA-II proposal killed before its parameters were stored is told FAIL and does not
   count toward the budget (the sampler proposes another point);
 - registration writes the trial directories before marking the Optuna trial registered, and is
-  idempotent; a run whose claim is stale is handed out again and resumes from its checkpoints;
-  a finished run is recognised by its files.
+  idempotent (with a database: dirs, then the run rows, then the mark); a run whose claim is
+  stale is handed out again and resumes from its checkpoints; a finished run is recognised by its
+  files (with a database: when it is claimed again, if its row was not updated before a kill).
+
+Optuna is imported at module level: it costs ~0.3 s (measured: `python -c "import optuna"`,
+2-core AMD EPYC CPU VM, loaded by concurrent work), and every process that builds an engine uses
+it anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import statistics
 import time
@@ -35,10 +48,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
+
 from sqzexplore.models.spec import SpecError
 from sqzexplore.rundir import append_jsonl, read_json, read_result, write_json
+from sqzexplore.sweep import dbclaims
 from sqzexplore.sweep import sweepdir as sd
-from sqzexplore.sweep.claims import Claim, RunClaims
+from sqzexplore.sweep.claims import (
+    ALTERNATIVE,
+    HOST,
+    Claim,
+    LockUnsupportedError,
+    RunClaims,
+    node_local_flock,
+    record_is_live,
+)
+from sqzexplore.sweep.dbclaims import DbClaim, DbRuns
 from sqzexplore.sweep.metric_table import metric
 from sqzexplore.sweep.params import jsonable
 from sqzexplore.sweep.runconfig import analytic_complexity, trial_config
@@ -69,7 +94,7 @@ class RunTicket:
     point: str
     number: int  # the Optuna trial number of the design point
     seed: int
-    claim: Claim
+    claim: Claim | DbClaim
     workdir: Path
 
     def record(self) -> dict[str, Any]:
@@ -103,37 +128,75 @@ class SweepEngine:
         self.defn = sweep_dir.definition()
         self.base = self.state["base_config"]
         self.worker = worker
-        self.claims = RunClaims(sweep_dir.claims, stale_after_s)
-        self.lock = sweep_dir.lock()
+        self.stale_after_s = stale_after_s
         self.max_consecutive_skips = max_consecutive_skips
         self._mine: set[str] = set()  # trial ids this engine has claimed and not yet finished
+        self._spent = False  # database: the budget was seen fully handed out
+        self._ids: dict[int, int] = {}  # Optuna trial number -> storage id
         self._study = None
         grid = self.defn.sampler == "grid"
         self.distributions = {k: p.distribution(grid) for k, p in self.defn.space.items()}
+        url = self.state.get("storage")
+        self.db: DbRuns | None = None
+        if dbclaims.coordinates_in_db(url):
+            self.db = DbRuns(url, self.state["study_name"], sweep_dir.claims, stale_after_s)
+        else:
+            self.claims = RunClaims(sweep_dir.claims, stale_after_s)
+            self.lock = sweep_dir.lock()
+            self._check_flock_shared()
+
+    def _check_flock_shared(self) -> None:
+        """Refuse a sweep used from several hosts on a filesystem whose flock is node-local."""
+        reason = node_local_flock(self.dir.root)
+        if reason is None:
+            return
+        hosts = {self.state.get("created_on"), HOST}
+        for path in self.dir.workers.glob("*.json"):
+            record = read_json(path) or {}
+            with contextlib.suppress(OSError):
+                if "finished" not in record and record_is_live(
+                    record, path.stat().st_mtime, self.stale_after_s
+                ):
+                    hosts.add(record.get("host"))
+        hosts.discard(None)
+        if len(hosts) > 1:
+            raise LockUnsupportedError(
+                f"{reason}: its flock is local to each machine, and this sweep is used from "
+                f"{', '.join(sorted(hosts))}, so workers on different machines could run the same "
+                f"trial; {ALTERNATIVE}"
+            )
+
+    def _decisions(self):
+        """The lock every decision holds: the sweep flock, or (database) none."""
+        return self.lock if self.db is None else contextlib.nullcontext()
+
+    def _proposals(self):
+        """The lock a proposal holds: the sweep flock (reentrant), or the sweep row's lock."""
+        return self.lock if self.db is None else self.db.proposal_lock()
 
     # -------------------------------------------------------------------------- optuna
     @property
     def study(self):
         if self._study is None:
-            import optuna
-
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             # The storage object is kept: its documented BaseStorage methods set attributes and
             # parameters of trials this process did not ask itself.
             self.storage = sd.open_storage(self.state.get("storage"), self.dir)
-            with self.lock:
+            # A database resolves concurrent creations itself (unique study name: the losers
+            # load the winner's study).
+            with self._decisions():
                 self._study = optuna.create_study(
                     study_name=self.state["study_name"],
                     storage=self.storage,
                     directions=[o.direction for o in self.defn.objectives],
                     load_if_exists=True,
                 )
+            if self.db is not None:
+                self.db.create()
             self.study_id = self.storage.get_study_id_from_name(self.state["study_name"])
         return self._study
 
     def _tell(self, number: int, *, values=None, state=None, attrs=None) -> None:
-        import optuna
-
         for k, v in (attrs or {}).items():
             self.storage.set_trial_user_attr(self._storage_id(number), k, v)
         # Told through a neutral sampler: NSGA-II's after_trial needs nothing from us here.
@@ -141,8 +204,12 @@ class SweepEngine:
         self.study.tell(number, values=values, state=state, skip_if_finished=True)
 
     def _storage_id(self, number: int) -> int:
-        _ = self.study  # opens the storage
-        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        if number not in self._ids:  # a trial's number and id never change
+            _ = self.study  # opens the storage
+            self._ids[number] = self.storage.get_trial_id_from_study_id_trial_number(
+                self.study_id, number
+            )
+        return self._ids[number]
 
     def _frozen(self, number: int):
         return self.storage.get_trial(self._storage_id(number))
@@ -157,6 +224,8 @@ class SweepEngine:
         (so that no point compiles twice at once), else a run of a new point, else a pending
         run of a point another worker is running. Returns a RunTicket, WAIT (only runs in flight
         elsewhere remain) or DONE."""
+        if self.db is not None:
+            return self._next_run_db(prefer)
         with self.lock:
             self._repair(self._trials())
             trials = self._trials()
@@ -167,61 +236,169 @@ class SweepEngine:
             ticket = self._claim_first(free)
             if ticket is not None:
                 return ticket
-            skips = 0
-            while self._budget_left(trials) and skips < self.max_consecutive_skips:
-                number = self._propose(trials)
-                if number is None:
-                    break
-                ticket = self._register(number, claim=True)
-                trials = self._trials()
-                if ticket is not None:
-                    return ticket
-                # A point of a grown sweep whose runs all finished before is no rejection.
-                skips += ATTR_SKIPPED in self._frozen(number).user_attrs
-            if skips >= self.max_consecutive_skips:
-                write_json(
-                    self.dir.exhausted,
-                    {
-                        "time": time.time(),
-                        "reason": f"{skips} consecutive proposals were invalid, over the "
-                        "constraints or repeats: the search space looks exhausted",
-                    },
-                )
+            ticket = self._propose_and_register(trials)
+            if ticket is not None:
+                return ticket
             ticket = self._claim_first([r for r in pending if r[1] in elsewhere])
             if ticket is not None:
                 return ticket
-            return WAIT if self._any(trials, "RUNNING") else DONE
+            return WAIT if self._any(self._trials(), "RUNNING") else DONE
+
+    def _propose_and_register(self, trials) -> RunTicket | None:
+        """Under the proposal lock: new design points until one has a run to claim (claimed),
+        the budget is spent, or too many proposals in a row were skipped."""
+        skips = 0
+        while self._budget_left(trials) and skips < self.max_consecutive_skips:
+            number = self._propose(trials)
+            if number is None:
+                break
+            ticket = self._register(number, claim=True)
+            if ticket is not None:
+                return ticket
+            trials = self._trials()
+            # A point of a grown sweep whose runs all finished before is no rejection.
+            skips += ATTR_SKIPPED in self._frozen(number).user_attrs
+        if skips >= self.max_consecutive_skips:
+            write_json(
+                self.dir.exhausted,
+                {
+                    "time": time.time(),
+                    "reason": f"{skips} consecutive proposals were invalid, over the "
+                    "constraints or repeats: the search space looks exhausted",
+                },
+            )
+        return None
+
+    def _next_run_db(self, prefer: Sequence[str]) -> RunTicket | str:
+        """next_run with a database: claim a registered run without any sweep-wide lock; only
+        when there is none, take the proposal lock to repair, propose and register. Once the
+        budget is spent, a worker whose only work left is in flight elsewhere waits without
+        taking the lock."""
+        _ = self.study  # opens the storage
+        ticket, in_flight = self._claim_rows(prefer, elsewhere_too=self._spent)
+        if ticket is not None:
+            return ticket
+        if not self._spent:
+            # Read without the lock: a spent budget stays spent (see below).
+            self._spent = not self._budget_left(self._trials())
+        if self._spent:
+            if in_flight:
+                return WAIT
+            if not self._any(self._trials(), "RUNNING"):
+                return DONE  # every point told, and none can be added
+        with self.db.proposal_lock():
+            self._repair(self._trials())
+            # Another worker may have registered points while this one waited for the lock.
+            ticket, _ = self._claim_rows(prefer, elsewhere_too=False)
+            if ticket is None:
+                ticket = self._propose_and_register(self._trials())
+            if ticket is not None:
+                return ticket
+            trials = self._trials()
+            # Monotone: no worker proposes after the budget is seen spent under this lock.
+            self._spent = not self._budget_left(trials)
+        ticket, _ = self._claim_rows(prefer, elsewhere_too=True)
+        if ticket is not None:
+            return ticket
+        return WAIT if self._any(trials, "RUNNING") else DONE
+
+    def _claim_rows(self, prefer: Sequence[str], *, elsewhere_too: bool):
+        """Database: claim a claimable run, in next_run's order of preference. Returns (the
+        ticket or None, whether other workers hold live claims)."""
+        rows, now = self.db.snapshot()
+        elsewhere = {
+            r.point
+            for r in rows
+            if r.state == dbclaims.CLAIMED
+            and r.run_id not in self._mine
+            and not self.db.is_stale(r, now)
+        }
+        pending = [r for r in rows if self.db.claimable(r, now)]
+        rank = {p: k for k, p in enumerate(prefer)}
+        free = sorted(
+            (r for r in pending if r.point not in elsewhere),
+            key=lambda r: rank.get(r.point, len(rank)),
+        )
+        if elsewhere_too:
+            free += [r for r in pending if r.point in elsewhere]
+        for row in free:
+            ticket = self._try_claim_row(row, now)
+            if ticket is not None:
+                return ticket, bool(elsewhere)
+        return None, bool(elsewhere)
+
+    def _try_claim_row(self, row, now) -> RunTicket | None:
+        claim = self.db.try_claim(row, self.worker, now)
+        if claim is None:
+            return None
+        workdir = self.dir.trial_dir(row.run_id)
+        state = sd.run_state(workdir)
+        if state is not None:  # finished by its files; a kill came before its row was updated
+            self.db.finish(claim, state, self._run_values(workdir, state))
+            self._finalize_db(row.number)
+            return None
+        self._mine.add(row.run_id)
+        return RunTicket(row.run_id, row.point, row.number, row.seed, claim, workdir)
+
+    def claim_batch(self, point: str, n: int) -> list[RunTicket]:
+        """Claim up to `n` unclaimed runs of the registered design point `point` (seed order)."""
+        tickets: list[RunTicket] = []
+        if self.db is not None:
+            _ = self.study
+            rows, now = self.db.snapshot()
+            for row in rows:
+                if len(tickets) < n and row.point == point and self.db.claimable(row, now):
+                    ticket = self._try_claim_row(row, now)
+                    if ticket is not None:
+                        tickets.append(ticket)
+            return tickets
+        with self.lock:
+            for number, p, seed in self._pending(self._trials())[0]:
+                if len(tickets) < n and p == point:
+                    ticket = self._try_claim(p, number, seed)
+                    if ticket is not None:
+                        tickets.append(ticket)
+        return tickets
 
     def claim_more_runs(self, ticket: RunTicket, limit: int) -> list[RunTicket]:
         """Claim up to `limit` more pending runs of `ticket`'s point (its other seeds), for a
         worker that trains them with it as one population (train/population.py)."""
-        claimed: list[RunTicket] = []
-        if limit < 1:
-            return claimed
-        with self.lock:
-            for number, point, seed in self._pending(self._trials())[0]:
-                if point == ticket.point and len(claimed) < limit:
-                    more = self._try_claim(point, number, seed)
-                    if more is not None:
-                        claimed.append(more)
-        return claimed
+        return self.claim_batch(ticket.point, limit) if limit >= 1 else []
 
     def has_free_runs(self, point: str) -> bool:
         """Whether `point` has unfinished runs that nobody has claimed."""
+        if self.db is not None:
+            rows, now = self.db.snapshot()
+            return any(r.point == point and self.db.claimable(r, now) for r in rows)
         with self.lock:
             return any(p == point for _, p, _ in self._pending(self._trials())[0])
 
     def finish_run(self, ticket: RunTicket, outcome: RunOutcome) -> None:
         """Record a run's end, release its claim and tell Optuna when its point is done."""
-        with self.lock:
+        with self._decisions():
             workdir = ticket.workdir
-            if outcome.kind == "failed":
+            # With a database, a run taken over by another worker is no longer ours to mark.
+            ours = self.db is None or outcome.kind == "interrupted" or ticket.claim.still_mine()
+            if outcome.kind == "failed" and ours:
                 sd.mark(workdir, sd.FAILED_FILE, **outcome.detail)
-            elif outcome.kind == "stopped" and sd.run_state(workdir) is None:
+            elif outcome.kind == "stopped" and ours and sd.run_state(workdir) is None:
                 sd.mark(workdir, sd.STOPPED_FILE, **outcome.detail)
-            self.claims.release(ticket.claim)
             self._mine.discard(ticket.trial_id)
-            self._finalize(self._frozen(ticket.number))
+            if self.db is None:
+                self.claims.release(ticket.claim)
+                self._finalize(self._frozen(ticket.number))
+                return
+            state = None if outcome.kind == "interrupted" else sd.run_state(workdir)
+            self.db.finish(ticket.claim, state, self._run_values(workdir, state))
+            self._finalize_db(ticket.number)
+
+    def _run_values(self, workdir: Path, state: str | None) -> list[float | None] | None:
+        """A complete run's objective values (None for one missing or not finite)."""
+        if state != sd.COMPLETE:
+            return None
+        result = read_result(workdir) or {}
+        values = [metric(o.metric).value(result) for o in self.defn.objectives]
+        return [v if v is not None and math.isfinite(v) else None for v in values]
 
     def _registered(self, t) -> bool:
         return ATTR_POINT in t.user_attrs and ATTR_SKIPPED not in t.user_attrs
@@ -259,8 +436,6 @@ class SweepEngine:
 
     def _propose(self, trials) -> int | None:
         """Create the Optuna trial of the next design point; its number (None: grid done)."""
-        import optuna
-
         study = self.study
         if self.defn.sampler == "grid":
             if not self._any(trials, "WAITING"):
@@ -305,21 +480,30 @@ class SweepEngine:
 
     def _repair(self, trials) -> None:
         """Register RUNNING trials a killed process left unregistered; tell finished points."""
-        import optuna
-
+        rows: dict[int, list] = {}
+        if self.db is not None:
+            for row in self.db.snapshot()[0]:
+                rows.setdefault(row.number, []).append(row)
         for t in trials:
             if t.state != optuna.trial.TrialState.RUNNING:
                 continue
             if ATTR_POINT not in t.user_attrs:
                 self._register(t.number, claim=False)
-            else:
-                self._finalize(t)
+                continue
+            if self.db is not None:
+                mine = rows.get(t.number, [])
+                if len(mine) < len(self.defn.seeds):  # a kill kept them from being added
+                    self._add_rows(t.number, t.user_attrs[ATTR_POINT])
+                    continue
+                # Only points with nothing left to run, or a seed stopped early, can be told.
+                done = [r.outcome for r in mine if r.state == dbclaims.DONE]
+                if len(done) < len(mine) and sd.STOPPED not in done:
+                    continue
+            self._finalize(t)
 
     def _pending(self, trials) -> tuple[list[tuple[int, str, int]], set[str]]:
         """(number, point, seed) of every unfinished, unclaimed run of a registered point, in
         trial and seed order; and the points whose runs other workers hold live claims on."""
-        import optuna
-
         live = self.claims.live_claims()
         elsewhere = {tid.rsplit("-s", 1)[0] for tid in live if tid not in self._mine}
         pending = []
@@ -353,8 +537,6 @@ class SweepEngine:
 
     def _register(self, number: int, *, claim: bool) -> RunTicket | None:
         """Validate a proposed point and create its runs; skip (tell FAIL) a bad or repeated one."""
-        import optuna
-
         d = self.defn
         point = self._point_of(self._frozen(number))
         if point is None:
@@ -397,11 +579,17 @@ class SweepEngine:
                 "config": config,
             }
             write_json(workdir / sd.TRIAL_FILE, record)
+        if self.db is not None:
+            self._add_rows(number, key)
         storage_id = self._storage_id(number)
         self.storage.set_trial_user_attr(storage_id, ATTR_COMPLEXITY, totals)
         self.storage.set_trial_user_attr(storage_id, ATTR_POINT, key)  # last: registered
         if not claim:
             return None
+        if self.db is not None:
+            # In a grown sweep (sweepdir.grow) earlier seeds may have finished: a row whose
+            # files say finished is told and skipped (`_try_claim_row`).
+            return next(iter(self.claim_batch(key, 1)), None)
         # The first seed not yet run: in a grown sweep (sweepdir.grow) earlier seeds may have
         # finished, or all of them, and then the point is told now.
         ticket = self._claim_first([(number, key, s) for s in d.seeds])
@@ -409,9 +597,11 @@ class SweepEngine:
             self._finalize(self._frozen(number))
         return ticket
 
-    def _skip(self, number, point, params, kind, reason, *, values=None, totals=None) -> None:
-        import optuna
+    def _add_rows(self, number: int, point: str) -> None:
+        seeds = list(self.defn.seeds)
+        self.db.add_runs(number, point, seeds, [trial_id(point, s) for s in seeds])
 
+    def _skip(self, number, point, params, kind, reason, *, values=None, totals=None) -> None:
         params = {k: jsonable(v) for k, v in params.items()}
         record = dict(number=number, point=point, params=params, kind=kind, reason=reason)
         append_jsonl(self.dir.skipped, {**record, "complexity": totals, "time": time.time()})
@@ -425,9 +615,10 @@ class SweepEngine:
 
     def _finalize(self, frozen) -> None:
         """Tell Optuna a registered point's outcome once all its runs have finished."""
-        import optuna
-
         if frozen.state != optuna.trial.TrialState.RUNNING or not self._registered(frozen):
+            return
+        if self.db is not None:
+            self._finalize_db(frozen.number)
             return
         point = frozen.user_attrs[ATTR_POINT]
         dirs = [self.dir.trial_dir(trial_id(point, s)) for s in self.defn.seeds]
@@ -440,25 +631,49 @@ class SweepEngine:
             states = [sd.run_state(p) for p in dirs]
         if any(s is None for s in states):
             return
-        number = frozen.number
+        values = [self._run_values(p, s) for p, s in zip(dirs, states, strict=True)]
+        self._tell_outcome(frozen.number, [p.name for p in dirs], states, values)
+
+    def _finalize_db(self, number: int) -> None:
+        """_finalize from the point's rows, under their lock: one worker tells it, once."""
+        with self.db.point_lock(number) as (conn, rows, now):
+            states = [r.outcome if r.state == dbclaims.DONE else None for r in rows]
+            if len(rows) < len(self.defn.seeds) or (None in states and sd.STOPPED not in states):
+                return  # runs left to train: nothing to tell yet (and no need to ask Optuna)
+            frozen = self._frozen(number)  # read under the lock: told by another worker?
+            if frozen.state != optuna.trial.TrialState.RUNNING or not self._registered(frozen):
+                return
+            if sd.STOPPED in states:
+                for k, row in enumerate(rows):
+                    if states[k] is None and self.db.claimable(row, now):
+                        reason = "another seed of the point stopped early"
+                        sd.mark(self.dir.trial_dir(row.run_id), sd.SKIPPED_FILE, reason=reason)
+                        self.db.mark_done(conn, row, sd.SKIPPED)
+                        states[k] = sd.SKIPPED
+            if any(s is None for s in states):
+                return
+            values = [json.loads(r.run_values) if r.run_values else None for r in rows]
+            self._tell_outcome(number, [r.run_id for r in rows], states, values)
+
+    def _tell_outcome(self, number: int, names, states, values) -> None:
+        """Tell a point whose runs all finished: FAIL, PRUNED or the means over its seeds."""
         if sd.FAILED in states:
-            failed = [p.name for p, s in zip(dirs, states, strict=True) if s == sd.FAILED]
+            failed = [n for n, s in zip(names, states, strict=True) if s == sd.FAILED]
             reason = f"run(s) failed: {', '.join(failed)}"
             self._tell(number, state=optuna.trial.TrialState.FAIL, attrs={"fail_reason": reason})
             return
         if sd.STOPPED in states:
             self._tell(number, state=optuna.trial.TrialState.PRUNED)
             return
-        results = [read_result(p) or {} for p in dirs]
-        values = []
-        for objective in self.defn.objectives:
-            per_seed = [metric(objective.metric).value(r) for r in results]
-            if any(v is None or not math.isfinite(v) for v in per_seed):
+        means = []
+        for k, objective in enumerate(self.defn.objectives):
+            per_seed = [(v or [None] * len(self.defn.objectives))[k] for v in values]
+            if any(v is None for v in per_seed):
                 self._tell(
                     number,
                     state=optuna.trial.TrialState.FAIL,
                     attrs={"fail_reason": f"objective {objective.metric} missing in result.json"},
                 )
                 return
-            values.append(statistics.fmean(per_seed))
-        self._tell(number, values=values)
+            means.append(statistics.fmean(per_seed))
+        self._tell(number, values=means)

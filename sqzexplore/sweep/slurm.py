@@ -2,18 +2,30 @@
 
 `sqz sweep run SWEEP --slurm --array N` creates the sweep directory (so the tasks never race to
 create it), writes DIR/slurm/sweep.sbatch and submits it with sbatch (`--dry-run` only prints it
-and writes nothing). Each task asks for --gpus-per-task (1), --cpus-per-task (8), --mem (32G) and
---time (24:00:00) unless told otherwise, and activates the environment the command ran from
-(--env-activate; default: `source <venv>/bin/activate` of the running Python's venv) before
-starting its worker, so the nodes use the same installation (e.g. the CUDA build of jax: a task
-granted GPUs that sees only CPU devices stops with an error saying so).
+and writes nothing). Each task asks for --gpus-per-task (1), or --gres (e.g. gpu:2, for sites
+without `cons_tres`), and --cpus-per-task (8); memory and time limits only when given (--mem,
+--time, or as --sbatch-arg lines), so the partition's own defaults and limits apply otherwise.
+
+Where the code runs: each node `cd`s into --checkout (default: the checkout the running
+sqzexplore comes from) and runs the worker with --venv's Python (default: the running Python's
+venv), after activating it (--env-activate; default `source <venv>/bin/activate`), so the nodes
+use the same installation (e.g. the CUDA build of jax: a task granted GPUs that sees only CPU
+devices stops with an error saying so). The script checks both paths, and that the Python
+imports sqzexplore, on the node before starting, and stops with an error naming the flag to fix.
 
 Each array task runs one worker (`--workers 1`) that sees the task's GPUs and trains data-parallel
-over them; the tasks share the work through the sweep lock and the claims, so no trial runs twice
-and the budget is exact. DIR must be on a filesystem every node mounts (see `sqzexplore.sweep` for
-the shared-filesystem and RDB setups). Array tasks exit when nothing is left to hand out
-(`--no-wait`); a task killed mid-trial leaves a claim that goes stale after --stale-after-s, and
-the next `sqz sweep run` (or array) resumes that trial from its checkpoint.
+over them; the tasks share the work through the sweep's coordination (flock or database, see
+engine.py), so no trial runs twice and the budget is exact. DIR must be on a filesystem every node
+mounts (see `sqzexplore.sweep` for the shared-filesystem and database setups). Array tasks exit
+when nothing is left to hand out (`--no-wait`).
+
+Time limits and preemption: the job is requeueable (`--requeue`) and asks SLURM for SIGUSR1
+--signal-s seconds (default 300) before its time limit (`--signal=B:USR1@S`). The batch script
+then requeues its own array task (`scontrol requeue`) and sends SIGTERM to the worker; on
+preemption SLURM sends SIGTERM itself (and requeues the task where the site's PreemptMode is
+REQUEUE). Either way the trainer saves a checkpoint on SIGTERM and the worker hands its run back,
+so the resubmitted task (or any other worker) resumes it from that checkpoint. `--no-requeue`
+leaves all of this out.
 """
 
 from __future__ import annotations
@@ -29,7 +41,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULTS = {"gpus_per_task": 1, "cpus_per_task": 8, "mem": "32G", "time_limit": "24:00:00"}
+DEFAULTS = {"gpus_per_task": 1, "cpus_per_task": 8, "signal_s": 300}
+# sbatch --gres: name[:type]:count, e.g. gpu:2 or gpu:a100:2 (several joined by commas).
+_GRES = re.compile(r"^[A-Za-z][\w.-]*(:[\w.-]+)?:\d+(,[A-Za-z][\w.-]*(:[\w.-]+)?:\d+)*$")
 # sbatch --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
 # days-hours:minutes, days-hours:minutes:seconds; or no limit.
 _TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2}|infinite|unlimited)$", re.IGNORECASE)
@@ -63,6 +77,23 @@ def parse_mem(text: str) -> str:
     return text
 
 
+def parse_gres(text: str) -> str:
+    """A valid sbatch --gres value (with a count), or ValueError naming the accepted form."""
+    text = text.strip()
+    if not _GRES.match(text):
+        raise ValueError(
+            f"--gres must be NAME[:TYPE]:COUNT, e.g. gpu:2 or gpu:a100:2, got {text!r}"
+        )
+    return text
+
+
+def default_checkout() -> Path:
+    """The checkout the running sqzexplore comes from (an editable install), else the current
+    directory."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
 def default_env_activate() -> str | None:
     """The line that activates the running Python's environment on the nodes, or None.
 
@@ -85,30 +116,42 @@ def sbatch_script(
     name: str,
     worker_command: Sequence[str],
     workdir: Path,
-    cwd: Path,
+    checkout: Path,
+    python: str,
     array: int,
     partition: str | None = None,
-    gpus_per_task: int = DEFAULTS["gpus_per_task"],
+    gpus_per_task: int | None = None,
+    gres: str | None = None,
     cpus_per_task: int | None = DEFAULTS["cpus_per_task"],
-    time_limit: str | None = DEFAULTS["time_limit"],
-    mem: str | None = DEFAULTS["mem"],
+    time_limit: str | None = None,
+    mem: str | None = None,
     account: str | None = None,
     env_activate: str | None = None,
     extra_sbatch: Sequence[str] = (),
+    requeue: bool = True,
+    signal_s: int = DEFAULTS["signal_s"],
 ) -> str:
     """The text of an sbatch script running `array` workers of the sweep in `workdir`.
 
-    `env_activate`: a shell line run before the worker (e.g. `source venv/bin/activate`).
+    `worker_command`: the worker's arguments after the Python interpreter (`-m ...`); `python`:
+    the interpreter's path on the nodes; `checkout`: the directory the worker runs in there.
+    `gpus_per_task`: None means 1 unless `gres` is given. `env_activate`: a shell line run
+    before the worker (e.g. `source venv/bin/activate`).
     """
     if array < 1:
         raise SlurmError(f"--array must be >= 1, got {array}")
-    if gpus_per_task < 0:
+    if gpus_per_task is not None and gpus_per_task < 0:
         raise SlurmError(f"--gpus-per-task must be >= 0, got {gpus_per_task}")
+    if gres is not None and gpus_per_task is not None:
+        raise SlurmError("--gres and --gpus-per-task both ask for GPUs: give one of them")
     if cpus_per_task is not None and cpus_per_task < 1:
         raise SlurmError(f"--cpus-per-task must be >= 1, got {cpus_per_task}")
+    if signal_s < 1:
+        raise SlurmError(f"--signal-s must be >= 1, got {signal_s}")
     try:
         time_limit = None if time_limit is None else parse_time(time_limit)
         mem = None if mem is None else parse_mem(mem)
+        gres = None if gres is None else parse_gres(gres)
     except ValueError as e:
         raise SlurmError(str(e)) from None
     log_dir = workdir / "slurm"
@@ -118,9 +161,12 @@ def sbatch_script(
         f"#SBATCH --array=0-{array - 1}",
         "#SBATCH --ntasks=1",
         f"#SBATCH --output={log_dir}/%x-%A_%a.out",
+        "#SBATCH --open-mode=append",  # a requeued task appends to its log
     ]
-    if gpus_per_task:
-        lines.append(f"#SBATCH --gpus-per-task={gpus_per_task}")
+    if gres is not None:
+        lines.append(f"#SBATCH --gres={gres}")
+    elif gpus_per_task is None or gpus_per_task:
+        lines.append(f"#SBATCH --gpus-per-task={1 if gpus_per_task is None else gpus_per_task}")
     optional = {
         "partition": partition,
         "cpus-per-task": cpus_per_task,
@@ -129,23 +175,63 @@ def sbatch_script(
         "account": account,
     }
     lines += [f"#SBATCH --{k}={v}" for k, v in optional.items() if v is not None]
+    if requeue:
+        lines += ["#SBATCH --requeue", f"#SBATCH --signal=B:USR1@{signal_s}"]
     for extra in extra_sbatch:
         lines.append(f"#SBATCH {extra}")
-    command = " ".join(shlex.quote(c) for c in worker_command)
+    args = " ".join(shlex.quote(c) for c in worker_command)
+    task = "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
     lines += [
         "",
         f"# Sweep '{name}': each array task is one worker; all share the study and the trial",
         f"# directories under {workdir} (a shared filesystem). Rerunning this script (or",
         "# `sqz sweep run`) resumes: finished trials are kept, interrupted ones resume.",
         "set -euo pipefail",
-        f"cd {shlex.quote(str(cwd))}",
+        f"CHECKOUT={shlex.quote(str(checkout))}",
+        f"PYTHON={shlex.quote(python)}",
+        "# Checked on the node before anything starts: the paths are this machine's.",
+        'if [ ! -d "$CHECKOUT" ]; then',
+        '  echo "error: the checkout $CHECKOUT is not on $(hostname): pass --checkout with its'
+        ' path on the nodes" >&2; exit 2',
+        "fi",
+        'if [ ! -x "$PYTHON" ]; then',
+        '  echo "error: the Python $PYTHON is not on $(hostname): pass --venv with the'
+        " environment's path on the nodes\" >&2; exit 2",
+        "fi",
+        'cd "$CHECKOUT"',
     ]
     if env_activate:
         # Activation scripts read unset variables; relax -u around them.
         lines += ["set +u", env_activate, "set -u"]
     lines += [
         "export PYTHONUNBUFFERED=1",
-        f'srun {command} --worker-name "slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"',
+        'if ! "$PYTHON" -c "import sqzexplore" >/dev/null 2>&1; then',
+        '  echo "error: $PYTHON cannot import sqzexplore on $(hostname) (from $CHECKOUT): pass'
+        ' --venv and --checkout of an installed environment on the nodes" >&2; exit 2',
+        "fi",
+    ]
+    srun = f'srun "$PYTHON" {args} --worker-name "slurm-{task}"'
+    if not requeue:
+        return "\n".join([*lines, srun, ""])
+    lines += [
+        "",
+        "# Near the time limit (SIGUSR1, --signal) this task requeues itself and the worker",
+        "# checkpoints and stops (SIGTERM); on preemption SLURM sends SIGTERM itself. The",
+        "# requeued task, or any other worker, resumes the run from its checkpoint.",
+        "requeue_task() {",
+        f'  echo "sqz: time limit near on $(hostname): requeueing task {task}"',
+        f'  scontrol requeue "{task}" || echo "sqz: scontrol requeue failed" >&2',
+        '  kill -TERM "$worker" 2>/dev/null || true',
+        "}",
+        "trap requeue_task USR1",
+        "trap 'kill -TERM \"$worker\" 2>/dev/null || true' TERM",
+        f"{srun} &",
+        "worker=$!",
+        "set +e",
+        'wait "$worker"; status=$?',
+        "# wait returns early when a trapped signal arrives: wait again until the worker ends.",
+        'while kill -0 "$worker" 2>/dev/null; do wait "$worker"; status=$?; done',
+        'exit "$status"',
         "",
     ]
     return "\n".join(lines)
@@ -211,8 +297,15 @@ def add_options(run: argparse.ArgumentParser, bounded: Callable) -> None:
     slurm.add_argument(
         "--gpus-per-task",
         type=bounded(int, 0, "--gpus-per-task"),
-        default=DEFAULTS["gpus_per_task"],
-        help="GPUs of each task (default %(default)s; 0 for CPU-only tasks)",
+        default=None,
+        help="GPUs of each task (default 1 unless --gres; 0 for CPU-only tasks)",
+    )
+    slurm.add_argument(
+        "--gres",
+        type=_text_type(parse_gres, "--gres"),
+        default=None,
+        help="generic resources instead of --gpus-per-task, e.g. gpu:2 or gpu:a100:2 (sites "
+        "without cons_tres)",
     )
     slurm.add_argument(
         "--cpus-per-task",
@@ -224,15 +317,41 @@ def add_options(run: argparse.ArgumentParser, bounded: Callable) -> None:
         "--time",
         dest="time_limit",
         type=_text_type(parse_time, "--time"),
-        default=DEFAULTS["time_limit"],
-        help="wall-time limit of each task, e.g. 04:00:00 or 2-00:00:00 (default %(default)s; "
-        "'none': the partition's); tasks resume each other's trials",
+        default=None,
+        help="wall-time limit of each task, e.g. 04:00:00 or 2-00:00:00 (default: the "
+        "partition's); tasks resume each other's trials",
     )
     slurm.add_argument(
         "--mem",
         type=_text_type(parse_mem, "--mem"),
-        default=DEFAULTS["mem"],
-        help="memory of each task, e.g. 32G (default %(default)s; 'none': the partition's)",
+        default=None,
+        help="memory of each task, e.g. 32G (default: the partition's)",
+    )
+    slurm.add_argument(
+        "--signal-s",
+        type=bounded(int, 1, "--signal-s"),
+        default=DEFAULTS["signal_s"],
+        help="seconds before the time limit at which a task checkpoints and requeues itself "
+        "(default %(default)s)",
+    )
+    slurm.add_argument(
+        "--no-requeue",
+        dest="requeue",
+        action="store_false",
+        help="no --requeue / --signal: a task stopped by its time limit or preemption is not "
+        "resubmitted",
+    )
+    slurm.add_argument(
+        "--checkout",
+        default=None,
+        help="the sqzexplore checkout's path on the nodes (default: this one, "
+        f"{default_checkout()}); checked on each node at start",
+    )
+    slurm.add_argument(
+        "--venv",
+        default=None,
+        help="the Python environment's path on the nodes (default: the running one's); its "
+        "bin/python runs the worker; checked on each node at start",
     )
     slurm.add_argument("--account", default=None)
     slurm.add_argument(
@@ -256,7 +375,12 @@ def run_array(
     the sweep directory, write the script into it and submit it."""
     from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir
 
-    env_activate = args.env_activate
+    python, env_activate = worker_command[0], args.env_activate
+    if args.venv:
+        venv = Path(args.venv).absolute()
+        python = str(venv / "bin" / "python")
+        if env_activate is None:
+            env_activate = f"source {shlex.quote(str(venv / 'bin' / 'activate'))}"
     if env_activate is None:
         env_activate = default_env_activate()
     elif env_activate.strip().lower() in ("", "none"):
@@ -264,18 +388,22 @@ def run_array(
     root = SweepDir(workdir).root
     text = sbatch_script(
         name=defn.name,
-        worker_command=worker_command,
+        worker_command=worker_command[1:],
         workdir=root,
-        cwd=Path.cwd(),
+        checkout=Path(args.checkout).absolute() if args.checkout else default_checkout(),
+        python=python,
         array=args.array,
         partition=args.partition,
         gpus_per_task=args.gpus_per_task,
+        gres=args.gres,
         cpus_per_task=args.cpus_per_task,
         time_limit=args.time_limit,
         mem=args.mem,
         account=args.account,
         env_activate=env_activate,
         extra_sbatch=args.sbatch_arg,
+        requeue=args.requeue,
+        signal_s=args.signal_s,
     )
     if args.dry_run:
         print(text)

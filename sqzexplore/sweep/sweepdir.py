@@ -2,13 +2,14 @@
 
     DIR/sweep.json          the resolved definition, its fingerprint, the base config, storage
     DIR/study.journal       the Optuna study (JournalStorage; absent with an RDB --storage)
-    DIR/sweep.lock          the scheduling lock (see claims.py)
+    DIR/sweep.lock          the scheduling lock (see claims.py; not taken with a server database)
     DIR/trials/<trial>/     one training run each (<trial> = <point>-s<seed>): trial.json (design
                             point, seed and the run's full config, built once at registration)
                             plus the trainer's files (config.json, metrics.jsonl, result.json,
                             checkpoints/); failed or early-stopped runs get sweep_failed.json /
                             sweep_stopped.json, runs not worth training sweep_skipped.json
-    DIR/claims/<trial>.claim  which live process runs a trial
+    DIR/claims/<trial>.claim  which live process runs a trial (with a server database: a display
+                            copy of the claim, whose row in the database is the claim)
     DIR/workers/<host>-<pid>.json  each worker's start and last heartbeat (wall time, liveness)
     DIR/skipped.jsonl       design points not trained (constraints, invalid spec, duplicates)
     DIR/report/             results.csv, frontier.csv, figures, report.html
@@ -19,14 +20,20 @@ on a copy of the directory without the database.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+import optuna
+import sqlalchemy as sa
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from sqzexplore.rundir import flat_diff, read_json, read_result, write_json
+from sqzexplore.rundir import dumps, flat_diff, read_json, read_result, write_json
+from sqzexplore.sweep import dbclaims
 from sqzexplore.sweep.claims import HOST, sweep_lock
 from sqzexplore.sweep.space import SweepDefinition, SweepError, config_json, fingerprint
 
@@ -144,6 +151,8 @@ def init_sweep_dir(
 
     An existing directory made from a different definition (or base config) is refused with a
     clear message, unless `new`, which archives it to `<root>.archived-<time>` first.
+    With a server database no file lock is taken: sweep.json appears atomically (linked into
+    place, which fails when another process made it first; that one's is then checked).
     """
     sweep_dir = SweepDir(root)
     if sweep_dir.root.exists() and not sweep_dir.root.is_dir():
@@ -155,7 +164,9 @@ def init_sweep_dir(
         print(f"archived the previous sweep directory to {archived}", flush=True)
     sweep_dir.root.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(defn, base_config)
-    with sweep_dir.lock():
+    stored = read_json(sweep_dir.sweep_json) or {}
+    in_db = dbclaims.coordinates_in_db(storage or stored.get("storage"))
+    with contextlib.nullcontext() if in_db else sweep_dir.lock():
         if sweep_dir.exists():
             state = sweep_dir.state()
             if state.get("fingerprint") != fp:
@@ -187,7 +198,12 @@ def init_sweep_dir(
             "created": time.time(),
             "created_on": HOST,
         }
-        write_json(sweep_dir.sweep_json, state)
+        if in_db and not _create_once(sweep_dir.sweep_json, state):
+            return init_sweep_dir(
+                root, defn, base_config, sweep_file=sweep_file, arg=arg, storage=storage
+            )
+        if not in_db:
+            write_json(sweep_dir.sweep_json, state)
     return sweep_dir, state
 
 
@@ -259,6 +275,19 @@ def grow(
     return grown
 
 
+def _create_once(path: Path, obj: Any) -> bool:
+    """Write `path` whole unless it exists (atomic, lock-free); False when another was first."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
+    tmp.write_text(dumps(obj) + "\n")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
 def _changed_message(
     sweep_dir: SweepDir,
     state: dict[str, Any],
@@ -280,15 +309,32 @@ def _changed_message(
 def open_storage(url: str | None, sweep_dir: SweepDir | None):
     """The sweep's Optuna storage: an RDB at `url`, else the journal file in the sweep dir.
 
+    Optuna creates its tables when it first opens a database; on a server database that happens
+    under a server-wide lock (dbclaims.schema_lock), so many workers starting at once on a fresh
+    database do not race to create them; for SQLite (one machine) a flock on `<db file>.lock`
+    does the same.
     Raises SweepError naming --storage when `url` cannot be opened."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
     if not url:
         journal = str(sweep_dir.journal)
         return JournalStorage(JournalFileBackend(journal, lock_obj=sweep_lock(journal + ".lock")))
     try:
-        return optuna.storages.RDBStorage(url)
+        if dbclaims.coordinates_in_db(url):
+            engine = dbclaims.make_engine(url)
+            try:
+                if not dbclaims.tables_exist(engine):  # else (the usual case) no lock
+                    with dbclaims.schema_lock(engine):
+                        if not dbclaims.tables_exist(engine):  # made while we waited?
+                            optuna.storages.RDBStorage(url)  # creates and stamps its tables
+                            dbclaims.metadata.create_all(engine)
+                return optuna.storages.RDBStorage(url, skip_table_creation=True)
+            finally:
+                engine.dispose()
+        database = sa.engine.make_url(url).database
+        if not database or database == ":memory:":
+            return optuna.storages.RDBStorage(url)
+        # SQLite: one file on one machine; a flock beside it serialises table creation.
+        with sweep_lock(os.path.abspath(database) + ".lock"):
+            return optuna.storages.RDBStorage(url)
     except Exception as e:  # sqlalchemy raises many kinds: the user's URL is the cause
         raise SweepError(
             f"--storage {url}: cannot open it ({type(e).__name__}: {str(e).splitlines()[0]}); "

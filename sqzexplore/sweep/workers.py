@@ -160,10 +160,10 @@ def run_worker(
                     break
                 time.sleep(poll_s)
                 continue
-            heartbeat.add(ticket.claim.path, ticket.claim.record["token"])
+            heartbeat.add_claim(ticket.claim)
             tickets = [ticket, *engine.claim_more_runs(ticket, size - 1)]
             for more in tickets[1:]:
-                heartbeat.add(more.claim.path, more.claim.record["token"])
+                heartbeat.add_claim(more.claim)
             recent = [ticket.point, *(p for p in recent if p != ticket.point)][:RECENT_POINTS]
             if (
                 prepare is not None
@@ -274,7 +274,7 @@ class _Ahead:
         ticket = engine.next_run()
         if not isinstance(ticket, RunTicket):
             return None  # nothing to claim now; ask again after this run
-        heartbeat.add(ticket.claim.path, ticket.claim.record["token"])
+        heartbeat.add_claim(ticket.claim)
         config = ml_collections.ConfigDict(ticket.record()["config"])
 
         def compile_next():
