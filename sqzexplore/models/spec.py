@@ -425,30 +425,29 @@ class SqueezeNetSpec:
 @functools.lru_cache(maxsize=256)
 def _layer_plan(spec: SqueezeNetSpec, image_size: int) -> LayerPlan:
     sizes = spec.feature_sizes(image_size)
-    bn = spec.batch_norm
     layers: list[PlanLayer] = []
 
     def conv(
-        name,
-        block,
-        role,
-        kernel,
-        c_in,
-        c_out,
-        size_in,
-        size_out,
+        name: str,
+        role: str,
+        c_in: int,
+        c_out: int,
+        size_in: int,
+        size_out: int,
         *,
-        stride=1,
-        padding=0,
-        groups=1,
-        normalized=True,
-    ):
+        kernel: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        normalized: bool = True,
+    ) -> None:
         # A BatchNorm right after a conv makes its bias redundant (BN's own bias replaces it);
         # conv10 and the complex-bypass convs are never normalised.
+        bn = normalized and spec.batch_norm
         layers.append(
             ConvLayer(
                 name=name,
-                block=block,
+                block=name.partition("/")[0],
                 role=role,
                 kernel=kernel,
                 stride=stride,
@@ -456,8 +455,8 @@ def _layer_plan(spec: SqueezeNetSpec, image_size: int) -> LayerPlan:
                 in_channels=c_in,
                 out_channels=c_out,
                 groups=groups,
-                batch_norm=normalized and bn,
-                bias=not (normalized and bn),
+                batch_norm=bn,
+                bias=not bn,
                 in_size=size_in,
                 out_size=size_out,
             )
@@ -468,16 +467,16 @@ def _layer_plan(spec: SqueezeNetSpec, image_size: int) -> LayerPlan:
         name = "maxpool" + after.removeprefix("conv").removeprefix("fire")
         layers.append(
             PoolLayer(
-                name,
-                name,
-                after,
-                "max",
-                spec.pool_size,
-                spec.pool_stride,
-                spec.pool_ceil,
-                channels,
-                before,
-                out,
+                name=name,
+                block=name,
+                after=after,
+                op="max",
+                kernel=spec.pool_size,
+                stride=spec.pool_stride,
+                ceil=spec.pool_ceil,
+                channels=channels,
+                in_size=before,
+                out_size=out,
             )
         )
 
@@ -485,12 +484,11 @@ def _layer_plan(spec: SqueezeNetSpec, image_size: int) -> LayerPlan:
     conv(
         "conv1",
         "conv1",
-        "conv1",
-        spec.stem_kernel,
         spec.in_channels,
         spec.stem_filters,
         image_size,
         size,
+        kernel=spec.stem_kernel,
         stride=spec.stem_stride,
         padding=spec.stem_padding,
     )
@@ -499,42 +497,36 @@ def _layer_plan(spec: SqueezeNetSpec, image_size: int) -> LayerPlan:
     c_in, size_in = spec.stem_filters, sizes["conv1"][1]
     for i, fire in enumerate(spec.fires()):
         name, size = fire.name, sizes[fire.name][0]  # a Fire module keeps its input's size
-        conv(f"{name}/squeeze", name, "squeeze", 1, c_in, fire.squeeze, size_in, size)
+        s, e1, e3 = fire.squeeze, fire.expand1x1, fire.expand3x3
+        conv(f"{name}/squeeze", "squeeze", c_in, s, size_in, size)
         # pct_3x3 of 0 or 1 empties one expand branch; it is then simply not built.
-        if fire.expand1x1:
-            conv(
-                f"{name}/expand1x1", name, "expand1x1", 1, fire.squeeze, fire.expand1x1, size, size
-            )
-        if fire.expand3x3:
+        if e1:
+            conv(f"{name}/expand1x1", "expand1x1", s, e1, size, size)
+        if e3:
             conv(
                 f"{name}/expand3x3",
-                name,
                 "expand3x3",
-                3,
-                fire.squeeze,
-                fire.expand3x3,
+                s,
+                e3,
                 size,
                 size,
+                kernel=3,
                 padding=1,
                 groups=spec.expand3x3_groups,
             )
         shortcut = spec.bypass_kind(i)
         if shortcut == "conv":
-            conv(
-                f"{name}/bypass",
-                name,
-                "bypass",
-                1,
-                c_in,
-                fire.expand,
-                size_in,
-                size,
-                normalized=False,
-            )
+            conv(f"{name}/bypass", "bypass", c_in, fire.expand, size_in, size, normalized=False)
         if shortcut != "none":
-            bypass_conv = f"{name}/bypass" if shortcut == "conv" else None
             layers.append(
-                BypassLayer(f"{name}/shortcut", name, shortcut, bypass_conv, fire.expand, size)
+                BypassLayer(
+                    name=f"{name}/shortcut",
+                    block=name,
+                    shortcut=shortcut,
+                    conv=f"{name}/bypass" if shortcut == "conv" else None,
+                    channels=fire.expand,
+                    size=size,
+                )
             )
         if name in spec.pool_after:
             pool(name, fire.expand)
@@ -542,9 +534,7 @@ def _layer_plan(spec: SqueezeNetSpec, image_size: int) -> LayerPlan:
     size = sizes["conv10"][0]
     conv(
         "conv10",
-        "conv10",
         "classifier",
-        1,
         c_in,
         spec.num_classes,
         size_in,
@@ -553,7 +543,18 @@ def _layer_plan(spec: SqueezeNetSpec, image_size: int) -> LayerPlan:
         normalized=False,
     )
     layers.append(
-        PoolLayer("avgpool", "avgpool", "conv10", "avg", size, 1, False, spec.num_classes, size, 1)
+        PoolLayer(
+            name="avgpool",
+            block="avgpool",
+            after="conv10",
+            op="avg",
+            kernel=size,
+            stride=1,
+            ceil=False,
+            channels=spec.num_classes,
+            in_size=size,
+            out_size=1,
+        )
     )
     return LayerPlan(image_size, tuple(layers))
 
