@@ -359,7 +359,7 @@ def test_compile_time_script_times_each_program_in_a_fresh_process(capsys):
     tiny = str(REPO / "tests" / "data" / "tiny_digits.py")
     assert compile_time.main(["--config", tiny, "--runs", "1"]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert [r.split(":")[0].strip() for r in rows] == ["this", "this med"]
+    assert [r.split(":")[0].strip() for r in rows] == ["this", "this med", "settings"]
     for part in ("init", "step", "eval", "train+eval", "kernels"):
         assert part in rows[0]
     with pytest.raises(SystemExit):

@@ -336,7 +336,7 @@ def test_sweep_bad_population_values(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert "--population must be auto, off or an integer >= 1" in err, err
     rc = _sweep(path, tmp_path / "w", "--population", "3", "--runner", "fake_runner:run_fake_trial")
-    assert rc == 2 and "needs the default trainer" in capsys.readouterr().err
+    assert rc == 2 and "needs a runner that trains populations" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
 
 
