@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import json
 import math
 import os
 import re
@@ -430,6 +431,12 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
     refuses unknown keys and values of the wrong type.
     """
     apply_overrides(base_config(), _flatten(config.to_dict()))
+
+
+def flat_defaults() -> dict[str, Any]:
+    """Every config key's default (dotted key -> JSON value): what a key added by a later
+    sqzexplore means in a run or sweep written before it existed (`rundir.config_diffs`)."""
+    return _flatten(json.loads(base_config().to_json_best_effort()))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -159,12 +159,53 @@ def semantic(config_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config_dict.items() if k not in NON_SEMANTIC_KEYS}
 
 
-def check_config(workdir: str | os.PathLike, config_dict: Mapping[str, Any]) -> None:
-    """Refuse a workdir whose config.json differs from `config_dict` in anything semantic."""
+_MISSING = object()
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, Mapping) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+def config_diffs(
+    old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Dotted keys at which two configs differ in what a run computes.
+
+    Non-semantic keys are ignored. So is a key that `old` lacks (it was written by an earlier
+    sqzexplore, before the key existed) while `new` holds the value `defaults` (dotted key ->
+    value) gives it: that default computes what the older version did, so runs and sweeps made
+    before a new config key was added still resume.
+    """
+    diffs = flat_diff(semantic(old), semantic(json.loads(dumps(new))))
+    if defaults:
+        diffs = [
+            d
+            for d in diffs
+            if not (
+                _lookup(old, d) is _MISSING
+                and d in defaults
+                and _lookup(json.loads(dumps(new)), d) == defaults[d]
+            )
+        ]
+    return diffs
+
+
+def check_config(
+    workdir: str | os.PathLike,
+    config_dict: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """Refuse a workdir whose config.json differs from `config_dict` in anything semantic
+    (`config_diffs`: a key added since config.json was written, at its default, is no
+    difference)."""
     old = read_json(Path(workdir) / CONFIG_FILE)
     if old is None:
         return
-    diffs = flat_diff(semantic(old), semantic(json.loads(dumps(config_dict))))
+    diffs = config_diffs(old, config_dict, defaults)
     if diffs:
         shown = ", ".join(diffs[:10]) + (f" (+{len(diffs) - 10} more)" if len(diffs) > 10 else "")
         raise WorkdirConflictError(

@@ -97,3 +97,45 @@ def test_other_changes_still_need_new(tmp_path, capsys, change):
     err = capsys.readouterr().err
     assert "the sweep definition changed" in err and "--new" in err
     assert _attempts(sd.SweepDir(workdir)) == before
+
+
+def test_a_sweep_written_before_a_config_key_existed_resumes_as_the_same_sweep(tmp_path, capsys):
+    """A sweep.json whose base config lacks a key added since (at its default) is the same
+    sweep: it resumes without --new, keeps its study and trains nothing again; a key that an
+    old sweep lacks but the new base config sets to a non-default value still needs --new."""
+    workdir = tmp_path / "w"
+    path = _sweep(tmp_path)
+    assert _run(path, workdir) == 0
+    sweep_dir = sd.SweepDir(workdir)
+    before = _attempts(sweep_dir)
+    state = json.loads(sweep_dir.sweep_json.read_text())
+    # As an older sqzexplore wrote it: no model.expand3x3_groups, another fingerprint.
+    del state["base_config"]["model"]["expand3x3_groups"]
+    state["fingerprint"] = "0" * 64
+    sweep_dir.sweep_json.write_text(json.dumps(state))
+    assert _run(path, workdir) == 0
+    refreshed = json.loads(sweep_dir.sweep_json.read_text())
+    assert refreshed["study_name"] == state["study_name"]  # the same study, not a grown one
+    assert refreshed["fingerprint"] != "0" * 64
+    assert refreshed["base_config"]["model"]["expand3x3_groups"] == 1
+    assert _attempts(sweep_dir) == before  # nothing trained again
+    assert "growing" not in capsys.readouterr().out
+
+
+def test_a_run_written_before_a_config_key_existed_is_the_same_run(tmp_path):
+    from sqzexplore import rundir
+    from sqzexplore.config import base_config, flat_defaults
+
+    config = json.loads(base_config().to_json_best_effort())
+    old = json.loads(json.dumps(config))
+    del old["model"]["expand3x3_groups"]
+    rundir.write_json(tmp_path / rundir.CONFIG_FILE, old)
+    rundir.check_config(tmp_path, config, flat_defaults())  # at its default: the same run
+    assert rundir.config_diffs(old, config, flat_defaults()) == []
+    config["model"]["expand3x3_groups"] = 2
+    assert rundir.config_diffs(old, config, flat_defaults()) == ["model.expand3x3_groups"]
+    with pytest.raises(rundir.WorkdirConflictError, match="model.expand3x3_groups"):
+        rundir.check_config(tmp_path, config, flat_defaults())
+    # Without defaults (as before), any added key is a difference.
+    config["model"]["expand3x3_groups"] = 1
+    assert rundir.config_diffs(old, config) == ["model.expand3x3_groups"]

@@ -32,7 +32,8 @@ import optuna
 import sqlalchemy as sa
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from sqzexplore.rundir import dumps, flat_diff, read_json, read_result, write_json
+from sqzexplore.config import flat_defaults
+from sqzexplore.rundir import config_diffs, dumps, flat_diff, read_json, read_result, write_json
 from sqzexplore.sweep import dbclaims
 from sqzexplore.sweep.claims import HOST, sweep_lock
 from sqzexplore.sweep.space import SweepDefinition, SweepError, config_json, fingerprint
@@ -169,6 +170,11 @@ def init_sweep_dir(
     with contextlib.nullcontext() if in_db else sweep_dir.lock():
         if sweep_dir.exists():
             state = sweep_dir.state()
+            if state.get("fingerprint") != fp and _same_computation(state, defn, base_config):
+                # Written by an earlier sqzexplore whose base config lacked keys added since,
+                # at their defaults: the same sweep, recorded under today's fingerprint.
+                state = {**state, "fingerprint": fp, "base_config": config_json(base_config)}
+                write_json(sweep_dir.sweep_json, state)
             if state.get("fingerprint") != fp:
                 grown = grow(sweep_dir, state, defn, base_config, fp)
                 if grown is None:
@@ -205,6 +211,16 @@ def init_sweep_dir(
         if not in_db:
             write_json(sweep_dir.sweep_json, state)
     return sweep_dir, state
+
+
+def _same_computation(
+    state: dict[str, Any], defn: SweepDefinition, base_config: ml_collections.ConfigDict
+) -> bool:
+    """The stored sweep has this definition, and its base config differs from `base_config`
+    in nothing a run computes (keys added since it was written hold their defaults)."""
+    if state.get("definition") != defn.to_dict() or not isinstance(state.get("base_config"), dict):
+        return False
+    return not config_diffs(state["base_config"], config_json(base_config), flat_defaults())
 
 
 def grow(

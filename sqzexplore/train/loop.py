@@ -41,7 +41,7 @@ import numpy as np
 
 from sqzexplore import rundir, sharding
 from sqzexplore.checkpoint import Best, Checkpointer
-from sqzexplore.config import validate_config
+from sqzexplore.config import flat_defaults, validate_config
 from sqzexplore.progress import Progress
 from sqzexplore.runlog import MetricsWriter
 from sqzexplore.train import events, preflight, programs, xla_options
@@ -71,7 +71,7 @@ def train_and_evaluate(
     config_dict = json.loads(config.to_json_best_effort())
     result = rundir.read_result(workdir)  # None unless finished (a result with a final eval)
     if result is not None:
-        rundir.check_config(workdir, config_dict)
+        rundir.check_config(workdir, config_dict, flat_defaults())
         return result
     stop = PreemptionFlag()
     try:
@@ -107,7 +107,7 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
     total, batch_size = steps.total_steps, int(config.batch_size)
 
     os.makedirs(workdir, exist_ok=True)
-    rundir.check_config(workdir, config_dict)
+    rundir.check_config(workdir, config_dict, flat_defaults())
     if is_main:
         rundir.write_json(os.path.join(workdir, rundir.CONFIG_FILE), config_dict)
         rundir.write_json(os.path.join(workdir, rundir.SPEC_FILE), spec.to_dict())

@@ -45,7 +45,7 @@ import numpy as np
 
 from sqzexplore import rundir, sharding
 from sqzexplore.checkpoint import MANIFEST_FILE, Best, Checkpointer
-from sqzexplore.config import ConfigError, validate_config
+from sqzexplore.config import ConfigError, flat_defaults, validate_config
 from sqzexplore.models.complexity import complexity as analytic_complexity
 from sqzexplore.progress import Progress
 from sqzexplore.runlog import MetricsWriter
@@ -155,7 +155,7 @@ def train_population(
     for m in members:
         stored = rundir.read_result(m.workdir)
         if stored is not None:
-            rundir.check_config(m.workdir, m.config_dict)
+            rundir.check_config(m.workdir, m.config_dict, flat_defaults())
             m.result = stored
         else:
             marker = rundir.read_json(os.path.join(m.workdir, NONFINITE_FILE))
@@ -224,7 +224,7 @@ def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: f
     active = [m for m in members if m.active]
     for m in active:
         os.makedirs(m.workdir, exist_ok=True)
-        rundir.check_config(m.workdir, m.config_dict)
+        rundir.check_config(m.workdir, m.config_dict, flat_defaults())
         if is_main:
             rundir.write_json(os.path.join(m.workdir, rundir.CONFIG_FILE), m.config_dict)
             rundir.write_json(os.path.join(m.workdir, rundir.SPEC_FILE), spec.to_dict())
