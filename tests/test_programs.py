@@ -220,7 +220,9 @@ def test_a_run_waits_for_the_programs_another_thread_is_compiling():
     assert waited > 0
 
 
-def test_trainer_seeds_of_a_point_in_one_process_compile_once_and_match_fresh_runs(tmp_path):
+def test_trainer_seeds_of_a_point_in_one_process_compile_once_and_match_fresh_runs(
+    tmp_path, capsys
+):
     """The real trainer, as a sweep worker calls it: seed 2 after seed 1 of the same point
     lowers and compiles nothing, and gives the same result.json metrics as a run whose programs
     were built from scratch (the cache changes when programs are built, not what they compute)."""
@@ -233,8 +235,10 @@ def test_trainer_seeds_of_a_point_in_one_process_compile_once_and_match_fresh_ru
         return train_and_evaluate(config, str(tmp_path / name))
 
     first = run(1, "s1")
+    assert "compiled in" in capsys.readouterr().out
     with count_compiles() as counts:
         second = run(2, "s2")
+    assert "train step reused from an earlier run of this point" in capsys.readouterr().out
     assert counts == {LOWERING: 0, BACKEND_COMPILE: 0}, counts
     # Nothing built in the second run, so no building time is counted (not a timing bound:
     # a cached program adds exactly nothing to compile_seconds()).
@@ -247,6 +251,16 @@ def test_trainer_seeds_of_a_point_in_one_process_compile_once_and_match_fresh_ru
     for key in ("final", "best", "steps"):
         assert fresh[key] == second[key], key
     assert first["final"] != second["final"]  # the seed does reach the programs
+    # Programs compiled ahead (as a sweep worker does for its next point) are said to be so,
+    # not "reused from an earlier run", when the first run of their point starts.
+    programs.clear()
+    ahead = small_config(dropout=0.1)
+    ahead.eval_every_epochs = 100.0
+    programs.prepare(ahead)
+    capsys.readouterr()
+    run(0, "s0-ahead")
+    out = capsys.readouterr().out
+    assert "compiled ahead while the previous run trained" in out and "reused" not in out
 
 
 def test_eval_compiles_in_a_background_thread_once():

@@ -163,8 +163,13 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
             block(first)  # compiled now (a later block length, e.g. the tail, when first used)
             compile_time = time.perf_counter() - t0
             if is_main:
-                reuse = "train step reused from an earlier run of this point"
-                print(reuse if reused else f"compiled in {compile_time:.1f} s", flush=True)
+                if not reused:
+                    print(f"compiled in {compile_time:.1f} s", flush=True)
+                elif progs.runs:
+                    print("train step reused from an earlier run of this point", flush=True)
+                else:
+                    print("train step compiled ahead while the previous run trained", flush=True)
+            progs.runs += 1
             sharding.barrier("compiled")
             if stop.requested:
                 return _preempted_before_training(ckpt, start_step, "compilation")

@@ -247,6 +247,9 @@ class Programs:
         self._lock = threading.RLock()
         self._eval_batch_size = config.eval_batch_size
         self._built: dict[str, Any] = {}
+        # Runs that trained with these programs (a program built before the first is one
+        # compiled ahead, while another point's run trained).
+        self.runs = 0
 
     def built(self, name: str) -> bool:
         """Whether program `name` ("init", "train_step", "eval") is built already."""
