@@ -256,7 +256,9 @@ def test_population_sigterm_at_every_phase(tmp_path, reference):
 # ---------------------------------------------------------------------------- the digits point
 @pytest.mark.slow
 def test_digits_population_of_three_matches_its_lone_trials(tmp_path, capsys):
-    """The issue's acceptance run: 3 seeds of experiments/digits/squeezenet.py, 20 epochs."""
+    """The issue's acceptance run: 3 seeds of experiments/digits/squeezenet.py, 20 epochs.
+    Measured (4 fake CPU devices, loaded 2-core VM): lone 98.61 / 98.89 / 99.17%, members
+    99.72 / 99.72 / 99.44%: drift +1.11, +0.83, +0.28 points."""
     configs = _configs(f"{REPO}/experiments/digits/squeezenet.py", "epochs=20")
     singles = [train_and_evaluate(c, str(tmp_path / f"s{c.seed}")) for c in configs]
     members = train_population(configs, [str(tmp_path / f"m{c.seed}") for c in configs])
