@@ -256,14 +256,26 @@ def test_population_sigterm_at_every_phase(tmp_path, reference):
 # ---------------------------------------------------------------------------- the digits point
 @pytest.mark.slow
 def test_digits_population_of_three_matches_its_lone_trials(tmp_path, capsys):
-    """The issue's acceptance run: 3 seeds of experiments/digits/squeezenet.py, 20 epochs."""
+    """The issue's acceptance run: 3 seeds of experiments/digits/squeezenet.py, 20 epochs.
+    Measured (4 fake CPU devices, loaded 2-core VM): lone 98.61 / 98.89 / 99.17%, members
+    99.72 / 99.72 / 99.44%: drift +1.11, +0.83, +0.28 points."""
     configs = _configs(f"{REPO}/experiments/digits/squeezenet.py", "epochs=20")
     singles = [train_and_evaluate(c, str(tmp_path / f"s{c.seed}")) for c in configs]
     members = train_population(configs, [str(tmp_path / f"m{c.seed}") for c in configs])
+    # The first step's loss within 1e-5 relative (the programs themselves, on the inits).
+    spec = validate_config(configs[0])
+    progs = programs.for_run(configs[0], spec, sharding.make_mesh())
+    put = lambda t: jax.tree.map(lambda a: sharding.put_replicated(np.asarray(a), progs.mesh), t)
+    stacked, arrays = initial_states(progs, list(SEEDS)), progs.train_arrays()
+    active = sharding.put_replicated(np.ones(len(SEEDS), bool), progs.mesh)
+    _, first = progs.population_step(len(SEEDS))(put(stacked), active, *arrays)
     drift = []
     for c, single, member in zip(configs, singles, members, strict=True):
+        _, alone = progs.train_step()(put(progs.init(c.seed)), *arrays)
+        assert float(first["loss"][c.seed]) == pytest.approx(float(alone["loss"]), rel=1e-5)
+        # The first record averages 20 steps: the drift has begun (measured 6.2e-5 relative).
         a, b = _records(tmp_path / f"s{c.seed}"), _records(tmp_path / f"m{c.seed}")
-        assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-5)
+        assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-3)
         drift.append(member["final"]["top1"] - single["final"]["top1"])
         assert abs(drift[-1]) <= 0.02, (c.seed, single["final"], member["final"])
     with capsys.disabled():

@@ -1,8 +1,9 @@
 """`sqz sweep ...`: run, watch, report and export design-space sweeps.
 
     sqz sweep run SWEEP_FILE [--workdir DIR] [--arg ARG] [--workers N] [--storage URL] [--new]
-                  [--runner MODULE:FUNCTION] [--slurm [--dry-run] [--array N] ...]
-    sqz sweep worker DIR [--runner MODULE:FUNCTION] [--no-wait] ...
+                  [--runner MODULE:FUNCTION] [--population auto|N|off]
+                  [--slurm [--dry-run] [--array N] ...]
+    sqz sweep worker DIR [--runner MODULE:FUNCTION] [--population auto|N|off] [--no-wait] ...
     sqz sweep status DIR [--json]
     sqz sweep report DIR [--out DIR] [--wandb-mode MODE] [--watch [--interval S]] [--tensorboard]
     sqz sweep export-wandb SWEEP_FILE [--arg ARG] [--output FILE_OR_DIR] [--project P]
