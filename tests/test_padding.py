@@ -10,6 +10,7 @@ the end; kills and SIGTERMs resume it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -176,7 +177,7 @@ def test_unpaddable_points_are_one_line_errors(tmp_path):
         train_population(cs, [str(tmp_path / "a"), str(tmp_path / "b")])
     cs = configs(2.0)[:2]
     cs[1].model.pct_3x3 = 1.0  # no expand1x1 conv: not the same network structure
-    with pytest.raises(padding.PaddingError, match="cannot be padded"):
+    with pytest.raises(PopulationError, match="cannot be padded.*expand1x1"):
         train_population(cs, [str(tmp_path / "a"), str(tmp_path / "b")])
     assert not os.listdir(tmp_path)
 
@@ -208,3 +209,68 @@ def test_padded_population_resumes_after_kill_and_sigterm(tmp_path):
         a, b = (rundir.read_json(d / f"m{i}" / "result.json") for d in (ref, run))
         assert _strip(a) == _strip(b)
         assert _records(ref / f"m{i}") == _records(run / f"m{i}")
+
+
+# ---------------------------------------------------------------------------- grouping by cost
+def test_grouping_pays_by_measured_cost():
+    from sqzexplore.sweep import grouping
+
+    base, wide, other = (json.loads(c.to_json_best_effort()) for c in configs(2.0)[:3])
+    other["model"]["pool_after"] = ["fire3"]
+    assert grouping.width_key(base) == grouping.width_key(wide)
+    assert grouping.pays([base], other, None) == (False, "differs in more than channel widths")
+    assert grouping.pays([base], wide, None)[0] is False  # nothing measured yet: no padding
+    macs = grouping.group_macs([base, wide])  # the padded network's
+    assert macs > grouping.group_macs([base])
+    cheap = grouping.Measured(compile_s=20.0, seconds_per_mac_step=1e-12, steps=44)
+    dear = grouping.Measured(compile_s=0.1, seconds_per_mac_step=1e-6, steps=44)
+    ok, why = grouping.pays([base], wide, cheap)
+    assert ok and "compile saved" in why, why
+    assert not grouping.pays([base], wide, dear)[0]  # widens the network for `base`
+    assert not grouping.pays([wide], base, dear)[0]  # padded itself
+    assert grouping.pays([wide], base, cheap)[0]
+    result = {"status": "complete", "steps": 44, "train_time_s": 4.4, "compile_time_s": 9.0}
+    m = grouping.Measured.from_result(result, 1000)
+    assert m == grouping.Measured(9.0, 4.4 / 44 / 1000, 44)
+    assert grouping.Measured.from_result({"status": "failed"}, 1000) is None
+
+
+@pytest.mark.slow
+def test_sweep_pads_the_points_of_one_width_group(tmp_path, capsys):
+    """A squeeze-ratio sweep, one seed a point, `--population 3`: the first run measures the
+    costs, the two other points then train as one padded program; each trial is its own
+    point's (narrow complexity), and the log says which points share a program and why."""
+    from test_sweep_support import write_sweep
+
+    from sqzexplore.sweep import cli as sweep_cli
+    from sqzexplore.sweep import sweepdir as sd
+    from sqzexplore.sweep.analyze import collect_runs
+    from sqzexplore.sweep.params import categorical
+    from sqzexplore.sweep.runconfig import analytic_complexity
+    from sqzexplore.sweep.space import Experiment
+
+    path = write_sweep(
+        tmp_path / "widths.py",
+        doc="Three squeeze ratios of the tiny digits point, padded into one program.",
+        name="widths",
+        base=Experiment(os.path.join(REPO, "tests", "data", "tiny_digits.py"), {}),
+        fixed={"num_steps": 6, "eval_every_epochs": 0.1, "log_every_steps": 2},
+        space={"model.squeeze_ratio": categorical(0.125, 0.5, 1.0)},
+        seeds=1,
+    )
+    workdir = tmp_path / "w"
+    argv = ["run", str(path), "--workdir", str(workdir), "--progress", "off"]
+    assert sweep_cli.main([*argv, "--population", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3 done, 0 running, 0 failed" in out, out
+    assert "not padded: no cost measured yet" in out, out
+    assert "padded into its program: padded steps cost" in out, out
+    assert "as one width-padded population (one program)" in out, out
+    assert out.count("compiling the train step") == 2, out  # 3 points, 2 programs
+    runs = collect_runs(sd.SweepDir(workdir))
+    assert len(runs) == 3 and all(r.state == sd.COMPLETE for r in runs)
+    for r in runs:
+        record = rundir.read_json(sd.SweepDir(workdir).trial_dir(r.trial_id) / "trial.json")
+        own = analytic_complexity(record["config"])
+        assert r.result["complexity"]["params"] == own["params"], r.trial_id
+    assert len({r.result["complexity"]["params"] for r in runs}) == 3

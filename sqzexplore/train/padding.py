@@ -2,7 +2,7 @@
 
 `train_population` (population.py) trains its members as one vmapped program, so their states
 must have one shape. Members whose configs are identical up to the seed share it already
-(`SameShape`). Members that also differ in channel widths (`WIDTH_FIELDS`: squeeze ratio,
+(`SameShape`). Members that also differ in channel widths (`spec.WIDTH_FIELDS`: squeeze ratio,
 pct_3x3, base_e / incr_e / freq, explicit fire_widths) are padded (`Padded`): the program is the
 network whose every Fire module has the elementwise largest (squeeze, expand1x1, expand3x3) of
 the members (`padded_spec`), and each member is its own narrow network embedded in it:
@@ -43,12 +43,15 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from sqzexplore.config import ConfigError, validate_config
-from sqzexplore.models.spec import ChannelMask, SqueezeNetSpec, channel_masks
+from sqzexplore.models.spec import (
+    WIDTH_FIELDS,
+    ChannelMask,
+    SqueezeNetSpec,
+    channel_masks,
+    padded_fire_widths,
+)
 from sqzexplore.train import programs
 from sqzexplore.train.state import TrainState
-
-# The spec fields that only set channel widths (and the label): members may differ in these.
-WIDTH_FIELDS = ("name", "squeeze_ratio", "pct_3x3", "base_e", "incr_e", "freq", "fire_widths")
 
 
 class PaddingError(ConfigError):
@@ -67,13 +70,8 @@ def width_free(config_dict: dict) -> dict:
 def padded_spec(specs: Sequence[SqueezeNetSpec]) -> SqueezeNetSpec:
     """The spec whose Fire modules have the elementwise largest widths of `specs` (which must
     differ only in `WIDTH_FIELDS`), as explicit `fire_widths`."""
-    fires = [s.fires() for s in specs]
-    widths = tuple(
-        tuple(max(getattr(f[i], k) for f in fires) for k in ("squeeze", "expand1x1", "expand3x3"))
-        for i in range(specs[0].num_fire)
-    )
     try:
-        return specs[0].replace(name="padded", fire_widths=widths)
+        return specs[0].replace(name="padded", fire_widths=padded_fire_widths(specs))
     except ValueError as e:
         raise PaddingError(f"the members' widths cannot be padded to one network: {e}") from None
 

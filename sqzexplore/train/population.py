@@ -211,7 +211,10 @@ def _run(members: list[_Member], on_eval, stop: PreemptionFlag, t_start: float) 
     n = len(members)
     compile_start = programs.compile_seconds()
     # The members' shapes in the program: as they are, or padded to common widths.
-    layout = padding.layout([m.config for m in members], mesh)
+    try:
+        layout = padding.layout([m.config for m in members], mesh)
+    except padding.PaddingError as e:  # a sweep worker then trains them one by one
+        raise PopulationError(str(e)) from None
     for m in members:
         if m.active:  # devices, platform, batch split, memory (of one padded member), workdir
             preflight.check(layout.config, layout.spec, mesh, m.workdir)
