@@ -274,3 +274,13 @@ def test_sweep_pads_the_points_of_one_width_group(tmp_path, capsys):
         own = analytic_complexity(record["config"])
         assert r.result["complexity"]["params"] == own["params"], r.trial_id
     assert len({r.result["complexity"]["params"] for r in runs}) == 3
+
+
+def test_bench_widths_bad_values():
+    from pathlib import Path
+
+    from benchmarks import cli as bench_cli
+
+    where = Path(REPO) / "benchmarks"
+    for bad in ("0,0.5", "0.5,0.5", "x", "1.5"):
+        assert bench_cli.main(["population", "--widths", bad], benchmarks_dir=where) == 2
