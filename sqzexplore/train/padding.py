@@ -177,6 +177,12 @@ class Padded(SameShape):
 
     def __init__(self, configs: Sequence[ml_collections.ConfigDict], mesh):
         self.specs = [validate_config(c) for c in configs]
+        if any(s.dropout > 0 for s in self.specs) and not jax.config.jax_threefry_partitionable:
+            # The narrow dropout mask is read out of one flat draw only in this mode.
+            raise PaddingError(
+                "width-padded members with dropout need jax_threefry_partitionable=True (JAX's "
+                "default since 0.5)"
+            )
         self.spec = padded_spec(self.specs)
         self.config = copy.deepcopy(configs[0])
         with self.config.unlocked():
