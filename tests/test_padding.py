@@ -210,7 +210,7 @@ def test_padded_population_resumes_after_kill_and_sigterm(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     p = _train(ref)
     assert p.returncode == 0 and p.stdout.count("member: complete 66") == 5, p.stdout
-    # Four runs of five members (about 5 min, two at a time, on the loaded 2-core VM): a kill
+    # Four runs of five members (about 10 min on the loaded 2-core VM, one after another): a kill
     # as the first checkpoint commits (before it is sealed: the rerun starts over), a SIGTERM
     # mid-interval (its checkpoint at step 30), then the resume from step 30 to the end.
     p = _train(run, "checkpoint_committed@22:KILL")
