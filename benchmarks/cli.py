@@ -88,6 +88,13 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--steps-per-dispatch", help="population: steps per dispatch to measure, e.g. 1,8 (1)"
     )
+    common.add_argument(
+        "--widths",
+        nargs="?",
+        const="",
+        help="population: the squeeze-ratio sweep's points (or these, e.g. 0.125,0.5,1.0) as one "
+        "width-padded program vs one program per point",
+    )
     common.add_argument("--data-dir", help="TFDS data_dir: adds e2e rows on a real TFDS dataset")
     common.add_argument("--tfds", default="cifar10", help="TFDS dataset for --data-dir (cifar10)")
     common.add_argument("--profile", action="store_true", help="trace each step row; top ops")
@@ -156,9 +163,16 @@ def run(args: argparse.Namespace, plan: Plan, report: Report, benchmarks_dir: Pa
     if "population" in wanted:
         from benchmarks.population import measure_population
 
-        with _row_errors(report, "population"):
-            for row in measure_population(args, plan):
-                report.add("population", row)
+        if args.widths is not None:
+            from benchmarks.population import measure_widths
+
+            with _row_errors(report, "population --widths"):
+                for row in measure_widths(args, plan):
+                    report.add("population_widths", row)
+        else:
+            with _row_errors(report, "population"):
+                for row in measure_population(args, plan):
+                    report.add("population", row)
 
 
 @contextlib.contextmanager
@@ -237,6 +251,7 @@ def report_sections() -> list[Section]:
         maxbatch.SECTION,
         compile_ahead.SECTION,
         population.SECTION,
+        population.WIDTHS_SECTION,
     ]
 
 

@@ -29,6 +29,9 @@
 #   torch       `sqz bench torch --preset v1.1 --batch 256`, short windows
 #   parallel    a cold compile with XLA_FLAGS=--xla_gpu_enable_llvm_module_compilation_parallelism
 #   sweep_warm  the same sweep again into a new directory, its compiles from the warm cache
+#   widths      `sqz bench population --widths 0.125,0.5,1.0` on digits: three squeeze ratios as
+#               one width-padded program vs one program per point, cold compiles, trials/h
+#               (issue 19; last, so that it never starves the stages above)
 # TensorFlow is never imported (digits and synthetic data only).
 #
 # $OUT gets at most 8 files (what a device run brings back): env.txt, log.txt, summary.md (the
@@ -38,7 +41,7 @@
 set -u
 OUT=${OUT:-benchmarks/out}
 SMOKE=${GPU_CHECK_SMOKE:-}
-STAGES=${STAGES:-compile e2e population sweep variants torch parallel sweep_warm}
+STAGES=${STAGES:-compile e2e population sweep variants torch parallel sweep_warm widths}
 BUDGET=${GPU_CHECK_BUDGET:-460}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -218,6 +221,10 @@ if wanted parallel; then
 fi
 if wanted sweep_warm; then  # the same HOME: every program of the first sweep is cached
   run sweep_warm 60 timed_sweep sweep_warm "$SCRATCH/home"
+fi
+if wanted widths; then  # cold compiles (no persistent cache): what a new sweep pays
+  run widths 150 $SQZ bench population --widths 0.125,0.5,1.0 --config "$DIGITS" $BENCH_SMOKE \
+    --json "$SCRATCH/widths.json" --results "$SCRATCH/results.md"
 fi
 
 # One file per stage group (a device run brings back 8 files), then the summary.

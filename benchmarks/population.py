@@ -2,6 +2,9 @@
 
     sqz bench population --members 1,2,4,8 [--config experiments/digits/squeezenet.py]
                          [--steps N] [--steps-per-dispatch 1,8] [--json PATH] [--results FILE]
+    sqz bench population --widths [0.125,0.25,0.5,0.75,1.0] [--config ...]
+
+`--widths` measures width-padded populations instead (`measure_widths`, train/padding.py).
 
 For each population size N (and each steps-per-dispatch K): the trainer's own population step
 (`Programs.population_step(N, K)`: the train step vmapped over N stacked members, K steps per
@@ -56,6 +59,8 @@ def check_args(args: Any) -> None:
     """Every population option, before anything compiles."""
     parse_int_list(args.members, "--members", DEFAULT_MEMBERS)
     parse_int_list(args.steps_per_dispatch, "--steps-per-dispatch", (1,))
+    if getattr(args, "widths", None) is not None:
+        parse_widths(args.widths)
 
 
 def _config(path: str, smoke: bool):
@@ -168,3 +173,132 @@ TITLE = (
     "N trials of the config's length, compile once, population vs one after another):"
 )
 SECTION = Section("population", TITLE, tuple(COLUMNS), cells, line=one_line)
+
+
+# ---------------------------------------------------------------------------- --widths
+DEFAULT_WIDTHS = (0.125, 0.25, 0.5, 0.75, 1.0)  # the README squeeze-ratio sweep's points
+
+
+def parse_widths(text: str | None) -> list[float]:
+    """`--widths 0.125,0.5,1.0` -> squeeze ratios in (0, 1], distinct (BenchError otherwise);
+    an empty value: the squeeze-ratio sweep's points."""
+    if not text:
+        return list(DEFAULT_WIDTHS)
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 0 < v <= 1 for v in values) or len(set(values)) != len(values):
+        raise BenchError(
+            f"--widths must be distinct squeeze ratios in (0, 1] separated by commas, got {text!r}"
+        )
+    return values
+
+
+def measure_widths(args: Any, plan: Plan) -> list[dict]:
+    """The squeeze-ratio sweep's points (one seed each) as one width-padded program vs one
+    program per point: compile seconds (cold, in this process) and trials per hour, each trial
+    `config`'s steps long at the measured step rate (eval and checkpoints left out)."""
+    from sqzexplore.train import padding  # the trainer's padding (jax)
+
+    path = args.config or DEFAULT_CONFIG
+    ratios = parse_widths(args.widths)
+    configs = []
+    for seed, sr in enumerate(ratios):
+        c = _config(path, plan.smoke)
+        c.seed, c.model.squeeze_ratio = seed, sr
+        configs.append(c)
+    programs.clear()
+    mesh, n = sharding.make_mesh(), len(configs)
+    timing = dataclasses.asdict(plan.timing)
+    put = lambda tree: jax.tree.map(lambda a: sharding.put_replicated(np.asarray(a), mesh), tree)
+    # One program per point: each point's init and step, compiled and timed alone.
+    per_point_s, compile_total, rates = 0.0, 0.0, []
+    for c in configs:
+        progs = programs.for_run(c, validate_config(c), mesh)
+        if not progs.ds.on_device:
+            raise BenchError(f"--config {path}: populations need a device-resident dataset")
+        images, labels = progs.train_arrays()
+        t0 = time.perf_counter()
+        step = progs.train_step()
+        carry = [put(progs.init(c.seed)), None]
+        compile_s = time.perf_counter() - t0
+
+        def lone_step(step=step, carry=carry, images=images, labels=labels):
+            carry[0], carry[1] = step(carry[0], images, labels)
+
+        got = timed_windows(
+            lone_step, lambda carry=carry: jax.block_until_ready(carry), progs.batch_size, **timing
+        )
+        rates.append(got["img_s"])
+        compile_total += compile_s
+        per_point_s += compile_s + progs.steps.total_steps * progs.batch_size / got["img_s"]
+    programs.clear()  # the padded group compiles its own (and the narrow inits) cold
+    t0 = time.perf_counter()
+    layout = padding.layout(configs, mesh)
+    progs = layout.programs
+    inits = [layout.init(i, c.seed) for i, c in enumerate(configs)]
+    state = [put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *inits)), None]
+    step = progs.population_step(n)
+    padded_compile = time.perf_counter() - t0
+    active = sharding.put_replicated(np.ones(n, bool), mesh)
+    images, labels = progs.train_arrays()
+
+    def pop_step():
+        state[0], state[1] = step(state[0], active, images, labels)
+
+    got = timed_windows(
+        pop_step, lambda: jax.block_until_ready(state), progs.batch_size * n, **timing
+    )
+    losses = np.asarray(jax.device_get(state[1]["loss"]))
+    padded_s = padded_compile + progs.steps.total_steps * progs.batch_size * n / got["img_s"]
+    return [
+        {
+            "config": path,
+            "squeeze_ratios": ratios,
+            "points": n,
+            "trial_steps": progs.steps.total_steps,
+            "batch": progs.batch_size,
+            "padded_compile_s": padded_compile,
+            "per_point_compile_s": compile_total,
+            "padded_img_s": got["img_s"],
+            "per_point_img_s": [float(r) for r in rates],
+            "padded_trials_per_hour": 3600 * n / padded_s,
+            "per_point_trials_per_hour": 3600 * n / per_point_s,
+            "padded_vs_per_point": per_point_s / padded_s,
+            "loss_finite": bool(np.all(np.isfinite(losses))),
+        }
+    ]
+
+
+def widths_line(r: dict) -> str:
+    return (
+        f"{r['points']} squeeze ratios as one padded program: compile {r['padded_compile_s']:.1f}"
+        f" s vs {r['per_point_compile_s']:.1f} s for one program per point; "
+        f"{r['padded_trials_per_hour']:,.0f} vs {r['per_point_trials_per_hour']:,.0f} trials/h "
+        f"({r['padded_vs_per_point']:.2f}x)"
+    )
+
+
+def widths_cells(r: dict) -> list[str]:
+    return [
+        r["config"], ",".join(str(x) for x in r["squeeze_ratios"]), str(r["trial_steps"]),
+        f"{r['padded_compile_s']:.1f}", f"{r['per_point_compile_s']:.1f}",
+        f"{r['padded_img_s']:,.0f}", f"{r['padded_trials_per_hour']:,.0f}",
+        f"{r['per_point_trials_per_hour']:,.0f}", f"{r['padded_vs_per_point']:.2f}",
+    ]  # fmt: skip
+
+
+WIDTHS_COLUMNS = (
+    "config", "squeeze ratios", "trial steps", "padded compile s", "per-point compile s (sum)",
+    "padded img/s (all)", "padded trials/h", "per-point trials/h", "padded vs per-point",
+)  # fmt: skip
+WIDTHS_SECTION = Section(
+    "population_widths",
+    "Width-padded populations (`sqz bench population --widths`: the squeeze-ratio sweep's points, "
+    "one seed each, as one padded program vs one program per point; compile cold, trials/h at "
+    "the measured step rates):",
+    WIDTHS_COLUMNS,
+    widths_cells,
+    line=widths_line,
+)

@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 BYPASS_MODES = ("none", "simple", "complex")
@@ -771,6 +771,20 @@ DESIGN_FIELDS: tuple[str, ...] = tuple(k for k, v in field_infos().items() if v.
 
 
 # ---------------------------------------------------------------------- width padding
+# The spec fields that only set channel widths (and the label): design points that differ in
+# nothing else compute the same graph at other widths and can be padded to one network.
+WIDTH_FIELDS = ("name", "squeeze_ratio", "pct_3x3", "base_e", "incr_e", "freq", "fire_widths")
+
+
+def padded_fire_widths(specs: Sequence[SqueezeNetSpec]) -> tuple[tuple[int, int, int], ...]:
+    """The elementwise largest (squeeze, expand1x1, expand3x3) of every Fire module of `specs`."""
+    fires = [s.fires() for s in specs]
+    return tuple(
+        tuple(max(getattr(f[i], k) for f in fires) for k in ("squeeze", "expand1x1", "expand3x3"))
+        for i in range(specs[0].num_fire)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ChannelMask:
     """Which input and output channels of one padded conv belong to the narrower design point

@@ -282,13 +282,22 @@ class SqueezeNet(nnx.Module):
                     self.conv1_bn = factory.batch_norm(entries[0])
 
     def features(
-        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+        self,
+        x: jax.Array,
+        *,
+        train: bool = False,
+        dropout_key: jax.Array | None = None,
+        dropout_channels: tuple[jax.Array, jax.Array] | None = None,
     ) -> dict[str, jax.Array]:
         """Every layer's output, keyed by paper name, in order of computation.
 
         Keys: 'conv1', 'maxpool1' (a pool is named after the layer it follows, as in Table 1),
         'fire2', ..., 'conv10' (after its ReLU, before global pooling) and 'logits' (float32).
         Under jit, the unused entries cost nothing.
+
+        `dropout_channels` (a width-padded model, train/padding.py): `(index, n)`, for each
+        channel entering conv10 its channel in a narrower network of `n` such channels (-1: a
+        padded channel). The dropout mask is then the one that network draws at its own shape.
         """
         spec = self.spec
         if x.ndim != 4 or x.shape[-1] != spec.in_channels:
@@ -317,7 +326,7 @@ class SqueezeNet(nnx.Module):
             elif layer.role == "classifier":
                 if train and spec.dropout > 0:
                     keep = 1.0 - spec.dropout
-                    mask = jax.random.bernoulli(dropout_key, keep, x.shape)
+                    mask = _dropout_mask(dropout_key, keep, x.shape, dropout_channels)
                     x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
                 x = self.conv10(x)
                 if spec.classifier_relu:
@@ -331,10 +340,41 @@ class SqueezeNet(nnx.Module):
         return out
 
     def __call__(
-        self, x: jax.Array, *, train: bool = False, dropout_key: jax.Array | None = None
+        self,
+        x: jax.Array,
+        *,
+        train: bool = False,
+        dropout_key: jax.Array | None = None,
+        dropout_channels: tuple[jax.Array, jax.Array] | None = None,
     ) -> jax.Array:
         """Logits [N, num_classes] in float32 for NHWC images `x`."""
-        return self.features(x, train=train, dropout_key=dropout_key)["logits"]
+        out = self.features(
+            x, train=train, dropout_key=dropout_key, dropout_channels=dropout_channels
+        )
+        return out["logits"]
+
+
+def _dropout_mask(
+    key: jax.Array,
+    keep: float,
+    shape: tuple[int, ...],
+    channels: tuple[jax.Array, jax.Array] | None,
+) -> jax.Array:
+    """The keep mask of dropout over an NHWC tensor of `shape`.
+
+    With `channels = (index, n)` it is the mask a network with `n` channels here draws, placed
+    at its channels' positions (False on padded ones): the bits of `jax.random.bernoulli` are a
+    function of each element's flat index alone (threefry in its partitionable mode, JAX's
+    default), so the narrow mask's element (b, h, w, c) is element ((b*H + h)*W + w)*n + c of
+    one flat draw at least that long.
+    """
+    if channels is None:
+        return jax.random.bernoulli(key, keep, shape)
+    index, n = channels
+    pixels, width = math.prod(shape[:-1]), shape[-1]  # the padded width bounds every n
+    flat = jax.random.bernoulli(key, keep, (pixels * width,))
+    where = jnp.arange(pixels, dtype=jnp.int32)[:, None] * n + jnp.maximum(index, 0)[None, :]
+    return jnp.where(index[None, :] >= 0, flat[where], False).reshape(shape)
 
 
 def init_model(spec: SqueezeNetSpec, seed: int = 0) -> SqueezeNet:

@@ -44,7 +44,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +364,37 @@ class SweepEngine:
         """Claim up to `limit` more pending runs of `ticket`'s point (its other seeds), for a
         worker that trains them with it as one population (train/population.py)."""
         return self.claim_batch(ticket.point, limit) if limit >= 1 else []
+
+    def claim_width_runs(
+        self, ticket: RunTicket, limit: int, accept: Callable[[dict[str, Any]], bool]
+    ) -> list[RunTicket]:
+        """Claim up to `limit` pending runs of other points whose trial record (trial.json)
+        `accept`s, for a worker that trains them with `ticket`'s as one width-padded population
+        (train/padding.py, sweep/grouping.py). While fewer are pending it registers up to
+        `limit` new points; one that `accept` refuses stays pending for any worker. Points other
+        workers are running are left to them (their programs are compiled there)."""
+        claimed: list[RunTicket] = []
+        proposed = 0
+        with self.lock:
+            while limit > len(claimed):
+                pending, elsewhere = self._pending(self._trials())
+                for number, point, seed in pending:
+                    if len(claimed) >= limit or point == ticket.point or point in elsewhere:
+                        continue
+                    record = read_json(self.dir.trial_dir(trial_id(point, seed)) / sd.TRIAL_FILE)
+                    if record is not None and accept(record):
+                        more = self._try_claim(point, number, seed)
+                        if more is not None:
+                            claimed.append(more)
+                trials = self._trials()
+                if len(claimed) >= limit or proposed >= limit or not self._budget_left(trials):
+                    break
+                number = self._propose(trials)
+                if number is None:
+                    break
+                self._register(number, claim=False)
+                proposed += 1
+        return claimed
 
     def has_free_runs(self, point: str) -> bool:
         """Whether `point` has unfinished runs that nobody has claimed."""

@@ -20,7 +20,10 @@ up to N-1 other pending seeds of its point (`SweepEngine.claim_more_runs`) and t
 one program (`sqzexplore.train.population.train_population`); each member still writes its own
 trial directory and gets its own outcome. `auto` asks `population.auto_population_size` (off on
 a CPU, where it measured slower than one after another). Only the default trainer trains
-populations.
+populations. Slots its point's seeds leave free go to pending runs of points that differ only
+in channel widths, where the padding costs less than the compile it saves by what this worker
+last measured (`claim_padded`, sweep/grouping.py; `SweepEngine.claim_width_runs`): they train
+as one width-padded program (train/padding.py), and the log says which points share it and why.
 
 A worker keeps going until the sweep is done. When only other workers' runs remain it waits and
 polls (`wait_for_others`), so that a run whose worker dies is picked up again; SLURM array tasks
@@ -44,6 +47,7 @@ from typing import Any
 import ml_collections
 
 from sqzexplore.rundir import RESULT_FILE, read_json, write_json
+from sqzexplore.sweep import grouping
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import HOST, Heartbeat, owner_record, record_is_live
 from sqzexplore.sweep.dashboards import trial_wandb
@@ -143,6 +147,7 @@ def run_worker(
     recent: list[str] = []  # points this process trained, newest first
     ahead: _Ahead | None = None
     size = population_size(population, runner, log, worker)
+    measured: grouping.Measured | None = None  # this worker's last run's costs (padding)
     prepare = prepare_hook(runner, size) if compile_ahead is not False else None
     try:
         while max_runs is None or sum(summary.runs.values()) < max_runs:
@@ -162,6 +167,8 @@ def run_worker(
                 continue
             heartbeat.add_claim(ticket.claim)
             tickets = [ticket, *engine.claim_more_runs(ticket, size - 1)]
+            if len(tickets) < size:
+                tickets += claim_padded(engine, tickets, size, measured, log)
             for more in tickets[1:]:
                 heartbeat.add_claim(more.claim)
             recent = [ticket.point, *(p for p in recent if p != ticket.point)][:RECENT_POINTS]
@@ -184,6 +191,7 @@ def run_worker(
             finally:
                 for t in tickets:
                     heartbeat.discard(t.claim.path)
+            measured = _measure(tickets, outcomes) or measured
             for t, outcome in zip(tickets, outcomes, strict=True):
                 engine.finish_run(t, outcome)
                 summary.runs[outcome.kind] = summary.runs.get(outcome.kind, 0) + 1
@@ -224,6 +232,42 @@ def population_size(population: str | int, runner: Runner, log, worker: str) -> 
         return size
     log(f"[{worker}] population: up to {int(population)} seeds of a point as one program")
     return int(population)
+
+
+def claim_padded(
+    engine: SweepEngine,
+    tickets: list[RunTicket],
+    size: int,
+    measured: grouping.Measured | None,
+    log: Callable[[str], None] = print,
+) -> list[RunTicket]:
+    """Claim runs of other points to fill a population of `size` with `tickets`, padded to
+    common widths, where `grouping.pays`; logs each point considered and why."""
+    group = [t.record()["config"] for t in tickets]
+    said: set[str] = set()
+
+    def accept(record: dict) -> bool:
+        ok, why = grouping.pays(group, record["config"], measured)
+        if record["point"] not in said:
+            said.add(record["point"])
+            verdict = "padded into its program" if ok else "not padded"
+            log(f"[{engine.worker}] {tickets[0].point}: {record['point']} {verdict}: {why}")
+        if ok:
+            group.append(record["config"])
+        return ok
+
+    return engine.claim_width_runs(tickets[0], size - len(tickets), accept)
+
+
+def _measure(tickets: list[RunTicket], outcomes: list) -> grouping.Measured | None:
+    """The costs of the program that just trained `tickets` (for `claim_padded`)."""
+    for t, outcome in zip(tickets, outcomes, strict=True):
+        if outcome.kind != "complete":
+            continue
+        configs = [x.record()["config"] for x in tickets]
+        macs = len(tickets) * grouping.group_macs(configs)  # the program computes them all
+        return grouping.Measured.from_result(read_json(t.workdir / RESULT_FILE), macs)
+    return None
 
 
 def prepare_hook(
@@ -377,7 +421,11 @@ def execute_population(
     t0 = time.time()
     design = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in records[0]["design"].items())
     seeds = ", ".join(str(t.seed) for t in tickets)
-    log(f"[{engine.worker}] {tickets[0].point}: {design}, seeds {seeds} as one population")
+    if len({t.point for t in tickets}) == 1:
+        log(f"[{engine.worker}] {tickets[0].point}: {design}, seeds {seeds} as one population")
+    else:
+        runs = ", ".join(t.trial_id for t in tickets)
+        log(f"[{engine.worker}] {runs} as one width-padded population (one program)")
     try:
         results = runner.train_population(
             configs, [str(t.workdir) for t in tickets], on_eval=on_eval

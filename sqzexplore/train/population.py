@@ -49,7 +49,7 @@ from sqzexplore.config import ConfigError, flat_defaults, validate_config
 from sqzexplore.models.complexity import complexity as analytic_complexity
 from sqzexplore.progress import Progress
 from sqzexplore.runlog import MetricsWriter
-from sqzexplore.train import events, loop, preflight, programs, xla_options
+from sqzexplore.train import events, loop, padding, preflight, programs, xla_options
 from sqzexplore.train.preempt import PreemptionFlag
 
 NONFINITE_FILE = "nonfinite.json"  # a member frozen for a NaN/Inf loss: its error, kept
@@ -85,8 +85,9 @@ def auto_population_size(platform: str | None = None) -> tuple[int, str]:
 
 
 def check_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str]):
-    """Raise PopulationError unless `configs` are identical up to the seed, with one distinct
-    workdir each."""
+    """Raise PopulationError unless `configs` are identical up to the seed and the channel widths
+    (padding.WIDTH_FIELDS: such members are padded to one network), with one distinct workdir
+    each."""
     if not configs:
         raise PopulationError("a population needs at least one config")
     if len(configs) != len(workdirs):
@@ -99,16 +100,15 @@ def check_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
         raise PopulationError(f"the workdirs of a population must be distinct, got {paths}")
 
     def strip(config):
-        d = rundir.semantic(json.loads(config.to_json_best_effort()))
-        d.pop("seed", None)
-        return d
+        return padding.width_free(rundir.semantic(json.loads(config.to_json_best_effort())))
 
     first = strip(configs[0])
     for i, config in enumerate(configs[1:], 1):
         diff = rundir.flat_diff(first, strip(config))
         if diff:
             raise PopulationError(
-                f"configs of a population must be identical up to the seed; config {i} differs "
+                "configs of a population must be identical up to the seed and the channel "
+                f"widths; config {i} differs "
                 f"from config 0 in {', '.join(diff[:3])}"
             )
 
@@ -128,6 +128,9 @@ class _Member:
         self.last_eval: dict = {}
         self.images_per_s = 0.0
         self.state: Any = None  # its restored state (host values) until the members are stacked
+        self.spec: Any = None  # its own (narrow) network's spec and complexity, set by _run
+        self.cplx: dict = {}
+        self.cplx_summary: dict = {}
 
     @property
     def active(self) -> bool:
@@ -150,7 +153,8 @@ def train_population(
     """
     t_start = time.perf_counter()
     check_population(configs, workdirs)
-    spec = validate_config(configs[0])
+    for c in configs:
+        validate_config(c)
     members = [_Member(i, c, w) for i, (c, w) in enumerate(zip(configs, workdirs, strict=True))]
     for m in members:
         stored = rundir.read_result(m.workdir)
@@ -166,7 +170,7 @@ def train_population(
     stop = PreemptionFlag()
     try:
         events.reached("startup", 0)
-        return _run(members, spec, on_eval, stop, t_start)
+        return _run(members, on_eval, stop, t_start)
     finally:
         stop.restore()
 
@@ -198,18 +202,25 @@ def _drop_newer(workdir: str, step: int) -> None:
             shutil.rmtree(os.path.join(d, name), ignore_errors=True)
 
 
-def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: float) -> list:
+def _run(members: list[_Member], on_eval, stop: PreemptionFlag, t_start: float) -> list:
     config = members[0].config
     sharding.maybe_initialize_distributed(config.distributed)
     mesh = sharding.make_mesh()
-    for m in members:
-        if m.active:  # devices, platform, batch split, memory (of one member), workdir
-            preflight.check(config, spec, mesh, m.workdir)
     xla_options.configure(config)  # persistent cache, GPU compile options; before any compile
     is_main = jax.process_index() == 0
     n = len(members)
     compile_start = programs.compile_seconds()
-    progs = programs.for_run(config, spec, mesh)
+    # The members' shapes in the program: as they are, or padded to common widths.
+    try:
+        layout = padding.layout([m.config for m in members], mesh)
+    except padding.PaddingError as e:  # a sweep worker then trains them one by one
+        raise PopulationError(str(e)) from None
+    for m in members:
+        if m.active:  # devices, platform, batch split, memory (of one padded member), workdir
+            preflight.check(layout.config, layout.spec, mesh, m.workdir)
+    if is_main and layout.describe():
+        print(f"population of {n}: {layout.describe()}", flush=True)
+    progs = layout.programs
     if not progs.ds.on_device:
         raise PopulationError(
             "populations need a device-resident dataset (config.data.on_device true, or auto "
@@ -217,39 +228,35 @@ def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: f
         )
     steps = progs.steps
     total, batch_size = steps.total_steps, int(config.batch_size)
-    cplx = analytic_complexity(spec).to_dict()
-    complexity_summary = {
-        k: cplx[k] for k in ("params", "macs", "fp32_bytes", "fp32_mib", "activations")
-    }
     active = [m for m in members if m.active]
+    for m in members:  # each member's own (narrow) network
+        m.spec = layout.specs[m.index]
+        m.cplx = analytic_complexity(m.spec).to_dict()
+        m.cplx_summary = {
+            k: m.cplx[k] for k in ("params", "macs", "fp32_bytes", "fp32_mib", "activations")
+        }
     for m in active:
         os.makedirs(m.workdir, exist_ok=True)
         rundir.check_config(m.workdir, m.config_dict, flat_defaults())
         if is_main:
             rundir.write_json(os.path.join(m.workdir, rundir.CONFIG_FILE), m.config_dict)
-            rundir.write_json(os.path.join(m.workdir, rundir.SPEC_FILE), spec.to_dict())
-            rundir.write_json(os.path.join(m.workdir, rundir.COMPLEXITY_FILE), cplx)
+            rundir.write_json(os.path.join(m.workdir, rundir.SPEC_FILE), m.spec.to_dict())
+            rundir.write_json(os.path.join(m.workdir, rundir.COMPLEXITY_FILE), m.cplx)
 
     replicated = sharding.replicated(mesh)
     try:
-        start_step = _restore(active, progs, config, replicated)
+        start_step = _restore(active, layout, config, replicated)
         if stop.requested:
             return _preempted_before_training(members, start_step, "start-up")
         # Every slot holds a state: restored or fresh for the unfinished members, a fresh init
         # for the finished ones (frozen: their values never matter).
-        fresh = initial_states(progs, [m.seed for m in members if m.state is None])
-        fresh_iter = iter(range(len(members)))
         host_states = []
         for m in members:
-            if m.state is None:
-                k = next(fresh_iter)
-                host_states.append(jax.tree.map(lambda a, k=k: a[k], fresh))
-            else:
-                host_states.append(m.state)
+            host_states.append(layout.init(m.index, m.seed) if m.state is None else m.state)
             m.state = None
-        stacked = jax.tree.map(lambda *xs: np.stack(xs), *host_states)
+        stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *host_states)
         state = jax.tree.map(lambda a: sharding.put_replicated(a, mesh), stacked)
-        del host_states, stacked, fresh
+        del host_states, stacked
         if start_step:
             print(f"resuming population of {n} from step {start_step}", flush=True)
 
@@ -280,7 +287,7 @@ def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: f
                 resume_step=start_step,
                 wandb_config=m.config.wandb,
                 run_config=m.config_dict,
-                summary={"design": spec.to_dict(), "complexity": complexity_summary},
+                summary={"design": m.spec.to_dict(), "complexity": m.cplx_summary},
             )
         progress = Progress(config.progress, total, start_step, is_main)
         mask = lambda: sharding.put_replicated(np.array([m.active for m in members]), mesh)
@@ -347,7 +354,8 @@ def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: f
                 to_save = [m for m in members if m.active] if (is_ckpt or preempt) else pruned
                 if to_save:
                     for m in to_save:
-                        m.ckpt.save(step, _member(state, m.index, mesh), m.best, host=_json(m))
+                        narrow = _member(state, m.index, mesh, layout)
+                        m.ckpt.save(step, narrow, m.best, host=_json(m))
                     events.reached("checkpoint_save", step)
                 for m in pruned:
                     _finish(
@@ -360,7 +368,7 @@ def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: f
                         t_start,
                         compile_start,
                         train_time,
-                        complexity_summary,
+                        m.cplx_summary,
                         is_main,
                     )
                     changed = True
@@ -412,13 +420,13 @@ def _run(members: list[_Member], spec, on_eval, stop: PreemptionFlag, t_start: f
                 t_start,
                 compile_start,
                 train_time,
-                complexity_summary,
+                m.cplx_summary,
                 is_main,
             )
     return [m.result for m in members]
 
 
-def _restore(active: list[_Member], progs, config, replicated) -> int:
+def _restore(active: list[_Member], layout, config, replicated) -> int:
     """Open every unfinished member's checkpointer and restore them all at one step (the newest
     that all have committed); that step (0: fresh start, `m.state` None)."""
     common = None
@@ -448,11 +456,11 @@ def _restore(active: list[_Member], progs, config, replicated) -> int:
             for m in active:
                 m.state, m.best, m.host_metrics = None, Best(), []
             return 0
-        restored = [m.ckpt.restore_latest(progs.abstract_state()) for m in active]
+        restored = [m.ckpt.restore_latest(layout.abstract(m.index)) for m in active]
         steps = [r[0] if r is not None else 0 for r in restored]
         if min(steps) == target:
             for m, (_, state, best, carried) in zip(active, restored, strict=True):
-                m.state = jax.device_get(state)
+                m.state = layout.embed(m.index, jax.device_get(state))
                 m.best = best
                 m.host_metrics = [{k: np.float32(v) for k, v in h.items()} for h in carried]
             return target
@@ -460,9 +468,10 @@ def _restore(active: list[_Member], progs, config, replicated) -> int:
         target = min(steps)
 
 
-def _member(state, index: int, mesh) -> Any:
-    """Member `index`'s state, replicated (what its lone trial would checkpoint)."""
-    host = jax.device_get(jax.tree.map(lambda a: a[index], state))
+def _member(state, index: int, mesh, layout) -> Any:
+    """Member `index`'s state, replicated (what its lone trial would checkpoint: its narrow
+    state where the population is padded)."""
+    host = layout.extract(index, jax.device_get(jax.tree.map(lambda a: a[index], state)))
     return jax.tree.map(lambda a: sharding.put_replicated(np.asarray(a), mesh), host)
 
 

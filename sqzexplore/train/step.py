@@ -70,7 +70,8 @@ def make_train_step(
     which `batch_fn(images, labels, step, data_key)` draws (and augments) this step's batch.
     `batch_sharding` constrains the batch (e.g. sharded over the 'data' mesh axis).
     `reparam` (an object with a pure `apply(trainable, aux) -> params`) changes what is trained:
-    the optimiser updates `state.params`, the model sees `apply(state.params, state.aux)`.
+    the optimiser updates `state.params`, the model sees `apply(state.params, state.aux)` (and,
+    where the reparam has `call_kwargs(aux) -> dict`, those keyword arguments in training).
     `tx`: an `optim.FlatOptimizer`; `init_state` must have made the state with the same one.
     Metrics: loss, top1 (of the batch), grad_norm, param_norm and lr, as scalars.
     """
@@ -84,7 +85,9 @@ def make_train_step(
     def loss_fn(trainable, aux, batch_stats, x, y, dropout_key):
         params = reparam.apply(trainable, aux) if reparam is not None else trainable
         model = nnx.merge(graphdef, params, batch_stats)
-        logits = model(x, train=True, dropout_key=dropout_key)
+        # A reparam may also pass the model per-run arguments held in aux (train/padding.py).
+        extra = reparam.call_kwargs(aux) if hasattr(reparam, "call_kwargs") else {}
+        logits = model(x, train=True, dropout_key=dropout_key, **extra)
         new_stats = nnx.state(model, nnx.BatchStat).to_pure_dict() if batch_stats else batch_stats
         loss = cross_entropy(logits, y, num_classes, smoothing).mean()
         return loss, (logits, new_stats)
