@@ -136,6 +136,7 @@ def test_dropout_mask_is_drawn_at_the_narrow_shape():
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_members_are_their_narrow_lone_trials(trained, capsys):
     drift = []
     for i, (single, member) in enumerate(zip(trained["singles"], trained["members"], strict=True)):
@@ -178,6 +179,7 @@ def _assert_padding_zero(layout, states, members, steps: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_padded_weights_stay_exactly_zero(trained):
     layout = padding.layout(trained["configs"], sharding.make_mesh())
     assert sorted(trained["final"]) == list(range(len(POINTS)))
@@ -206,6 +208,7 @@ def _train(workdir, fault: str | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_padded_population_resumes_after_kill_and_sigterm(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     p = _train(ref)
@@ -251,6 +254,7 @@ def test_grouping_pays_by_measured_cost():
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_sweep_pads_the_points_of_one_width_group(tmp_path, capsys):
     """A squeeze-ratio sweep, one seed a point, `--population 3`: the first run measures the
     costs, the two other points then train as one padded program; each trial is its own

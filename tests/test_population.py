@@ -255,6 +255,7 @@ def test_population_sigterm_at_every_phase(tmp_path, reference):
 
 # ---------------------------------------------------------------------------- the digits point
 @pytest.mark.slow
+@pytest.mark.soak
 def test_digits_population_of_three_matches_its_lone_trials(tmp_path, capsys):
     """The issue's acceptance run: 3 seeds of experiments/digits/squeezenet.py, 20 epochs.
     Measured (4 fake CPU devices, loaded 2-core VM): lone 98.61 / 98.89 / 99.17%, members

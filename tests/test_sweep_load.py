@@ -194,6 +194,7 @@ def test_sixteen_workers_on_postgres_with_no_file_locks_and_sigkills(tmp_path, p
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @needs_postgres
 def test_stale_claims_are_recovered_across_hosts(tmp_path, postgres):
     storage = create_database(postgres, "load_hosts")
