@@ -59,10 +59,15 @@ def test_tiny_digits_sweep_with_the_real_trainer(tmp_path, capsys):
         # this (test) process with the same shapes.
         assert result["train_time_s"] > 0 and result["compile_time_s"] >= 0
         config = json.loads((trial_dir / "config.json").read_text())
-        # The trainer ran the config registered in trial.json, built once by the engine.
-        assert config == json.loads((trial_dir / "trial.json").read_text())["config"]
+        # The trainer ran the config registered in trial.json, built once by the engine, with
+        # the sweep's wandb bookkeeping (readable name, one group per sweep) laid over it.
+        registered = json.loads((trial_dir / "trial.json").read_text())["config"]
+        assert {k: v for k, v in config.items() if k != "wandb"} == {
+            k: v for k, v in registered.items() if k != "wandb"
+        }
         assert config["model"]["squeeze_ratio"] == r.params["model.squeeze_ratio"]
-        assert config["wandb"]["group"] == "tiny_digits" and config["seed"] == 0
+        assert config["wandb"]["group"].startswith("tiny_digits-") and config["seed"] == 0
+        assert config["wandb"]["name"] == f"sr={r.params['model.squeeze_ratio']} s0"
         expected = complexity(SqueezeNetSpec.from_dict(config["model"]))
         assert result["complexity"]["params"] == expected.params == r.complexity["params"]
         evals = [m for m in read_jsonl(trial_dir / "metrics.jsonl") if m["split"] == "eval"]
