@@ -189,15 +189,18 @@ def _child(cache: str, policy: str) -> dict:
 def test_a_second_process_compiles_nothing_new(tmp_path, policy):
     cache = str(tmp_path / "xla")
     first = _child(cache, policy)
-    for name in ("init", "step", "eval"):  # each program compiled and written once
-        assert first.get(f"{name}/writes") == 1, first
+    # GPU policy: every program is written. CPU policy: those that took >= 0.5 s to compile, a
+    # set that depends on the machine's load (the tiny eval may compile faster), but the step
+    # always takes longer.
+    cached = [n for n in ("init", "step", "eval") if first.get(f"{n}/writes") == 1]
+    assert cached == ["init", "step", "eval"] if policy == "gpu" else "step" in cached, first
     entries = sorted(os.listdir(cache))
     second = _child(cache, policy)
-    for name in ("init", "step", "eval"):  # ... and read back, not compiled, by the next process
+    for name in cached:  # ... and read back, not compiled, by the next process
         assert second.get(f"{name}/hits") == 1 and not second.get(f"{name}/writes"), second
-    assert not any(k.endswith("/writes") for k in second), second  # nothing new anywhere
     if policy == "gpu":  # no floor: every request of the second process is a hit
+        assert not any(k.endswith("/writes") for k in second), second  # nothing new anywhere
         requests = sum(v for k, v in second.items() if k.endswith("/requests"))
         hits = sum(v for k, v in second.items() if k.endswith("/hits"))
         assert requests == hits, second
-    assert sorted(os.listdir(cache)) == entries
+        assert sorted(os.listdir(cache)) == entries
