@@ -85,25 +85,33 @@ def run_load(tmp_path, storage: str, *, distinct_hosts: bool, stale_after_s: flo
     rng = random.Random(seed)
     envs = [
         shim_env(
-            {"SQZ_FAKE_STEP_S": f"{rng.uniform(0.005, 0.025):.4f}"}
+            {"SQZ_FAKE_STEP_S": f"{rng.uniform(0.04, 0.12):.4f}"}
             | ({"SQZ_SWEEP_HOST": f"node{k:02d}"} if distinct_hosts else {})
         )
         for k in range(WORKERS)
     ]
     t0 = time.time()
     procs = [sweep_cli(*args, env=env) for env in envs]  # all at once, on a fresh database
-    victims = rng.sample(range(WORKERS), KILLS)
     killed: set[int] = set()
     mid_run = 0
     try:
-        # Kill each victim at a random moment once it is in the middle of a run.
-        for k in victims:
-            wait_for(
-                lambda k=k: procs[k].poll() is not None or running(sweep_dir, procs[k].pid),
-                120,
-                f"worker {k} mid-run",
-            )
-            time.sleep(rng.uniform(0.0, 0.3))
+        # Kill KILLS workers, each at a random moment while it is in the middle of a run (chosen
+        # among those mid-run then: on a quiet machine a worker picked in advance may have
+        # finished its share before its turn).
+        deadline = time.time() + 120
+        while len(killed) < KILLS and time.time() < deadline:
+            busy = [
+                k
+                for k, p in enumerate(procs)
+                if p.pid not in killed and p.poll() is None and running(sweep_dir, p.pid)
+            ]
+            if not busy:
+                if all(p.poll() is not None for p in procs):
+                    break
+                time.sleep(0.02)
+                continue
+            k = rng.choice(busy)
+            time.sleep(rng.uniform(0.0, 0.1))
             if procs[k].poll() is None:
                 procs[k].send_signal(signal.SIGKILL)
                 procs[k].wait()
@@ -180,6 +188,7 @@ def report_rate(label: str, sweep_dir: sd.SweepDir, claims: int, wall: float) ->
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # see the note in run_load: on a quiet machine its killer can miss every run
 @needs_postgres
 def test_sixteen_workers_on_postgres_with_no_file_locks_and_sigkills(tmp_path, postgres):
     storage = create_database(postgres, "load_one_host")
