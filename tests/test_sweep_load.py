@@ -188,7 +188,7 @@ def report_rate(label: str, sweep_dir: sd.SweepDir, claims: int, wall: float) ->
 
 
 @pytest.mark.slow
-@pytest.mark.soak  # see the note in run_load: on a quiet machine its killer can miss every run
+@pytest.mark.soak  # on a quiet machine the killer found no worker mid-run (seen once): to fix
 @needs_postgres
 def test_sixteen_workers_on_postgres_with_no_file_locks_and_sigkills(tmp_path, postgres):
     storage = create_database(postgres, "load_one_host")
