@@ -65,16 +65,6 @@ def shim_env(extra: dict[str, str]) -> dict[str, str]:
     return {"SQZ_TEST_NOOP_FLOCK": "1", "PYTHONPATH": path, **extra}
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def run_load(tmp_path, storage: str, *, distinct_hosts: bool, stale_after_s: float, seed: int):
     path = load_sweep(tmp_path)
     workdir = tmp_path / "w"

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import optuna
 import pytest
 import sqlalchemy as sa
 from postgres_server import create_database, missing_reason, postgres_server
 from required_service import import_or_require, require
-from test_sweep_support import FAKE_RUNNER, run_inprocess, sr_space, sweep_cli, write_sweep
+from test_sweep_support import (
+    FAKE_RUNNER,
+    run_inprocess,
+    sr_space,
+    sweep_cli,
+    wait_for,
+    write_sweep,
+)
 
 from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import dbclaims
@@ -36,16 +42,6 @@ psycopg = import_or_require("psycopg", "psycopg (requirements.txt) is not instal
 def postgres():
     with postgres_server() as url:
         yield url
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def attempts(sweep_dir: sd.SweepDir) -> dict[str, list[dict]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from fake_runner import run_fake_trial
@@ -77,3 +78,14 @@ def sweep_cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
         text=True,
         **kw,
     )
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """`predicate()`'s first truthy value, polled until `timeout` seconds; fails naming `what`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -249,16 +249,18 @@ class DbRuns:
             write_json(claim.path, record)
         return claim
 
+    def _update_owned(self, claim: DbClaim):
+        """An UPDATE of our claimed run's row that matches only while the claim is still ours."""
+        return RUNS.update().where(
+            self._mine(claim.trial_id),
+            RUNS.c.state == CLAIMED,
+            RUNS.c.token == claim.record["token"],
+        )
+
     def beat(self, claim: DbClaim) -> bool:
         with self.engine.begin() as conn:
             done = conn.execute(
-                RUNS.update()
-                .where(
-                    self._mine(claim.trial_id),
-                    RUNS.c.state == CLAIMED,
-                    RUNS.c.token == claim.record["token"],
-                )
-                .values(heartbeat=sa.func.now(), beat=RUNS.c.beat + 1)
+                self._update_owned(claim).values(heartbeat=sa.func.now(), beat=RUNS.c.beat + 1)
             ).rowcount
         if done == 1:
             with contextlib.suppress(OSError):
@@ -273,15 +275,7 @@ class DbRuns:
         else:
             change = dict(state=DONE, outcome=outcome, run_values=json.dumps(values), token=None)
         with self.engine.begin() as conn:
-            done = conn.execute(
-                RUNS.update()
-                .where(
-                    self._mine(claim.trial_id),
-                    RUNS.c.state == CLAIMED,
-                    RUNS.c.token == claim.record["token"],
-                )
-                .values(**change)
-            ).rowcount
+            done = conn.execute(self._update_owned(claim).values(**change)).rowcount
         self._drop_display_copy(claim)
         return done == 1
 

@@ -206,9 +206,7 @@ def _run(config, spec, workdir, config_dict, reparam, init_params, on_eval, stop
                 # One reading of the flag per step, used for all of it: a SIGTERM handled during
                 # this step's syncs (log, eval, save) is acted on at the next step.
                 preempt = stop.requested and step < total
-                is_eval = step % steps.eval_every == 0 or step == total
-                is_ckpt = step % steps.checkpoint_every == 0 or step == total
-                is_log = step % config.log_every_steps == 0 or is_eval or is_ckpt
+                is_eval, is_ckpt, is_log = programs.cadence(step, steps, config.log_every_steps)
                 if is_log or preempt:
                     host_metrics += per_step(jax.device_get(pending))
                     pending = []

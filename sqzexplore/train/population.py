@@ -293,6 +293,11 @@ def _run(members: list[_Member], on_eval, stop: PreemptionFlag, t_start: float) 
         mask = lambda: sharding.put_replicated(np.array([m.active for m in members]), mesh)
         active_dev = mask()
         step, preempted = start_step, False
+
+        def finish(m: _Member, status: str) -> None:  # this attempt's step, state and timings
+            _finish(m, status, step, progs, state, mesh, t_start, compile_start, train_time,
+                    m.cplx_summary, is_main)  # fmt: skip
+
         train_time, interval_t0, pending = 0.0, time.perf_counter(), []
         try:
             while step < total and any(m.active for m in members):
@@ -303,9 +308,7 @@ def _run(members: list[_Member], on_eval, stop: PreemptionFlag, t_start: float) 
                     events.reached("step", s)
                 step += length
                 preempt = stop.requested and step < total
-                is_eval = step % steps.eval_every == 0 or step == total
-                is_ckpt = step % steps.checkpoint_every == 0 or step == total
-                is_log = step % config.log_every_steps == 0 or is_eval or is_ckpt
+                is_eval, is_ckpt, is_log = programs.cadence(step, steps, config.log_every_steps)
                 changed = False
                 if is_log or preempt:
                     synced = loop.per_step(jax.device_get(pending), step_ndim=1)
@@ -358,19 +361,7 @@ def _run(members: list[_Member], on_eval, stop: PreemptionFlag, t_start: float) 
                         m.ckpt.save(step, narrow, m.best, host=_json(m))
                     events.reached("checkpoint_save", step)
                 for m in pruned:
-                    _finish(
-                        m,
-                        "pruned",
-                        step,
-                        progs,
-                        state,
-                        mesh,
-                        t_start,
-                        compile_start,
-                        train_time,
-                        m.cplx_summary,
-                        is_main,
-                    )
+                    finish(m, "pruned")
                     changed = True
                 if preempt:
                     preempted = True
@@ -410,19 +401,7 @@ def _run(members: list[_Member], on_eval, stop: PreemptionFlag, t_start: float) 
             m.last_eval = evals[m.index]
     for m in members:
         if m.active:
-            _finish(
-                m,
-                "complete",
-                step,
-                progs,
-                state,
-                mesh,
-                t_start,
-                compile_start,
-                train_time,
-                m.cplx_summary,
-                is_main,
-            )
+            finish(m, "complete")
     return [m.result for m in members]
 
 

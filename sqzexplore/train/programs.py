@@ -163,6 +163,15 @@ def steps_per_dispatch(config: Any, steps: Any, on_device: bool) -> tuple[int, s
     return k, why
 
 
+def cadence(step: int, steps: Durations, log_every: int) -> tuple[bool, bool, bool]:
+    """(eval, checkpoint, log) due after `step`: eval and checkpoints at their intervals and at
+    the last step, and a log record at its interval and wherever either of them is."""
+    last = step == steps.total_steps
+    is_eval = step % steps.eval_every == 0 or last
+    is_ckpt = step % steps.checkpoint_every == 0 or last
+    return is_eval, is_ckpt, step % log_every == 0 or is_eval or is_ckpt
+
+
 def next_boundary(step: int, steps: Any, log_every: int) -> int:
     """The first step after `step` that logs, evaluates, checkpoints or ends the run."""
     nxt = lambda every: (step // every + 1) * every
