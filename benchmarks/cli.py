@@ -89,6 +89,11 @@ def parser() -> argparse.ArgumentParser:
         "--steps-per-dispatch", help="population: steps per dispatch to measure, e.g. 1,8 (1)"
     )
     common.add_argument(
+        "--lowering",
+        help="population: how members run, vmap and/or unroll, e.g. vmap,unroll (default: the "
+        "platform's auto, unroll on CPU and vmap elsewhere)",
+    )
+    common.add_argument(
         "--widths",
         nargs="?",
         const="",

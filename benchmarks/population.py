@@ -7,8 +7,9 @@
 `--widths` measures width-padded populations instead (`measure_widths`, train/padding.py).
 
 For each population size N (and each steps-per-dispatch K): the trainer's own population step
-(`Programs.population_step(N, K)`: the train step vmapped over N stacked members, K steps per
-dispatch in one `lax.scan`) on the config's device-resident data, timed by the same windows as
+(`Programs.population_step(N, K, lowering)`: the train step over N stacked members, vmapped or
+unrolled (`--lowering vmap,unroll`; default the platform's auto), K steps per dispatch in one
+`lax.scan`) on the config's device-resident data, timed by the same windows as
 `sqz bench step`. Against the lone trial's step (`Programs.train_block(K)`), it gives:
 
 - img/s of all members together, and the gain over one member (N x its img/s would be ideal);
@@ -55,10 +56,22 @@ def parse_int_list(text: str | None, option: str, default: tuple[int, ...]) -> l
     return values
 
 
+def parse_lowerings(text: str | None) -> list[str]:
+    """`--lowering vmap,unroll` -> ["vmap", "unroll"]; None: the platform's auto."""
+    if text is None:
+        return [programs.population_lowering(None)]
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    allowed = ("vmap", "unroll")
+    if not values or any(v not in allowed for v in values) or len(set(values)) != len(values):
+        raise BenchError(f"--lowering must be vmap and/or unroll separated by commas, got {text!r}")
+    return values
+
+
 def check_args(args: Any) -> None:
     """Every population option, before anything compiles."""
     parse_int_list(args.members, "--members", DEFAULT_MEMBERS)
     parse_int_list(args.steps_per_dispatch, "--steps-per-dispatch", (1,))
+    parse_lowerings(getattr(args, "lowering", None))
     if getattr(args, "widths", None) is not None:
         parse_widths(args.widths)
 
@@ -82,6 +95,7 @@ def measure_population(args: Any, plan: Plan) -> list[dict]:
     spec = validate_config(config)
     members = parse_int_list(args.members, "--members", DEFAULT_MEMBERS)
     ks = parse_int_list(args.steps_per_dispatch, "--steps-per-dispatch", (1,))
+    lowerings = parse_lowerings(getattr(args, "lowering", None))
     programs.clear()
     progs = programs.for_run(config, spec, sharding.make_mesh())
     if not progs.ds.on_device:
@@ -104,9 +118,9 @@ def measure_population(args: Any, plan: Plan) -> list[dict]:
 
         sync = lambda carry=carry: jax.block_until_ready(carry)
         base = timed_windows(lone_step, sync, batch * k, **timing)
-        for n in members:
+        for n, lowering in [(n, lo) for n in members for lo in lowerings]:
             t0 = time.perf_counter()
-            step = progs.population_step(n, k)
+            step = progs.population_step(n, k, lowering)
             compile_s = time.perf_counter() - t0
             active = sharding.put_replicated(np.ones(n, bool), mesh)
             state = [put(initial_states(progs, list(range(n)))), None]
@@ -124,6 +138,7 @@ def measure_population(args: Any, plan: Plan) -> list[dict]:
             row = {
                 "config": path,
                 "members": n,
+                "lowering": lowering,
                 "steps_per_dispatch": k,
                 "batch": batch,
                 "trial_steps": trial_steps,
@@ -146,7 +161,8 @@ def measure_population(args: Any, plan: Plan) -> list[dict]:
 
 def one_line(r: dict) -> str:
     return (
-        f"{r['members']} members, {r['steps_per_dispatch']} steps/dispatch: {r['img_s']:,.0f} "
+        f"{r['members']} members ({r.get('lowering', 'vmap')}), "
+        f"{r['steps_per_dispatch']} steps/dispatch: {r['img_s']:,.0f} "
         f"img/s ({r['gain_vs_one']:.2f}x one member's {r['lone_img_s']:,.0f}), compile "
         f"{r['compile_s']:.1f} s; {r['trials_per_hour']:,.0f} trials/h = "
         f"{r['trials_per_hour_vs_sequential']:.2f}x sequential"
@@ -155,7 +171,8 @@ def one_line(r: dict) -> str:
 
 def cells(r: dict) -> list[str]:
     return [
-        r["config"], str(r["members"]), str(r["steps_per_dispatch"]), str(r["batch"]),
+        r["config"], str(r["members"]), r.get("lowering", "vmap"),
+        str(r["steps_per_dispatch"]), str(r["batch"]),
         f"{r['img_s']:,.0f}", f"{r['img_s_per_member']:,.0f}", f"{r['lone_img_s']:,.0f}",
         f"{r['gain_vs_one']:.2f}", f"{r['compile_s']:.1f}", f"{r['lone_compile_s']:.1f}",
         f"{r['trials_per_hour']:,.0f}", f"{r['sequential_trials_per_hour']:,.0f}",
@@ -164,13 +181,15 @@ def cells(r: dict) -> list[str]:
 
 
 COLUMNS = [
-    "config", "members", "steps/dispatch", "batch", "img/s (all members)", "img/s per member",
+    "config", "members", "lowering", "steps/dispatch", "batch", "img/s (all members)",
+    "img/s per member",
     "one member img/s", "gain vs one", "compile s", "one member compile s", "trials/h",
     "sequential trials/h", "trials/h vs sequential",
 ]  # fmt: skip
 TITLE = (
-    "Populations (N seeds of one point as one vmapped program vs one member's step; trials/h: "
-    "N trials of the config's length, compile once, population vs one after another):"
+    "Populations (N seeds of one point as one program, vmapped or unrolled, vs one member's "
+    "step; trials/h: N trials of the config's length, compile once, population vs one after "
+    "another):"
 )
 SECTION = Section("population", TITLE, tuple(COLUMNS), cells, line=one_line)
 

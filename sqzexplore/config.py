@@ -60,6 +60,7 @@ WANDB_MODES = ("disabled", "offline", "online")
 # Where to train: "auto" takes what JAX finds; a named platform is required (train stops with an
 # error naming the fix when JAX sees no such device). Not part of the run's identity.
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
+POPULATION_LOWERINGS = ("auto", "vmap", "unroll")
 
 
 # ---------------------------------------------------------------------------------- arg parsing
@@ -219,6 +220,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_epochs = 1.0
     c.keep_checkpoints = 3
     c.steps_per_dispatch = 0  # train steps per host call (one lax.scan); 0: auto (train/loop.py)
+    # How a population's program runs its members (train/programs.py `over_members`): vmap (one
+    # batched step), unroll (each member's step in turn, in the one program), auto (vmap on
+    # GPU/TPU, unroll on CPU).
+    c.population_lowering = "auto"
     c.wandb = ml_collections.ConfigDict(
         dict(
             mode="disabled",  # disabled | offline | online
@@ -347,9 +352,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
 
     The one override path for typed configs: a sweep's fixed values and every trial's design
     point (`typed_config` + this, in sweep/runconfig.py), `sqz describe --set`, and the check of
-    a loaded experiment (`check_known_keys`) all set values here. `sqz train --config.KEY=VALUE`
-    parses the text with ml_collections' config_flags (by the same field types) and is then
-    checked here too.
+    a loaded experiment (`check_known_keys`) and `sqz train --config.KEY=VALUE` (its text read
+    by `parse_override`) all set values here.
 
     `ConfigDict.update_from_flattened_dict` on the config locked for the update, so a misspelt key
     is refused (not added: an `UnknownKeyError` with `.key`, `.close` and `.known`) and a value of
@@ -370,6 +374,55 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     finally:
         if not was_locked:
             config.unlock()
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> Any:
+    """The value of `--config.KEY=TEXT` read by the field's declared type (bool: true/false/1/0/
+    yes/no/on/off; int; float; tuple: a Python literal such as `('fire3', 'fire5')` or a
+    comma-separated list; str: the text). The key must exist (an `UnknownKeyError` if not); the
+    value is then set through `apply_overrides`, like every other override."""
+    parent, _, field = dotted.rpartition(".")
+    node = config
+    for part in parent.split(".") if parent else ():
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise unknown_key_error(config, dotted)
+        node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict) or field not in node:
+        raise unknown_key_error(config, dotted)
+    if isinstance(node[field], ml_collections.ConfigDict):
+        first = sorted(node[field].keys())[0]
+        raise ConfigError(
+            f"--config.{dotted} is a section; override its keys, e.g. --config.{dotted}.{first}=..."
+        )
+    kind = node.get_type(field)
+    raw = text.strip()
+    if node[field] is None and raw.lower() == "none":
+        return None
+    if kind is bool:
+        if raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        raise ConfigError(f"config.{dotted} must be true or false (the field's type), got {text!r}")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            info = field_infos().get(field) if parent == "model" else None
+            if info is not None:
+                raise ConfigError(f"config.{dotted} must be {info.allowed}, got {text!r}") from None
+            raise ConfigError(
+                f"config.{dotted} must be {what} (the field's type), got {text!r}"
+            ) from None
+    if kind in (tuple, list):
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = [part.strip() for part in raw.split(",") if part.strip()]
+        return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return text
 
 
 def _type_message(config: ml_collections.ConfigDict, dotted: str, value: Any, e: Exception) -> str:
@@ -485,6 +538,12 @@ def validate_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:
     if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= 10_000:
         raise ConfigError(
             f"config.steps_per_dispatch must be an integer in [0, 10000] (0: auto), got {k!r}"
+        )
+    lowering = config.get("population_lowering", "auto")
+    if lowering not in POPULATION_LOWERINGS:
+        raise ConfigError(
+            f"config.population_lowering must be one of {', '.join(POPULATION_LOWERINGS)}, "
+            f"got {lowering!r}"
         )
     for field in ("eval_every_epochs", "checkpoint_every_epochs"):
         if not _finite(config[field], above=0):

@@ -43,6 +43,7 @@ NON_SEMANTIC_KEYS = (
     "distributed",
     "platform",
     "steps_per_dispatch",  # how steps are dispatched, not what they compute
+    "population_lowering",  # how a population's members are run, not what they compute
 )
 
 

@@ -74,3 +74,42 @@ def test_describe_set_uses_the_same_path():
     config = base_config()
     with pytest.raises(ConfigError, match=r"config\.model\.freq must be an integer >= 1"):
         apply_overrides(config, {"model.freq": 1.5})
+
+
+def test_train_overrides_use_the_same_path(monkeypatch):
+    """`sqz train --config.KEY=VALUE`: the text read by the field's type (`parse_override`),
+    the value set through `apply_overrides`; the same errors as the other paths."""
+    from sqzexplore import config as config_module
+    from sqzexplore.train.cli import UsageError, parse_args
+
+    seen = []
+    real = config_module.apply_overrides
+    monkeypatch.setattr(
+        "sqzexplore.train.cli.apply_overrides", lambda c, o: seen.append(dict(o)) or real(c, o)
+    )
+    tiny = f"--config={ROOT}/tests/data/tiny_digits.py"
+    argv = [tiny, "--workdir=/nonexistent/w", "--config.model.pool_after=fire3,fire5"]
+    argv += ["--config.batch_size", "32", "--noconfig.model.batch_norm", "--config.optim.lr=1e-3"]
+    argv += ["--config.xla_gpu_autotune_level=2", "--config.model.bypass=simple"]
+    config, workdir = parse_args(argv)
+    assert workdir == "/nonexistent/w"
+    assert config.model.pool_after == ("fire3", "fire5") and config.batch_size == 32
+    assert config.model.batch_norm is False and config.optim.lr == 1e-3
+    assert config.xla_gpu_autotune_level == 2 and config.model.bypass == "simple"
+    assert seen and seen[-1]["batch_size"] == 32  # through the one override path
+    parsed, _ = parse_args([tiny, "--workdir=w", "--config.model.pool_after=('fire4',)"])
+    assert parsed.model.pool_after == ("fire4",)
+    bad = {
+        "--config.batch_size=abc": "config.batch_size must be an integer",
+        "--config.model.squeeze_ratio=x": "config.model.squeeze_ratio must be",
+        "--config.model.batch_norm=maybe": "must be true or false",
+        "--config.optim=3": "is a section",
+        "--config.num_epochs": "needs a value",
+        "--noconfig.batch_size": "is not a boolean",
+        "stray": "unexpected argument",
+    }
+    for arg, message in bad.items():
+        with pytest.raises((ConfigError, UsageError), match=message):
+            parse_args([tiny, "--workdir=w", arg])
+    with pytest.raises(UnknownKeyError, match="did you mean 'model.squeeze_ratio'"):
+        parse_args([tiny, "--workdir=w", "--config.model.squeez_ratio=0.5"])

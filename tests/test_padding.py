@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from trainer_env import trainer_env
 
 from sqzexplore import rundir, sharding
 from sqzexplore.checkpoint import load_run
@@ -200,7 +201,7 @@ def test_unpaddable_points_are_one_line_errors(tmp_path):
 
 # ---------------------------------------------------------------------------- kills
 def _train(workdir, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO)
+    env = trainer_env()
     cmd = [sys.executable, SCRIPT, str(workdir), *([fault] if fault else [])]
     return subprocess.run(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900

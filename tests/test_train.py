@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from trainer_env import trainer_env
 
 from sqzexplore import train
 from sqzexplore.config import ConfigError, base_config, model_config
@@ -228,7 +229,7 @@ def _run_cli(workdir, extra=(), **popen):
         f"--workdir={workdir}",
         *extra,
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = trainer_env()
     return subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
     )

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from trainer_env import trainer_env
 
 from sqzexplore import rundir
 from sqzexplore.checkpoint import Best, CorruptCheckpointError, verify_manifest, write_manifest
@@ -29,7 +30,7 @@ TIMING = ("wall_time_s", "compile_time_s", "train_time_s", "overhead_s", "images
 def _train(workdir, fault: str | None = None) -> subprocess.CompletedProcess:
     prefix = [FAULT, fault] if fault else ["-m", "sqzexplore.train"]
     cmd = [sys.executable, *prefix, CONFIG, f"--workdir={workdir}"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO)
+    env = trainer_env()
     return subprocess.run(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
     )

@@ -13,6 +13,8 @@ import dataclasses
 import math
 from typing import Any
 
+import optuna
+
 
 class SweepError(ValueError):
     """An invalid sweep definition; the message names the field and what is allowed."""
@@ -83,8 +85,6 @@ class Categorical:
         raise SweepError(f"stored value {stored!r} is not one of the choices {self.values}")
 
     def distribution(self, grid: bool):
-        import optuna
-
         return optuna.distributions.CategoricalDistribution([label(v) for v in self.values])
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,8 +153,6 @@ class Range:
         return int(stored) if self.kind == "int" else float(stored)
 
     def distribution(self, grid: bool):
-        import optuna
-
         if grid:
             return optuna.distributions.CategoricalDistribution(list(self.grid_values()))
         if self.kind == "int":

@@ -5,10 +5,11 @@ saved; rerun the same command to resume); 2 bad input (config, spec, workdir); 3
 
 The experiment file is loaded by `config.load_config_file` (a missing file, a syntax error or a
 bad `:arg` is one line naming the file), each `--config.KEY` is checked against the config
-(`unknown config key model.squeez_ratio; did you mean model.squeeze_ratio?`), then absl /
-ml_collections parse the override values by each field's type. Everything the user gave is
-checked before data loading or compilation; a bad input prints `error: ...` and exits 2 with
-nothing written. `--help` lists every config key with its default and meaning.
+(`unknown config key model.squeez_ratio; did you mean model.squeeze_ratio?`), read by the
+field's type and set through `config.apply_overrides` (the path sweeps and describe use).
+Everything the user gave is checked before data loading or compilation; a bad input prints
+`error: ...` and exits 2 with nothing written. `--help` lists every config key with its default
+and meaning.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import sys
 from typing import Any
 
 from sqzexplore import rundir
-from sqzexplore.config import ConfigError, UnknownKeyError, load_config_file, unknown_key_error
+from sqzexplore.config import (
+    ConfigError,
+    UnknownKeyError,
+    apply_overrides,
+    load_config_file,
+    parse_override,
+)
 from sqzexplore.models.spec import SpecError
 from sqzexplore.rundir import WorkdirConflictError, WorkdirError
 from sqzexplore.train.preempt import PreemptionFlag
@@ -54,82 +61,61 @@ def _config_path(argv: list[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
-def _check_override_keys(config: Any, argv: list[str]) -> None:
-    """Every `--config.KEY` names a key of the config (one line with a close match if not)."""
-    for arg in argv:
-        m = _OVERRIDE.match(arg)
-        if m is None:
-            continue
-        key = m.group(2)
-        node = config
-        for part in key.split("."):
-            if not hasattr(node, "keys") or part not in node:
-                raise unknown_key_error(config, key)
-            node = node[part]
-        if hasattr(node, "keys"):
-            raise ConfigError(
-                f"--config.{key} is a section; override its keys, e.g. "
-                f"--config.{key}.{sorted(node.keys())[0]}=..."
-            )
-
-
 def parse_args(argv: list[str]) -> tuple[Any, str]:
     """(config with overrides applied, workdir) from `sqz train` arguments (without the program
-    name); UsageError / ConfigError with a one-line message on bad input."""
-    from absl import flags
-    from ml_collections import config_flags
+    name); UsageError / ConfigError with a one-line message on bad input.
 
+    `--config.KEY=VALUE` (or `--config.KEY VALUE`; `--config.KEY` / `--noconfig.KEY` for a
+    boolean) is read by the field's type (`config.parse_override`) and set through
+    `config.apply_overrides`, the override path sweeps and `sqz describe --set` use."""
     path, rest = _config_path(argv)
     if path is None:
         raise UsageError("--config=path/to/experiment.py[:arg] is required (see sqz train --help)")
     config = load_config_file(path)
-    _check_override_keys(config, rest)
-    fv = flags.FlagValues()
-    argv0 = ["sqz train", *rest]
-    config_flags.DEFINE_config_dict(
-        "config", config, "the experiment's config", flag_values=fv, sys_argv=argv0
-    )
-    flags.DEFINE_string("workdir", None, "run directory", flag_values=fv)
-    try:
-        leftover = fv(argv0, known_only=False)
-    except flags.IllegalFlagValueError as e:
-        raise UsageError(_value_message(e, config)) from None
-    except flags.Error as e:
-        raise UsageError(_flag_message(e)) from None
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise UsageError(f"bad override: {_flag_message(e)}") from None
-    if len(leftover) > 1:
+    workdir, rest = _take_flag(rest, "workdir")
+    overrides: dict[str, Any] = {}
+    leftover, i = [], 0
+    while i < len(rest):
+        arg = rest[i]
+        m = _OVERRIDE.match(arg)
+        if m is None:
+            leftover.append(arg)
+            i += 1
+            continue
+        negated, key, has_value = m.group(1), m.group(2), m.group(3) == "="
+        if has_value:
+            text = arg.split("=", 1)[1]
+        elif negated or _is_bool(config, key):
+            text = "false" if negated else "true"
+        elif i + 1 < len(rest):
+            text, i = rest[i + 1], i + 1
+        else:
+            raise UsageError(f"--config.{key} needs a value (--config.{key}=VALUE)")
+        if negated and (has_value or not _is_bool(config, key)):
+            parse_override(config, key, "0")  # an unknown key or a section: that error first
+            raise UsageError(f"--noconfig.{key}: takes no value, and config.{key} is not a boolean")
+        overrides[key] = parse_override(config, key, text)
+        i += 1
+    if leftover:
         raise UsageError(
-            f"unexpected argument(s) {' '.join(leftover[1:])}; flags are --config, --workdir "
+            f"unexpected argument(s) {' '.join(leftover)}; flags are --config, --workdir "
             "and --config.KEY=VALUE"
         )
-    if not fv.workdir:
+    apply_overrides(config, overrides)
+    if not workdir:
         raise UsageError("--workdir=DIR is required (see sqz train --help)")
-    return fv.config, fv.workdir
+    return config, workdir
 
 
-def _flag_message(e: BaseException) -> str:
-    if isinstance(e, KeyError) and e.args:  # KeyError's str() quotes its message
-        return " ".join(str(e.args[0]).split())
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _value_message(e: BaseException, config: Any) -> str:
-    """`config.batch_size must be an integer (the field's type), got 'abc' (...)`: an override
-    whose value does not parse as its field's type."""
-    m = re.match(r"flag --config\.([^=]+)=(.*?): (.*)$", _flag_message(e))
-    if m is None:
-        return _flag_message(e)
-    key, value, detail = m.groups()
-    node = config
+def _is_bool(config: Any, dotted: str) -> bool:
+    parent, _, field = dotted.rpartition(".")
     try:
-        for part in key.split("."):
+        node = config
+        for part in parent.split(".") if parent else ():
             node = node[part]
-    except (KeyError, TypeError):
-        return _flag_message(e)
-    kinds = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
-    kind = kinds.get(type(node).__name__, f"a {type(node).__name__}")
-    return f"config.{key} must be {kind} (the field's type), got {value!r} ({detail})"
+        return node.get_type(field) is bool
+    except (KeyError, AttributeError, TypeError):
+        return False
 
 
 def _error(e: BaseException) -> str:

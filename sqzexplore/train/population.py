@@ -2,9 +2,11 @@
 
 A population is a list of configs that are identical up to `seed` (the seeds of a design point):
 their programs have the same shapes, so their train states are stacked on a leading member axis
-and trained by the train step vmapped over it (programs.py `population_step`): one compile and
-one dispatch per step for all members. On a GPU a small trial leaves the device mostly idle, so
-N members cost little more than one (see `auto_population_size`).
+and trained by one program over it (programs.py `population_step`): one compile and one dispatch
+per step for all members. How the program runs the members (`config.population_lowering`): the
+train step vmapped over them on a GPU/TPU, where a small trial leaves the device mostly idle, so
+N members cost little more than one (see `auto_population_size`); each member's own step
+unrolled one after another on a CPU, where vmapped (grouped) convolutions run 2.5x slower.
 
 Each member is the trial it would be alone:
 - the same init bit for bit (each member is initialised from its own seed by the point's compiled
@@ -12,8 +14,9 @@ Each member is the trial it would be alone:
   every step (the step draws them from the member's own `rng` and `step`);
 - its own workdir with the files `train_and_evaluate` writes (config.json, spec.json,
   complexity.json, metrics.jsonl with the same records, checkpoints/, result.json last);
-- its numbers are not bit-identical to the lone trial's: vmap changes how XLA orders floating
-  point sums (tests/test_population.py measures the drift).
+- vmapped, its numbers are not bit-identical to the lone trial's: vmap changes how XLA orders
+  floating point sums (tests/test_population.py measures the drift); unrolled, each member runs
+  the lone trial's step.
 
 A member that goes non-finite is frozen (its state no longer changes: the step keeps the old
 state where the member's `active` flag is False) and reported as the lone trial would be (a
@@ -54,10 +57,12 @@ from sqzexplore.train.preempt import PreemptionFlag
 
 NONFINITE_FILE = "nonfinite.json"  # a member frozen for a NaN/Inf loss: its error, kept
 # Largest population that still gains over training the members one after another, per
-# platform. CPU: 1 (off): vmap measured 1.7-2.5x slower than sequential on XLA:CPU (2-core EPYC
-# VM, digits step). GPU: 8: one H200, digits step vmapped over 8 seeds ran 51.2k img/s against
-# 22.3k img/s for one member (2.3x), compiled in 17.4 s against 14.3 s (issue 16's measurement,
-# jax 0.11.2, CUDA 13); `sqz bench population` re-measures it.
+# platform. CPU: 1 (off): nothing to gain: vmapped members measured 0.50x the img/s of one
+# member, unrolled members 1.20x but 1.00x the trials/h of one after another once the larger
+# compile is paid (`sqz bench population --members 1,3 --lowering unroll,vmap --steps 20`, digits,
+# 1 device, 2-core EPYC VM). GPU: 8: one H200, digits step vmapped over 8 seeds ran 51.2k img/s
+# against 22.3k img/s for one member (2.3x), compiled in 17.4 s against 14.3 s (issue 16's
+# measurement, jax 0.11.2, CUDA 13); `sqz bench population` re-measures it.
 AUTO_POPULATION = {"cpu": 1, "gpu": 8, "cuda": 8, "rocm": 8, "tpu": 8}
 
 OnEval = Callable[[int, int, dict], bool]  # (member index, step, eval metrics) -> stop it
@@ -73,8 +78,8 @@ def auto_population_size(platform: str | None = None) -> tuple[int, str]:
     n = AUTO_POPULATION.get(platform, 1)
     if n <= 1:
         why = (
-            f"off on {platform}: a vmapped population measured 1.7-2.5x slower than training "
-            "the members one after another on XLA:CPU"
+            f"off on {platform}: populations measured no faster there than training the "
+            "members one after another (unrolled 1.00x the trials/h, vmapped 0.5x)"
         )
     else:
         why = (
@@ -263,11 +268,13 @@ def _run(members: list[_Member], on_eval, stop: PreemptionFlag, t_start: float) 
         train_x, train_y = progs.train_arrays()
         compile_time = 0.0
         k, why = programs.steps_per_dispatch(config, steps, on_device=True)
-        block = lambda length: progs.population_step(n, length)
+        lowering = programs.population_lowering(config)
+        block = lambda length: progs.population_step(n, length, lowering)
         if start_step < total:
             events.reached("compile", start_step)
             if is_main:
-                print(f"compiling the train step of a population of {n} ...", flush=True)
+                how = "vmapped" if lowering == "vmap" else "members unrolled in turn"
+                print(f"compiling the train step of a population of {n} ({how}) ...", flush=True)
                 if k > 1:
                     print(f"{k} steps per dispatch ({why})", flush=True)
             t0 = time.perf_counter()
@@ -278,7 +285,7 @@ def _run(members: list[_Member], on_eval, stop: PreemptionFlag, t_start: float) 
                 print(f"compiled in {compile_time:.1f} s", flush=True)
             if stop.requested:
                 return _preempted_before_training(members, start_step, "compilation")
-        evaluate = progs.population_eval(n)
+        evaluate = progs.population_eval(n, lowering)
 
         for m in active:
             m.writer = MetricsWriter(

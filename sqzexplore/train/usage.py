@@ -44,6 +44,7 @@ KEY_HELP: dict[str, str] = {
     "checkpoint_every_epochs": "save a checkpoint every this many epochs (> 0)",
     "keep_checkpoints": "how many checkpoints to keep (>= 1)",
     "steps_per_dispatch": "train steps per host call, one lax.scan (0: auto, 1 on CPU, 8 GPU)",
+    "population_lowering": "a population's members: vmap | unroll (in turn) | auto (unroll on CPU)",
     "progress": "progress bar: auto (on a terminal) | true | false",
     "platform": "devices to train on: auto | cpu | gpu | tpu (an error if JAX has none)",
     "compilation_cache_dir": "persistent XLA compilation cache, per user ('' leaves JAX's)",
