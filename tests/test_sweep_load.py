@@ -178,7 +178,6 @@ def report_rate(label: str, sweep_dir: sd.SweepDir, claims: int, wall: float) ->
 
 
 @pytest.mark.slow
-@pytest.mark.soak  # on a quiet machine the killer found no worker mid-run (seen once): to fix
 @needs_postgres
 def test_sixteen_workers_on_postgres_with_no_file_locks_and_sigkills(tmp_path, postgres):
     storage = create_database(postgres, "load_one_host")
@@ -193,7 +192,6 @@ def test_sixteen_workers_on_postgres_with_no_file_locks_and_sigkills(tmp_path, p
 
 
 @pytest.mark.slow
-@pytest.mark.soak
 @needs_postgres
 def test_stale_claims_are_recovered_across_hosts(tmp_path, postgres):
     storage = create_database(postgres, "load_hosts")

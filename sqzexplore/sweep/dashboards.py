@@ -16,6 +16,7 @@ same directory starts new wandb runs while a resumed trial continues its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqzexplore.rundir import read_json, write_json
+from sqzexplore.sweep import dbclaims
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.design import trial_label
 from sqzexplore.sweep.space import SweepError
@@ -108,14 +110,17 @@ def name_objectives(sweep_dir: sd.SweepDir, state: Mapping[str, Any]) -> list[st
     """Name the Optuna study's objectives after the sweep's metrics ('final.top1',
     'complexity.params'), so optuna-dashboard (`optuna-dashboard DIR/study.journal`) shows
     them instead of 'Objective 0/1'. Creates the study when no worker has yet (as the engine
-    does, under the sweep lock). Returns the names."""
+    does: under the sweep lock, or with a server database under none). Returns the names."""
     import optuna  # heavy: only `sweep run` needs it here, never status or report
 
     names = [o[0] for o in state["definition"]["objectives"]]
     directions = [o[1] for o in state["definition"]["objectives"]]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = sd.open_storage(state.get("storage"), sweep_dir)
-    with sweep_dir.lock():
+    # A server database resolves concurrent creations itself (as the engine relies on): no file
+    # lock there, whose filesystem may not lock across machines (dbclaims.py).
+    in_db = dbclaims.coordinates_in_db(state.get("storage"))
+    with contextlib.nullcontext() if in_db else sweep_dir.lock():
         study = optuna.create_study(
             study_name=state["study_name"],
             storage=storage,

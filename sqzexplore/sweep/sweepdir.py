@@ -322,6 +322,9 @@ def _changed_message(
     )
 
 
+_server_storages: dict[str, Any] = {}  # url -> the process's RDBStorage of a server database
+
+
 def open_storage(url: str | None, sweep_dir: SweepDir | None):
     """The sweep's Optuna storage: an RDB at `url`, else the journal file in the sweep dir.
 
@@ -335,14 +338,23 @@ def open_storage(url: str | None, sweep_dir: SweepDir | None):
         return JournalStorage(JournalFileBackend(journal, lock_obj=sweep_lock(journal + ".lock")))
     try:
         if dbclaims.coordinates_in_db(url):
+            if url in _server_storages:
+                return _server_storages[url]
             engine = dbclaims.make_engine(url)
             try:
                 if not dbclaims.tables_exist(engine):  # else (the usual case) no lock
                     with dbclaims.schema_lock(engine):
                         if not dbclaims.tables_exist(engine):  # made while we waited?
-                            optuna.storages.RDBStorage(url)  # creates and stamps its tables
+                            storage = optuna.storages.RDBStorage(url)  # creates, stamps tables
+                            storage.engine.dispose()
                             dbclaims.metadata.create_all(engine)
-                return optuna.storages.RDBStorage(url, skip_table_creation=True)
+                # One storage (one small connection pool) per database and process: dozens of
+                # workers must stay well inside a server's max_connections (PostgreSQL: 100).
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=dbclaims.POOL, skip_table_creation=True
+                )
+                _server_storages[url] = storage
+                return storage
             finally:
                 engine.dispose()
         database = sa.engine.make_url(url).database
