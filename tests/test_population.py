@@ -35,6 +35,8 @@ TINY = f"{REPO}/tests/data/tiny_digits.py"
 FAULT = os.path.join(REPO, "tests", "data", "fault_train.py")
 SEEDS = (0, 1, 2)
 TIMING = ("wall_time_s", "compile_time_s", "train_time_s", "overhead_s", "images_per_s")
+# The tests of the `tiny` fixture on one xdist worker (built once).
+TINY_GROUP = pytest.mark.xdist_group("population_tiny")
 RUN_FILES = ("complexity.json", "config.json", "metrics.jsonl", "result.json", "spec.json")
 
 
@@ -69,6 +71,7 @@ def tiny(tmp_path_factory):
     return dict(root=root, configs=configs, singles=singles, members=members, dirs=dirs)
 
 
+@TINY_GROUP
 def test_members_are_their_lone_trials(tiny):
     for i, (single, member) in enumerate(zip(tiny["singles"], tiny["members"], strict=True)):
         assert member["status"] == "complete" and member["steps"] == single["steps"] == 44
@@ -87,6 +90,7 @@ def test_members_are_their_lone_trials(tiny):
         assert abs(member["final"]["top1"] - single["final"]["top1"]) <= 0.2  # tiny, 2 epochs
 
 
+@TINY_GROUP
 def test_same_init_and_batches_as_the_lone_trial(tiny):
     config = tiny["configs"][0]
     spec = validate_config(config)
@@ -127,6 +131,7 @@ def test_same_init_and_batches_as_the_lone_trial(tiny):
             np.testing.assert_array_equal(np.asarray(xs[i]), np.asarray(x))
 
 
+@TINY_GROUP
 def test_pruned_member_is_frozen_and_the_others_go_on(tiny, tmp_path):
     dirs = [str(tmp_path / f"m{s}") for s in SEEDS]
     calls = []
@@ -145,6 +150,7 @@ def test_pruned_member_is_frozen_and_the_others_go_on(tiny, tmp_path):
         assert _records(dirs[i]) == _records(tiny["dirs"][i])
 
 
+@TINY_GROUP
 def test_nonfinite_member_is_frozen_and_reported(tiny, tmp_path, monkeypatch, capsys):
     real_init = programs.Programs.init
 

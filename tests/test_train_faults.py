@@ -24,6 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULT = os.path.join(REPO, "tests", "data", "fault_train.py")
 # 3 epochs of 22 steps: log every 5, eval and checkpoint at 22, 44, 66.
 CONFIG = f"--config={REPO}/tests/data/tiny_digits.py:epochs=3"
+# The tests of the `reference` fixture on one xdist worker (built once).
+REFERENCE_GROUP = pytest.mark.xdist_group("train_faults_reference")
 TIMING = ("wall_time_s", "compile_time_s", "train_time_s", "overhead_s", "images_per_s")
 
 
@@ -65,6 +67,7 @@ def reference(tmp_path_factory):
     return workdir
 
 
+@REFERENCE_GROUP
 @pytest.mark.slow
 def test_kills_after_each_commit_and_before_the_result(tmp_path, reference):
     run = tmp_path / "run"
@@ -87,6 +90,7 @@ def test_kills_after_each_commit_and_before_the_result(tmp_path, reference):
     _assert_same_run(reference, run)
 
 
+@REFERENCE_GROUP
 @pytest.mark.slow
 def test_sigterm_at_every_phase_saves_or_exits_cleanly(tmp_path, reference):
     run = tmp_path / "run"

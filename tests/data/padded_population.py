@@ -2,8 +2,8 @@
 
     python tests/data/padded_population.py WORKDIR [POINT[@STEP]:SIGNAL]
 
-Members: the tiny digits point (3 epochs) at squeeze ratio 0.125, 0.5, 1.0 (pct_3x3 0.5) and
-pct_3x3 0.25, 0.75 (squeeze ratio 0.25), seeds 0-4, in WORKDIR/m0 ... m4. The fault (as in
+Members: the tiny digits point (2 epochs: 44 steps) at squeeze ratio 0.125, 0.5, 1.0 (pct_3x3
+0.5) and pct_3x3 0.25, 0.75 (squeeze ratio 0.25), seeds 0-4, in WORKDIR/m0 ... m4. The fault (as in
 fault_train.py) sends SIGNAL to this process when the run reaches POINT (at train step STEP).
 """
 
@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 POINTS = [(0.125, 0.5), (0.5, 0.5), (1.0, 0.5), (0.25, 0.25), (0.25, 0.75)]
 
 
-def configs(epochs: float = 3.0) -> list:
+def configs(epochs: float = 2.0) -> list:
     out = []
     for seed, (sr, pct) in enumerate(POINTS):
         c = load_config_file(f"{HERE}/tiny_digits.py:epochs={epochs}")
