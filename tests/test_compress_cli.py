@@ -742,6 +742,10 @@ def test_size_only_v1_0_matches_the_papers_sizes(capsys):
 # ---------------------------------------------------------------------- end to end (trainer)
 
 
+# The tests of the `source_run` / `compressed` fixtures on one xdist worker (built once).
+COMPRESSED = pytest.mark.xdist_group("compressed_digits")
+
+
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory) -> str:
     workdir = str(tmp_path_factory.mktemp("source") / "run")
@@ -769,6 +773,7 @@ def compressed(source_run, tmp_path_factory):
     return {"status": status, "out": out, "argv": argv, "before": before, "stdout": stdout}
 
 
+@COMPRESSED
 @pytest.mark.slow
 def test_compress_digits_run_end_to_end(source_run, compressed, capsys):
     assert compressed["status"] == 0
@@ -796,6 +801,7 @@ def test_compress_digits_run_end_to_end(source_run, compressed, capsys):
     )
 
 
+@COMPRESSED
 @pytest.mark.slow
 def test_masks_survive_retraining(compressed):
     out = compressed["out"]
@@ -813,6 +819,7 @@ def test_masks_survive_retraining(compressed):
         assert np.all(flatten_params(decoded)[path][~mask] == 0), path
 
 
+@COMPRESSED
 @pytest.mark.slow
 def test_finetuned_centroids_stay_shared_and_move(compressed):
     out = compressed["out"]
@@ -833,6 +840,7 @@ def test_finetuned_centroids_stay_shared_and_move(compressed):
     assert moved == len(initial)
 
 
+@COMPRESSED
 @pytest.mark.slow
 def test_decode_and_rerun(source_run, compressed, capsys):
     out = compressed["out"]

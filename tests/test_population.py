@@ -302,16 +302,16 @@ def test_digits_population_of_three_matches_its_lone_trials(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- sweeps
 def _sweep_file(tmp_path):
-    from test_sweep_support import DIGITS, write_sweep
+    from test_sweep_support import write_sweep
 
     from sqzexplore.sweep.params import categorical
     from sqzexplore.sweep.space import Experiment
 
     return write_sweep(
         tmp_path / "pop.py",
-        doc="Three seeds of one digits point: trained as one population or one by one.",
+        doc="Three seeds of one tiny digits point: trained as one population or one by one.",
         name="pop",
-        base=Experiment(DIGITS, {"runlocal": True}),
+        base=Experiment(TINY, {}),
         fixed={"num_steps": 6, "eval_every_epochs": 0.1, "log_every_steps": 2},
         space={"model.squeeze_ratio": categorical(0.25)},
         seeds=3,
@@ -448,7 +448,7 @@ def test_blocks_of_steps_resume_after_kill_and_sigterm(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     p = train(ref)
     assert p.returncode == 0 and "11 steps per dispatch" in p.stdout, p.stdout
-    p = train(run, "checkpoint_committed@22:KILL")
+    p = train(run, "checkpoint_committed@22:KILL")  # before the checkpoint is sealed
     assert p.returncode == -9, p.stdout
     # SIGTERM during the block of steps 34-44: acted on at its end (the latency of one block).
     p = train(run, "step@35:TERM")

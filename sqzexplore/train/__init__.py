@@ -6,7 +6,7 @@
 - evaluate.py: exact evaluation over a whole eval split (`EvalRunner`, `evaluate_params`).
 - loop.py: `train_and_evaluate(config, workdir)`: the resumable run (sweeps call it per trial).
 - programs.py: a run's compiled init, step and eval, kept in memory for the point's other seeds.
-- population.py: `train_population(configs, workdirs)`: seeds of a point as one vmapped program.
+- population.py: `train_population(configs, workdirs)`: seeds of a point as one program.
 - preflight.py: the checks once the devices are known (platform, memory, workdir).
 - preempt.py: SIGTERM handling; events.py: the named points between writes (tests kill there).
 - cli.py: `sqz train` (also `python -m sqzexplore.train`).

@@ -1,6 +1,6 @@
 """Width-padded populations: design points that differ only in channel widths, as one program.
 
-`train_population` (population.py) trains its members as one vmapped program, so their states
+`train_population` (population.py) trains its members as one program, so their states
 must have one shape. Members whose configs are identical up to the seed share it already
 (`SameShape`). Members that also differ in channel widths (`spec.WIDTH_FIELDS`: squeeze ratio,
 pct_3x3, base_e / incr_e / freq, explicit fire_widths) are padded (`Padded`): the program is the
