@@ -283,7 +283,7 @@ def test_digits_population_of_three_matches_its_lone_trials(tmp_path, capsys):
         outs[mode] = p.stdout
     assert "as one population" in outs["3"] and "members unrolled in turn" in outs["3"]
     assert "as one population" not in outs["off"]
-    drift = []
+    drift, same = [], []
     for s in SEEDS:
         lone, member = tmp_path / "off" / f"seed_{s}", tmp_path / "3" / f"seed_{s}"
         a, b = (rundir.read_json(d / "result.json") for d in (lone, member))
@@ -296,8 +296,12 @@ def test_digits_population_of_three_matches_its_lone_trials(tmp_path, capsys):
         drift.append(b["final"]["top1"] - a["final"]["top1"])
         assert abs(drift[-1]) <= 0.02, (s, a["final"], b["final"])
         assert a["final"]["top1"] >= 0.95  # the digits point trains (98-99.7% measured)
+        same.append(sum(x == y for x, y in zip(ra, rb)))  # measured: all of them (unrolled)
     with capsys.disabled():
-        print(f"\ndigits population of 3: final top-1 member - lone trial = {drift}")
+        print(
+            f"\ndigits population of 3: final top-1 member - lone trial = {drift}; records "
+            f"identical to the lone trial's: {same} of {len(ra)}"
+        )
 
 
 # ---------------------------------------------------------------------------- sweeps
@@ -468,12 +472,18 @@ def test_bench_population_rows(tmp_path):
 
     out = tmp_path / "bench.json"
     argv = ["population", "--smoke", "--members", "1,2", "--steps", "2", "--windows", "1"]
+    argv += ["--lowering", "unroll,vmap"]
     where = Path(REPO) / "benchmarks"
     assert bench_cli.main([*argv, "--json", str(out)], benchmarks_dir=where) == 0
     rows = rundir.read_json(out)["population"]
-    assert [r["members"] for r in rows] == [1, 2]
+    assert [(r["members"], r["lowering"]) for r in rows] == [
+        (1, "unroll"),
+        (1, "vmap"),
+        (2, "unroll"),
+        (2, "vmap"),
+    ]
     for r in rows:
         assert r["img_s"] > 0 and r["lone_img_s"] > 0 and r["loss_finite"]
         assert r["trials_per_hour"] > 0 and r["trials_per_hour_vs_sequential"] > 0
-    bad = ["population", "--members", "2,x"]
-    assert bench_cli.main(bad, benchmarks_dir=where) == 2
+    for bad in (["--members", "2,x"], ["--lowering", "loop"], ["--lowering", "vmap,vmap"]):
+        assert bench_cli.main(["population", *bad], benchmarks_dir=where) == 2
