@@ -124,8 +124,9 @@ def prepare(config: ml_collections.ConfigDict, *, population: int = 1) -> Progra
     with programs._lock:
         if population > 1 and programs.ds.on_device:
             programs._compiled_init()
-            programs.population_step(population, first)
-            programs.population_eval(population)
+            lowering = population_lowering(config)
+            programs.population_step(population, first, lowering)
+            programs.population_eval(population, lowering)
         else:
             programs._compiled_init()
             programs.train_block(first)
@@ -444,8 +445,8 @@ class Programs:
         self, members: int, length: int = 1, lowering: str | None = None
     ) -> Callable:
         """The compiled step of a population: `(state, active, images, labels) -> (state,
-        metrics)`, the train step vmapped over the leading member axis of `state`; a member
-        whose `active` flag is False keeps its state (frozen). Metrics have a member axis
+        metrics)`, the train step over the leading member axis of `state`; a member whose
+        `active` flag is False keeps its state (frozen). Metrics have a member axis
         (after a leading step axis when `length` > 1: a block of `length` steps, one scan).
         `lowering`: "vmap" or "unroll" (`over_members`); None: `population_lowering`'s auto."""
         _needs_device_data(self.ds, "populations")
