@@ -94,13 +94,14 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return out
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _coerce(key: str, raw: str, default: Any) -> Any:
     if isinstance(default, bool):
         low = raw.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
+        if low in _TRUE + _FALSE:
+            return low in _TRUE
         raise ConfigError(f"experiment argument {key!r} must be a boolean, got {raw!r}")
     try:
         if isinstance(default, int):
@@ -376,14 +377,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
             config.unlock()
 
 
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def parse_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> Any:
-    """The value of `--config.KEY=TEXT` read by the field's declared type (bool: true/false/1/0/
-    yes/no/on/off; int; float; tuple: a Python literal such as `('fire3', 'fire5')` or a
-    comma-separated list; str: the text). The key must exist (an `UnknownKeyError` if not); the
-    value is then set through `apply_overrides`, like every other override."""
+def _leaf(config: ml_collections.ConfigDict, dotted: str):
+    """(the section holding `dotted`, its parent path, its field name); UnknownKeyError if none."""
     parent, _, field = dotted.rpartition(".")
     node = config
     for part in parent.split(".") if parent else ():
@@ -392,6 +387,21 @@ def parse_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
         node = node[part]
     if not isinstance(node, ml_collections.ConfigDict) or field not in node:
         raise unknown_key_error(config, dotted)
+    return node, parent, field
+
+
+def field_type(config: ml_collections.ConfigDict, dotted: str) -> type:
+    """The declared type of the config field `dotted` (UnknownKeyError if there is none)."""
+    node, _, field = _leaf(config, dotted)
+    return node.get_type(field)
+
+
+def parse_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> Any:
+    """The value of `--config.KEY=TEXT` read by the field's declared type (bool: true/false/1/0/
+    yes/no/on/off; int; float; tuple: a Python literal such as `('fire3', 'fire5')` or a
+    comma-separated list; str: the text). The key must exist (an `UnknownKeyError` if not); the
+    value is then set through `apply_overrides`, like every other override."""
+    node, parent, field = _leaf(config, dotted)
     if isinstance(node[field], ml_collections.ConfigDict):
         first = sorted(node[field].keys())[0]
         raise ConfigError(

@@ -24,6 +24,7 @@ from sqzexplore.config import (
     ConfigError,
     UnknownKeyError,
     apply_overrides,
+    field_type,
     load_config_file,
     parse_override,
 )
@@ -59,6 +60,13 @@ def _config_path(argv: list[str]) -> tuple[str | None, list[str]]:
             rest.append(arg)
         i += 1
     return path, rest
+
+
+def _is_bool(config: Any, dotted: str) -> bool:
+    try:
+        return field_type(config, dotted) is bool
+    except UnknownKeyError:
+        return False
 
 
 def parse_args(argv: list[str]) -> tuple[Any, str]:
@@ -105,17 +113,6 @@ def parse_args(argv: list[str]) -> tuple[Any, str]:
     if not workdir:
         raise UsageError("--workdir=DIR is required (see sqz train --help)")
     return config, workdir
-
-
-def _is_bool(config: Any, dotted: str) -> bool:
-    parent, _, field = dotted.rpartition(".")
-    try:
-        node = config
-        for part in parent.split(".") if parent else ():
-            node = node[part]
-        return node.get_type(field) is bool
-    except (KeyError, AttributeError, TypeError):
-        return False
 
 
 def _error(e: BaseException) -> str:
