@@ -1,8 +1,17 @@
-"""SqueezeNet design points (`spec`), their analytic complexity (`complexity`) and the Flax NNX
-model built from them (`squeezenet`).
+"""SqueezeNet design points, their layer plan and size, and the Flax NNX model built from them.
 
-The model names are imported lazily so that reading a spec or its size (sweep status, describe,
-constraint checks) does not pay for importing jax and flax.
+Modules:
+
+- `spec.py`: `SqueezeNetSpec`, one validated design point, and the named presets;
+- `fields.py`: each spec field's metadata (`FieldInfo`: help, type, allowed range) and `SpecError`;
+- `plan.py`: the layer plan, every conv, pool and bypass of a spec as plain data (`build_plan`);
+- `widths.py`: width padding, the widest network of points that differ only in channel widths and
+  where each point's channels sit in it (`WIDTH_FIELDS`, `channel_masks`);
+- `complexity.py`: params, MACs and activations summed over a plan (the paper's Table 1);
+- `squeezenet.py`: the Flax NNX model built from a plan.
+
+All but `squeezenet.py` are jax-free. The model names are imported lazily so that reading a spec
+or its size (sweep status, describe, constraint checks) does not pay for importing jax and flax.
 """
 
 from sqzexplore.models.spec import (

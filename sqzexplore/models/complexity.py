@@ -28,7 +28,8 @@ from typing import Any
 
 import tabulate
 
-from sqzexplore.models.spec import ConvLayer, PoolLayer, SqueezeNetSpec
+from sqzexplore.models.plan import ConvLayer, PoolLayer
+from sqzexplore.models.spec import SqueezeNetSpec
 
 MIB = 2**20
 FP32_BYTES = 4

@@ -30,13 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sqzexplore.models.spec import (
-    BypassLayer,
-    ConvLayer,
-    PlanLayer,
-    PoolLayer,
-    SqueezeNetSpec,
-)
+from sqzexplore.models.plan import BypassLayer, ConvLayer, PlanLayer, PoolLayer
+from sqzexplore.models.spec import SqueezeNetSpec
 
 # Caffe "xavier" (its default variance_norm FAN_IN): uniform(+-sqrt(3 / fan_in)).
 _CAFFE_CONV_INIT = nnx.initializers.variance_scaling(1.0, "fan_in", "uniform")
