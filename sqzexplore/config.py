@@ -1,16 +1,17 @@
-"""Experiment configs: the shared defaults, typed `arg` parsing, loading and validation.
+"""Experiment configs: the shared defaults, loading and validation.
 
 An experiment is a Python file with `get_config(arg: str | None) -> ConfigDict` (big_vision style).
 `arg` is a comma-separated list of `key=value` pairs (`"sr=0.25,runlocal"`), parsed against typed
 defaults by `parse_arg`, which rejects unknown keys. `config.model` holds every `SqueezeNetSpec`
 field, so any design field can be overridden from the command line or by a sweep
-(`--config.model.squeeze_ratio=0.25`).
+(`--config.model.squeeze_ratio=0.25`). Text is read as a typed value, and values are set on a
+config, by `overrides.py` (one parser for experiment arguments, `--config.KEY=VALUE` and `sqz
+describe --set`); its names are re-exported here, where experiments and callers import them.
 """
 
 from __future__ import annotations
 
-import ast
-import difflib
+import copy
 import importlib.util
 import json
 import math
@@ -23,104 +24,20 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from sqzexplore.models.spec import PRESETS, SpecError, SqueezeNetSpec, field_infos
-
-
-class ConfigError(ValueError):
-    """An invalid experiment config; the message names the field and what is allowed."""
-
-
-class UnknownKeyError(ConfigError, KeyError):
-    """A config key the defaults do not have. `str()` quotes the key (what the sweep checks
-    parse); `plain` is the one line `sqz train` prints:
-    `unknown config key model.squeez_ratio; did you mean model.squeeze_ratio?`."""
-
-    def __init__(self, key: str, close: str | None, known: list[str], where: str = ""):
-        self.key, self.close, self.known, self.where = key, close, known, where
-        super().__init__(self._format(repr))
-
-    def _format(self, q) -> str:
-        message = f"unknown config key {q(self.key)}"
-        if self.close:
-            return f"{message}; did you mean {q(self.close)}?"
-        if self.known:
-            of = f" of {self.where}" if self.where else ""
-            return f"{message}; known keys{of}: {', '.join(self.known)}"
-        return message
-
-    def __str__(self) -> str:  # KeyError's own str() would add quotes around the message
-        return self.args[0]
-
-    @property
-    def plain(self) -> str:
-        return self._format(str)
-
+from sqzexplore import rundir
+from sqzexplore.models.spec import PRESETS, WIDTH_FIELDS, SpecError, SqueezeNetSpec, field_infos
+from sqzexplore.overrides import BOOL_ALLOWED, apply_overrides, bool_word
+from sqzexplore.overrides import ConfigError as ConfigError
+from sqzexplore.overrides import UnknownKeyError as UnknownKeyError
+from sqzexplore.overrides import field_type as field_type
+from sqzexplore.overrides import parse_arg as parse_arg
+from sqzexplore.overrides import parse_override as parse_override
 
 WANDB_MODES = ("disabled", "offline", "online")
 # Where to train: "auto" takes what JAX finds; a named platform is required (train stops with an
 # error naming the fix when JAX sees no such device). Not part of the run's identity.
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 POPULATION_LOWERINGS = ("auto", "vmap", "unroll")
-
-
-# ---------------------------------------------------------------------------------- arg parsing
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-    """Parse `"a=1,b=x,flag"` against typed defaults; unknown keys are an error.
-
-    A bare key means True. Values are coerced to the type of their default (bool accepts
-    true/false/1/0/yes/no).
-    """
-    out = ml_collections.ConfigDict(defaults)
-    if not arg:
-        return out
-    for item in arg.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if key not in defaults:
-            raise ConfigError(
-                f"unknown experiment argument {key!r}; allowed: "
-                f"{', '.join(sorted(defaults)) or '(none)'}"
-            )
-        default = defaults[key]
-        if not sep:
-            if not isinstance(default, bool):
-                raise ConfigError(f"experiment argument {key!r} needs a value ({key}=...)")
-            out[key] = True
-            continue
-        out[key] = _coerce(key, raw.strip(), default)
-    return out
-
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _coerce(key: str, raw: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        low = raw.lower()
-        if low in _TRUE + _FALSE:
-            return low in _TRUE
-        raise ConfigError(f"experiment argument {key!r} must be a boolean, got {raw!r}")
-    try:
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        raise ConfigError(
-            f"experiment argument {key!r} must be {type(default).__name__}, got {raw!r}"
-        ) from None
-    if isinstance(default, (tuple, list)):
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            raise ConfigError(
-                f"experiment argument {key!r} must be a tuple literal such as (1, 2), got {raw!r}"
-            ) from None
-        return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    return raw
 
 
 # ---------------------------------------------------------------------------------- defaults
@@ -348,110 +265,6 @@ def _where(e: BaseException, path: str) -> str:
     return f" line {line}" if line is not None else ""
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
-    """Set dotted keys (`model.squeeze_ratio`) on a config; unknown keys are an error.
-
-    The one override path for typed configs: a sweep's fixed values and every trial's design
-    point (`typed_config` + this, in sweep/runconfig.py), `sqz describe --set`, and the check of
-    a loaded experiment (`check_known_keys`) and `sqz train --config.KEY=VALUE` (its text read
-    by `parse_override`) all set values here.
-
-    `ConfigDict.update_from_flattened_dict` on the config locked for the update, so a misspelt key
-    is refused (not added: an `UnknownKeyError` with `.key`, `.close` and `.known`) and a value of
-    the wrong type is refused by the field's type (a ConfigError naming the key).
-    """
-    was_locked = config.is_locked
-    config.lock()
-    try:
-        for dotted, value in overrides.items():
-            try:
-                config.update_from_flattened_dict(
-                    {dotted: tuple(value) if isinstance(value, list) else value}
-                )
-            except KeyError:
-                raise unknown_key_error(config, dotted) from None
-            except (TypeError, ValueError) as e:
-                raise ConfigError(_type_message(config, dotted, value, e)) from None
-    finally:
-        if not was_locked:
-            config.unlock()
-
-
-def _leaf(config: ml_collections.ConfigDict, dotted: str):
-    """(the section holding `dotted`, its parent path, its field name); UnknownKeyError if none."""
-    parent, _, field = dotted.rpartition(".")
-    node = config
-    for part in parent.split(".") if parent else ():
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            raise unknown_key_error(config, dotted)
-        node = node[part]
-    if not isinstance(node, ml_collections.ConfigDict) or field not in node:
-        raise unknown_key_error(config, dotted)
-    return node, parent, field
-
-
-def field_type(config: ml_collections.ConfigDict, dotted: str) -> type:
-    """The declared type of the config field `dotted` (UnknownKeyError if there is none)."""
-    node, _, field = _leaf(config, dotted)
-    return node.get_type(field)
-
-
-def parse_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> Any:
-    """The value of `--config.KEY=TEXT` read by the field's declared type (bool: true/false/1/0/
-    yes/no/on/off; int; float; tuple: a Python literal such as `('fire3', 'fire5')` or a
-    comma-separated list; str: the text). The key must exist (an `UnknownKeyError` if not); the
-    value is then set through `apply_overrides`, like every other override."""
-    node, parent, field = _leaf(config, dotted)
-    if isinstance(node[field], ml_collections.ConfigDict):
-        first = sorted(node[field].keys())[0]
-        raise ConfigError(
-            f"--config.{dotted} is a section; override its keys, e.g. --config.{dotted}.{first}=..."
-        )
-    kind = node.get_type(field)
-    raw = text.strip()
-    if node[field] is None and raw.lower() == "none":
-        return None
-    if kind is bool:
-        if raw.lower() in _TRUE + _FALSE:
-            return raw.lower() in _TRUE
-        raise ConfigError(f"config.{dotted} must be true or false (the field's type), got {text!r}")
-    if kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            what = "an integer" if kind is int else "a number"
-            info = field_infos().get(field) if parent == "model" else None
-            if info is not None:
-                raise ConfigError(f"config.{dotted} must be {info.allowed}, got {text!r}") from None
-            raise ConfigError(
-                f"config.{dotted} must be {what} (the field's type), got {text!r}"
-            ) from None
-    if kind in (tuple, list):
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = [part.strip() for part in raw.split(",") if part.strip()]
-        return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    return text
-
-
-def _type_message(config: ml_collections.ConfigDict, dotted: str, value: Any, e: Exception) -> str:
-    """`config.model.freq must be an integer >= 1, got 1.5`: a value its field's type refuses,
-    with the spec field's allowed range where there is one."""
-    section, _, field = dotted.rpartition(".")
-    info = field_infos().get(field) if section == "model" else None
-    if info is not None:
-        return f"config.{dotted} must be {info.allowed}, got {value!r}"
-    current = config
-    for part in dotted.split("."):
-        current = current[part]
-    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    kind = kinds.get(type(current))
-    if kind is None:
-        return f"config.{dotted}: {' '.join(str(e).split())}"
-    return f"config.{dotted} must be {kind} (the field's type), got {value!r}"
-
-
 def typed_config(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """A config given as JSON (a sweep's base config, a run's config.json) as a typed ConfigDict:
     `base_config()` with every leaf of `d` set by `apply_overrides`, so the leaves regain their
@@ -459,32 +272,6 @@ def typed_config(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
     config = base_config()
     apply_overrides(config, _flatten(dict(d)))
     return config
-
-
-def unknown_key_message(config: ml_collections.ConfigDict, dotted: str) -> str:
-    """`unknown config key 'a.b'; did you mean 'a.c'?` for the first part of `dotted` not in
-    config."""
-    return str(unknown_key_error(config, dotted))
-
-
-def unknown_key_error(config: ml_collections.ConfigDict, dotted: str) -> ConfigError:
-    """The error for `dotted`, a key `config` does not have: the first missing part, a close
-    match or the keys that do exist there."""
-    node, parts = config, dotted.split(".")
-    for depth, part in enumerate(parts):
-        if isinstance(node, ml_collections.ConfigDict) and part in node:
-            node = node[part]
-            continue
-        prefix = ".".join(parts[:depth])
-        if not isinstance(node, ml_collections.ConfigDict):
-            return ConfigError(
-                f"unknown config key {dotted}: config.{prefix} is a value, not a section"
-            )
-        keys = sorted(str(k) for k in node)
-        where = f"{prefix}." if prefix else ""
-        close = difflib.get_close_matches(part, keys, 1, 0.75)
-        return UnknownKeyError(where + part, where + close[0] if close else None, keys, prefix)
-    return UnknownKeyError(dotted, None, [])
 
 
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
@@ -515,14 +302,31 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def tristate(value: Any, field: str) -> bool | None:
     """An `auto | true | false` setting as None (auto) / True / False.
 
-    The spelling is `"auto"` or a boolean; the strings "true"/"false" (what a shell passes) are
-    accepted as the booleans they name. Anything else is a ConfigError naming `field`.
+    The spelling is `"auto"` or a boolean; a boolean word as a string (`"true"`, `"no"`: what a
+    shell passes, `overrides.BOOL_WORDS`) is the boolean it names. Anything else is a
+    ConfigError naming `field`.
     """
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("auto", "true", "false"):
-        return {"auto": None, "true": True, "false": False}[value.strip().lower()]
-    raise ConfigError(f"config.{field} must be 'auto', true or false, got {value!r}")
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    word = bool_word(value) if isinstance(value, str) else None
+    if word is not None:
+        return word
+    raise ConfigError(f"config.{field} must be 'auto' or {BOOL_ALLOWED}, got {value!r}")
+
+
+def width_free(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run computes (`rundir.semantic`) apart from its seed and its channel widths (the
+    spec's `WIDTH_FIELDS`), of a config dict (`to_json_best_effort`): configs equal under it are
+    one program up to width padding (a padded population, train/padding.py; a sweep's padded
+    groups, sweep/grouping.py)."""
+    d = copy.deepcopy(rundir.semantic(config_dict))
+    d.pop("seed", None)
+    model = d.get("model")
+    if isinstance(model, dict):
+        d["model"] = {k: v for k, v in model.items() if k not in WIDTH_FIELDS}
+    return d
 
 
 def validate_config(config: ml_collections.ConfigDict) -> SqueezeNetSpec:

@@ -2,12 +2,14 @@
 
     sqz describe --preset v1.0
     sqz describe --config=experiments/imagenet/squeezenet_v1_0.py --image-size 224 --json
-    sqz describe --preset v1.0 --set squeeze_ratio=0.25 --set pool_after="('conv1','fire4')"
+    sqz describe --preset v1.0 --set squeeze_ratio=0.25 --set pool_after=conv1,fire4
 
 The spec comes from a named preset or from an experiment file's `config.model`; `--set` then
-replaces spec fields (values parsed as Python literals, else taken as strings), so a design can be
-sized while exploring. Output is the paper's Table 1 layout with totals and the spec's design
-dimensions (the fields its metadata marks as such, `spec.DESIGN_FIELDS`), or JSON (`--json`):
+replaces spec fields, each value read exactly as `sqz train --config.model.FIELD=VALUE` reads it
+(`overrides.parse_override`: `pool_after=fire4,fire8` or `"('fire4','fire8')"`, `batch_norm=yes`),
+with the same errors, so a design can be sized while exploring. Output is the paper's Table 1
+layout with totals and the spec's design dimensions (the fields its metadata marks as such,
+`spec.DESIGN_FIELDS`), or JSON (`--json`):
 `{"spec", "params", "macs", "fp32_bytes", "fp32_mib", "activations", "image_size", "layers"}`.
 The paper's presets (v1.0, v1.1) are described at the paper's 227x227 input (conv1 111x111, as
 in its Table 1) unless --image-size says otherwise; they train at their spec's 224. The table's
@@ -18,17 +20,16 @@ the field and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from sqzexplore.config import (
     ConfigError,
     UnknownKeyError,
     apply_overrides,
     load_config_file,
+    parse_override,
     spec_config,
     spec_from_config,
 )
@@ -73,56 +74,47 @@ def _build_parser() -> argparse.ArgumentParser:
         default=[],
         dest="overrides",
         metavar="FIELD=VALUE",
-        help="replace a spec field, e.g. --set squeeze_ratio=0.25 (repeatable; "
-        "values are Python literals, otherwise strings)",
+        help="replace a spec field, e.g. --set squeeze_ratio=0.25 --set pool_after=fire4,fire8 "
+        "(repeatable; values read as --config.model.FIELD=VALUE reads them)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """`"field=value"` -> (field, value): a Python literal if it parses as one, else the string."""
-    field, sep, raw = item.partition("=")
+def split_set(item: str) -> tuple[str, str]:
+    """`"field=value"` -> (field, the value's text); `model.field` names the same field."""
+    field, sep, text = item.partition("=")
     field = field.strip()
     if not sep or not field:
         raise SpecError(f"--set needs FIELD=VALUE, got {item!r}")
     # `model.squeeze_ratio` is how the same field is spelled in an experiment config.
-    field = field.removeprefix("model.")
-    raw = raw.strip()
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return field, value
+    return field.removeprefix("model."), text
 
 
 def apply_spec_overrides(spec: SqueezeNetSpec, overrides: Sequence[str]) -> SqueezeNetSpec:
-    """The spec with `--set` fields replaced, validated again; SpecError names a bad field.
+    """The spec with `--set` fields replaced, validated again.
 
-    The fields are set on the spec's typed config section by `config.apply_overrides`, the path
-    sweeps and experiment configs take, so a value is checked by its field's type."""
+    Each value is read by `config.parse_override` against the spec's typed config section and set
+    by `config.apply_overrides`, as `sqz train --config.model.FIELD=VALUE` is, so the same text
+    gives the same value or the same error (a ConfigError naming `config.model.FIELD`; a bad
+    design point is a SpecError as `config.spec_from_config` words it). An unknown field is a
+    SpecError naming the close match and the spec's fields."""
     if not overrides:
         return spec
     config = spec_config(spec)
-    infos = field_infos()
     for item in overrides:
-        field, value = parse_override(item)
-        info = infos.get(field)
-        if info is not None and info.kind is tuple:
-            if not info.optional and isinstance(value, str):
-                value = (value,)  # `--set pool_after=fire4`: one position
-            if not (isinstance(value, (list, tuple)) or (info.optional and value is None)):
-                raise SpecError(f"--set: {field} must be {info.allowed}, got {value!r}")
+        field, text = split_set(item)
         try:
-            apply_overrides(config, {f"model.{field}": value})
+            value = parse_override(config, f"model.{field}", text)
         except UnknownKeyError as e:
-            hint = f"did you mean {e.close.removeprefix('model.')!r}? " if e.close else ""
-            raise SpecError(
-                f"--set: unknown spec field {field!r}; {hint}known fields: {sorted(infos)}"
-            ) from None
-        except ConfigError as e:
-            raise SpecError(f"--set: {e}") from None
-    return SqueezeNetSpec.from_dict(config.model.to_dict())
+            hint = (
+                f"did you mean {e.close.removeprefix('model.')!r}?"
+                if e.close
+                else f"known fields: {', '.join(field_infos())}"
+            )
+            raise SpecError(f"--set: unknown spec field {field!r}; {hint}") from None
+        apply_overrides(config, {f"model.{field}": value})
+    return spec_from_config(config)
 
 
 def load_spec(preset_name: str | None, config_path: str | None) -> SqueezeNetSpec:

@@ -1,11 +1,11 @@
 """Which design points a worker trains as one width-padded population, by measured cost.
 
-Points whose configs differ only in channel widths (`spec.WIDTH_FIELDS`: squeeze ratio, pct_3x3,
-base_e / incr_e / freq, fire_widths) can train as one program padded to their largest widths
-(train/padding.py). That saves a compile per point and costs the padding: every member computes
-the padded network's MACs. A worker pads a candidate point into its group when, by what this
-worker last measured on the platform at hand (a result.json: compile seconds, train seconds per
-step and the MACs of that network),
+Points whose configs differ only in channel widths (`models.widths.WIDTH_FIELDS`: squeeze ratio,
+pct_3x3, base_e / incr_e / freq, fire_widths; equal `config.width_free`) can train as one
+program padded to their largest widths (train/padding.py). That saves a compile per point and
+costs the padding: every member computes the padded network's MACs. A worker pads a candidate
+point into its group when, by what this worker last measured on the platform at hand (a
+result.json: compile seconds, train seconds per step and the MACs of that network),
 
     steps * seconds_per_mac_step * extra MACs a step < compile seconds
 
@@ -24,18 +24,16 @@ import dataclasses
 import json
 from typing import Any
 
-from sqzexplore import rundir
+from sqzexplore.config import width_free
 from sqzexplore.models.complexity import complexity
-from sqzexplore.models.spec import WIDTH_FIELDS, SpecError, SqueezeNetSpec, padded_fire_widths
+from sqzexplore.models.spec import SpecError, SqueezeNetSpec
+from sqzexplore.models.widths import padded_fire_widths
 
 
 def width_key(config: dict[str, Any]) -> str:
-    """What a run computes apart from its seed and channel widths (equal keys: paddable,
-    provided the networks have the same convs, which padding.py checks)."""
-    d = rundir.semantic(dict(config))
-    d.pop("seed", None)
-    d["model"] = {k: v for k, v in d.get("model", {}).items() if k not in WIDTH_FIELDS}
-    return json.dumps(d, sort_keys=True, default=str)
+    """What a run computes apart from its seed and channel widths (`config.width_free`; equal
+    keys: paddable, provided the networks have the same convs, which padding.py checks)."""
+    return json.dumps(width_free(config), sort_keys=True, default=str)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,8 +43,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from sqzexplore.config import ConfigError, validate_config
+from sqzexplore.config import width_free as width_free  # population.check_population reads it
 from sqzexplore.models.spec import (
-    WIDTH_FIELDS,
     ChannelMask,
     SqueezeNetSpec,
     channel_masks,
@@ -56,15 +56,6 @@ from sqzexplore.train.state import TrainState
 
 class PaddingError(ConfigError):
     """Design points that cannot be padded to one shape."""
-
-
-def width_free(config_dict: dict) -> dict:
-    """A config dict (`to_json_best_effort`) without the seed and the spec's width fields."""
-    d = copy.deepcopy(config_dict)
-    d.pop("seed", None)
-    for field in WIDTH_FIELDS:
-        d.get("model", {}).pop(field, None)
-    return d
 
 
 def padded_spec(specs: Sequence[SqueezeNetSpec]) -> SqueezeNetSpec:
