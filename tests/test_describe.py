@@ -128,13 +128,32 @@ def test_set_single_pool_position_as_string(capsys):
 
 
 @pytest.mark.parametrize(
+    "text", ["fire4,fire8", "('fire4','fire8')", "(fire4, fire8)", "['fire4', 'fire8']"]
+)
+def test_set_reads_values_as_config_overrides_do(capsys, text):
+    """`--set` reads text as `sqz train --config.model.FIELD=` does (issue 24: a comma list was
+    "unknown position 'fire4,fire8'" here and a tuple there); tests/test_overrides.py compares
+    the two over a table of inputs."""
+    d = describe_json(capsys, "--preset", "digits", "--set", f"pool_after={text}")
+    assert d["spec"]["pool_after"] == ["fire4", "fire8"]
+    d = describe_json(capsys, "--preset", "digits", "--set", "batch_norm=yes")
+    assert d["spec"]["batch_norm"] is True
+    err = describe_error(capsys, "--preset", "digits", "--set", "batch_norm=maybe")
+    assert err == (
+        "error: config.model.batch_norm must be true or false (or yes/no, on/off, 1/0), "
+        "got 'maybe'\n"
+    )
+
+
+@pytest.mark.parametrize(
     "argv, names",
     [
         (["--preset", "v9"], ["--preset", "v9", "v1.0"]),
         (["--preset", "v1.0", "--set", "squeeze_ratio=2"], ["squeeze_ratio", "(0, 1]"]),
         (["--preset", "v1.0", "--set", "bypass=bogus"], ["bypass", "complex"]),
         (["--preset", "v1.0", "--set", "width=3"], ["unknown spec field", "width"]),
-        (["--preset", "v1.0", "--set", "pool_after=5"], ["pool_after"]),
+        (["--preset", "v1.0", "--set", "pool_after=5"], ["pool_after", "'5'"]),
+        (["--preset", "v1.0", "--set", "freq=x"], ["config.model.freq", "an integer >= 1", "'x'"]),
         (["--preset", "v1.0", "--set", "pool_after=('fire12',)"], ["pool_after", "fire12"]),
         (["--preset", "v1.0", "--set", "squeeze_ratio"], ["FIELD=VALUE"]),
         (["--preset", "v1.0", "--image-size", "16"], ["collapses"]),
@@ -163,7 +182,7 @@ def test_runs_as_module():
     cmd = [sys.executable, "-m", "sqzexplore.describe", "--preset", "v1.0", "--set", "freq=0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: freq must be an integer >= 1")
+    assert proc.stderr.startswith("error: config.model: freq must be an integer >= 1")
     assert "Traceback" not in proc.stderr
 
 

@@ -158,9 +158,17 @@ class SqueezeNetSpec:
 
     def __post_init__(self):
         # Normalise list-valued fields (from JSON or ConfigDict) to tuples so the spec is hashable.
+        if not isinstance(self.pool_after, (list, tuple)):
+            raise SpecError(f"pool_after must be a tuple of layer names, got {self.pool_after!r}")
         object.__setattr__(self, "pool_after", tuple(str(p) for p in self.pool_after))
         if self.fire_widths is not None:
-            widths = tuple(tuple(int(v) for v in w) for w in self.fire_widths)
+            try:
+                widths = tuple(tuple(int(v) for v in w) for w in self.fire_widths)
+            except (TypeError, ValueError):
+                raise SpecError(
+                    "fire_widths must be ((squeeze, expand1x1, expand3x3), ...) with one entry of "
+                    f"three integers per Fire module, got {self.fire_widths!r}"
+                ) from None
             object.__setattr__(self, "fire_widths", widths)
         self.validate()
 
@@ -344,12 +352,7 @@ class SqueezeNetSpec:
         unknown = sorted(set(d) - names)
         if unknown:
             raise SpecError(f"unknown spec field(s) {unknown}; known fields: {sorted(names)}")
-        d = dict(d)
-        if d.get("fire_widths") is not None:
-            d["fire_widths"] = tuple(tuple(w) for w in d["fire_widths"])
-        if "pool_after" in d:
-            d["pool_after"] = tuple(d["pool_after"])
-        return cls(**d)
+        return cls(**d)  # __post_init__ turns the lists of JSON into tuples
 
     @classmethod
     def from_json(cls, s: str) -> SqueezeNetSpec:
