@@ -129,14 +129,15 @@ def _number_allowed(kind: type, info: FieldInfo | None) -> str:
     return f"a number {info.allowed}" if ranged else "a number"
 
 
+_NOT_LITERAL = object()
+
+
 def _literal(text: str) -> Any:
+    """The Python literal `text` spells, or `_NOT_LITERAL`."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return _NOT_LITERAL
-
-
-_NOT_LITERAL = object()
 
 
 def _text(raw: str) -> str:
@@ -152,13 +153,25 @@ def _tuple(raw: str) -> tuple | None:
     """A tuple from a Python literal or a comma-separated list (None: neither)."""
     value = _literal(raw)
     if value is _NOT_LITERAL:
-        inner = raw[1:-1] if raw[:1] + raw[-1:] in ("()", "[]") else raw
+        inner = raw[1:-1] if _enclosed(raw) else raw
         value = [_item(part) for part in split_top_level(inner) if part.strip()]
     if isinstance(value, (list, tuple)):
         return _deep_tuple(value)
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return (value,)  # one item: `pool_after=fire4`, `tags='a'`
     return None
+
+
+def _enclosed(raw: str) -> bool:
+    """Whether `raw` is one bracketed group: `(a, b)` or `[a, b]`, not `(a),(b)`."""
+    if raw[:1] + raw[-1:] not in ("()", "[]"):
+        return False
+    depth = 0
+    for i, ch in enumerate(raw):
+        depth += (ch in "([{") - (ch in ")]}")
+        if depth == 0 and i < len(raw) - 1:
+            return False
+    return True
 
 
 def _item(part: str) -> Any:
@@ -180,8 +193,8 @@ def split_top_level(text: str) -> list[str]:
     for i, ch in enumerate(text):
         if quote:
             quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
+        elif ch in "'\"" and text[start:i].rstrip()[-1:] in ("", "=", "(", "[", "{", ","):
+            quote = ch  # a quote that opens a value (an apostrophe inside a word does not)
         elif ch in "([{":
             depth += 1
         elif ch in ")]}":

@@ -107,7 +107,7 @@ BAD_INPUT: list[tuple] = [
         ["unknown config key optim.learning_rate", "known keys of optim", " lr,"],
     ),
     ("file-arg-unknown", train_row(config=TINY + ":nosuch=1"), ["nosuch", "allowed", "epochs"]),
-    ("file-arg-type", train_row(config=TINY + ":epochs=lots"), ["epochs", "float", "lots"]),
+    ("file-arg-type", train_row(config=TINY + ":epochs=lots"), ["epochs", "a number", "lots"]),
     ("file-arg-no-value", train_row(config=TINY + ":epochs"), ["epochs", "needs a value"]),
     ("describe-syntax", ["describe", "--config={w}/syntax.py"], ["syntax.py line 1", "syntax"]),
     ("describe-missing", ["describe", "--config={w}/nosuch.py"], ["nosuch.py", "does not exist"]),

@@ -13,15 +13,9 @@ from hypothesis import strategies as st
 
 from sqzexplore.config import spec_from_config, typed_config
 from sqzexplore.models.complexity import complexity
-from sqzexplore.models.spec import (
-    BYPASS_MODES,
-    ChannelMask,
-    SpecError,
-    SqueezeNetSpec,
-    channel_masks,
-    preset,
-)
+from sqzexplore.models.spec import BYPASS_MODES, SpecError, SqueezeNetSpec, preset
 from sqzexplore.models.squeezenet import SqueezeNet, count_params
+from sqzexplore.models.widths import ChannelMask, channel_masks
 from sqzexplore.sweep.runconfig import trial_config
 from sqzexplore.sweep.space import config_json
 from sqzexplore.sweep.sweepfile import check_against_config, load_base_config, load_sweep
@@ -426,3 +420,21 @@ def test_expand3x3_groups_sweep_points_build_what_the_analytic_count_says():
         params[groups] = count_params(model)
         assert complexity(spec).params == params[groups]
     assert params[1] > params[2] > params[4] > params[8]
+
+
+def test_the_spec_module_keeps_the_names_its_callers_import():
+    """models/spec.py was split (field metadata, the layer plan, width padding); the names callers
+    import from it are the new modules' own objects, and the plan is built (and cached) there."""
+    from sqzexplore.models import fields, plan, spec, widths
+
+    for module, names in [
+        (fields, ["SpecError", "FieldInfo", "SPEC_FIELD"]),
+        (plan, ["ConvLayer", "PoolLayer", "BypassLayer", "PlanLayer", "LayerPlan", "CONV_ROLES"]),
+        (plan, ["FIRE_ROLES", "conv_order_key", "conv_block_role"]),
+        (widths, ["WIDTH_FIELDS", "ChannelMask", "channel_masks", "padded_fire_widths"]),
+    ]:
+        for name in names:
+            assert getattr(spec, name) is getattr(module, name), name
+    v10 = preset("v1.0")
+    assert v10.layer_plan() is plan.build_plan(v10, 224)  # one cached plan per (spec, size)
+    assert v10.layer_plan().params == 1_248_424

@@ -160,3 +160,45 @@ def test_rundir_is_a_leaf():
             top.add((node.module or "").split(".")[0])
 
     assert top <= set(sys.stdlib_module_names) | {"__future__", "numpy"}, top
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 120
+# Modules over the limits when the limits were first checked, each being split under issue 24
+# (its own branch); remove an entry once its module is within them. Nothing may join this list.
+OVER_THE_LIMITS = {
+    "sqzexplore/sweep/analyze.py",
+    "sqzexplore/sweep/cli.py",
+    "sqzexplore/sweep/engine.py",
+    "sqzexplore/sweep/figures.py",
+    "sqzexplore/sweep/report_html.py",
+    "sqzexplore/sweep/slurm.py",
+    "sqzexplore/sweep/workers.py",
+    "sqzexplore/train/loop.py",
+    "sqzexplore/train/population.py",
+    "sqzexplore/train/programs.py",
+}
+
+
+def oversized() -> dict[str, list[str]]:
+    """Library modules over `MAX_MODULE_LINES` lines or with a function over
+    `MAX_FUNCTION_LINES` (module path -> what is too long)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((REPO / "sqzexplore").rglob("*.py")):
+        source = path.read_text()
+        lines = len(source.splitlines())
+        long = [f"{lines} lines"] if lines > MAX_MODULE_LINES else []
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    long.append(f"{node.name}() {size} lines")
+        if long:
+            found[str(path.relative_to(REPO))] = long
+    return found
+
+
+def test_modules_and_functions_stay_small():
+    """One job per module: at most 450 lines a module and 120 a function (issue 24)."""
+    new = {path: long for path, long in oversized().items() if path not in OVER_THE_LIMITS}
+    limits = f"{MAX_MODULE_LINES} lines a module or {MAX_FUNCTION_LINES} a function"
+    assert not new, f"over {limits}: {new}"

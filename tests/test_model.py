@@ -29,7 +29,8 @@ from sqzexplore.models import (
     init_model,
     preset,
 )
-from sqzexplore.models.spec import BYPASS_MODES, DTYPES, BypassLayer, ConvLayer, LayerPlan
+from sqzexplore.models.plan import BypassLayer, ConvLayer, LayerPlan
+from sqzexplore.models.spec import BYPASS_MODES, DTYPES
 
 # ---------------------------------------------------------------------------- reference
 # docs/paper.md#table-1, written out by hand rather than read from the spec, so a wrong formula
