@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from sqzexplore.rundir import write_bytes
-from sqzexplore.runlog import dashboard_value, mirror_to_tensorboard, write_hparams_config
 from sqzexplore.sweep import figures
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import (
@@ -55,6 +54,7 @@ from sqzexplore.sweep.dashboards import effective_mode, read_settings
 from sqzexplore.sweep.metric_table import ACCURACY, metric
 from sqzexplore.sweep.report_html import render_html
 from sqzexplore.sweep.space import SweepDefinition
+from sqzexplore.sweep.tensorboard import write_tensorboard
 from sqzexplore.sweep.wandb_export import log_summary_run
 
 
@@ -162,21 +162,7 @@ def build_report(
     # Atomic: a browser reloading mid-write sees the old page or the new one.
     write_bytes(out / "report.html", page.encode())
 
-    tb_dir = None
-    if tensorboard:
-        tb_dir = sweep_dir.root / "tensorboard"
-        columns: dict[str, None] = {}
-        for r in runs:
-            hparams = tensorboard_hparams(r)
-            columns.update(dict.fromkeys(hparams))
-            mirror_to_tensorboard(
-                sweep_dir.trial_dir(r.trial_id) / "metrics.jsonl",
-                tb_dir / tensorboard_run_name(r),
-                hparams=hparams,
-                final=_final_metrics(r),
-            )
-        if runs:
-            write_hparams_config(tb_dir, columns, TENSORBOARD_METRICS)
+    tb_dir = write_tensorboard(sweep_dir, runs) if tensorboard else None
 
     mode = wandb_mode or effective_mode(sweep_dir, state)
     wandb_url = None
@@ -211,46 +197,6 @@ def build_report(
         "tensorboard": str(tb_dir) if tb_dir else None,
         "wandb": wandb_url,
     }
-
-
-# The metric columns of the TensorBoard HParams table (accuracies in percent there).
-TENSORBOARD_METRICS = ["final/top1", "best/top1", "final/top5", "eval/top1", "train/loss"]
-
-
-def _final_metrics(run) -> dict[str, float] | None:
-    """A finished run's final and best accuracies (fractions), the HParams metric columns."""
-    if run.state != sd.COMPLETE or not run.result:
-        return None
-    out = {}
-    for tag, name in (("final/top1", "final.top1"), ("final/top5", "final.top5")):
-        value = metric(name).value(run.result)
-        if value is not None:
-            out[tag] = value
-    best = metric("best.top1").value(run.result)
-    if best is not None:
-        out["best/top1"] = best
-    return out or None
-
-
-def tensorboard_hparams(run) -> dict[str, Any]:
-    """A trial's HParams: every design field (short names), seed, params, MACs, MiB and, once
-    it finished, final and best top-1 in percent, so the HParams table and its parallel
-    coordinates put accuracy against size."""
-    out: dict[str, Any] = {k.split(".")[-1]: v for k, v in run.design.items()}
-    out["seed"] = run.seed
-    for name, key in (("params", "params"), ("macs", "macs"), ("mib", "fp32_mib")):
-        if key in run.complexity:
-            out[name] = run.complexity[key]
-    for tag, value in (_final_metrics(run) or {}).items():
-        out[tag.replace("/", "_")] = dashboard_value(tag, value)
-    return out
-
-
-def tensorboard_run_name(run) -> str:
-    """A TensorBoard run directory name: the design point's fields and the seed."""
-    design = ",".join(f"{k.split('.')[-1]}={v}" for k, v in run.design.items())
-    safe = "".join(c if c.isalnum() or c in "._,=-" else "_" for c in design) or run.point
-    return f"{safe}/seed{run.seed}"
 
 
 def watch(
