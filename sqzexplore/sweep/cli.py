@@ -369,9 +369,19 @@ def _wandb_summary(sweep_dir) -> int:
     if mode not in ("offline", "online") or counts["pending"] or counts["running"]:
         return 0
     out = build_report(sweep_dir, wandb_mode=mode, echo=lambda s: None)
-    where = out["wandb"] or f"offline, under {sweep_dir.report} (`wandb sync` uploads it)"
-    print(f"wandb: {counts['complete']} trial runs and a summary run ({where})")
+    print(f"wandb: {counts['complete']} trial runs and a summary run{_where(out, sweep_dir)}")
     return 0
+
+
+def _where(out: dict, sweep_dir) -> str:
+    """Where the wandb runs are: the summary's URL online, else the command uploading them."""
+    from pathlib import Path
+
+    from sqzexplore.sweep.wandb_summary import sync_command
+
+    if out.get("wandb"):
+        return f" ({out['wandb']})"
+    return f", offline; upload them all with: {sync_command(sweep_dir, Path(out['out_dir']))}"
 
 
 def _run_worker(args, sweep_dir, log=print) -> None:
@@ -451,6 +461,7 @@ def cmd_report(args) -> int:
 
     sweep_dir = SweepDir(args.workdir)
     sweep_dir.state()  # a clear error when DIR is not a sweep directory
+    os.environ.setdefault("WANDB_SILENT", "true")  # wandb's own lines would bury the report's
 
     def build(first: bool) -> dict:
         return build_report(
@@ -481,6 +492,8 @@ def cmd_report(args) -> int:
     print(f"\nreport: {out['report_html']}  (tables: {out['results_csv']}, {out['frontier_csv']})")
     if out.get("tensorboard"):
         print(f"tensorboard: tensorboard --logdir {out['tensorboard']}")
+    if out.get("wandb_mode") in ("offline", "online"):
+        print(f"wandb: a summary run{_where(out, sweep_dir)}")
     return 0
 
 

@@ -14,7 +14,7 @@ Writes to DIR/report/ (or --out):
                   sweep runs, `--watch` rewrites it and the page reloads itself
 and prints one frontier table with the best point and the knee. Every accuracy is a mean over
 seeds with its n; one seed shows no spread rather than a made-up 0. With wandb mode
-offline/online it also logs a summary run (`wandb_export.log_summary_run`); with `tensorboard`
+offline/online it also logs a summary run (`wandb_summary.log_summary_run`); with `tensorboard`
 each trial's metrics.jsonl is mirrored as TensorBoard event files under DIR/tensorboard/.
 """
 
@@ -55,7 +55,7 @@ from sqzexplore.sweep.metric_table import ACCURACY, metric
 from sqzexplore.sweep.report_html import render_html
 from sqzexplore.sweep.space import SweepDefinition
 from sqzexplore.sweep.tensorboard import write_tensorboard
-from sqzexplore.sweep.wandb_export import log_summary_run
+from sqzexplore.sweep.wandb_summary import log_summary_run
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -167,7 +167,8 @@ def build_report(
     mode = wandb_mode or effective_mode(sweep_dir, state)
     wandb_url = None
     # While watching, the summary run is logged once, when the sweep has finished.
-    if mode in ("offline", "online") and (finished or not refresh_s):
+    logged = mode in ("offline", "online") and (finished or not refresh_s)
+    if logged:
         wandb_url = log_summary_run(
             state,
             defn,
@@ -196,6 +197,7 @@ def build_report(
         "max_parallel_workers": st["max_parallel"],
         "tensorboard": str(tb_dir) if tb_dir else None,
         "wandb": wandb_url,
+        "wandb_mode": mode if logged else None,
     }
 
 
