@@ -62,6 +62,10 @@ def test_more_seeds_run_only_the_new_trials(tmp_path, capsys):
     assert len(complete) == 2
     state = json.loads(sweep_dir.sweep_json.read_text())
     assert state["definition"]["seeds"] == [0, 1] and len(state["grown"]) == 1
+    # One study: the grown sweep's; the superseded one is gone from the storage.
+    import optuna
+
+    assert optuna.get_all_study_names(sd.open_storage(None, sweep_dir)) == [state["study_name"]]
 
 
 def test_more_grid_values_run_only_the_new_points(tmp_path, capsys):
