@@ -28,6 +28,7 @@ import sys
 
 from sqzexplore.config import ConfigError
 from sqzexplore.models.spec import SpecError
+from sqzexplore.sweep import preflight
 from sqzexplore.sweep.claims import LockUnsupportedError
 from sqzexplore.sweep.dashboards import (
     FLAG_MODES,
@@ -298,7 +299,7 @@ def _check_population(args, runner) -> None:
 
 def cmd_run(args) -> int:
     from sqzexplore.sweep import launch
-    from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir, open_storage
+    from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir
     from sqzexplore.sweep.sweepfile import check_against_config, load_base_config, load_sweep
     from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
 
@@ -308,11 +309,17 @@ def cmd_run(args) -> int:
     base = load_base_config(defn)
     check_against_config(defn, base)
     _check_population(args, load_runner(args.runner or DEFAULT_RUNNER))
-    if args.storage:
-        open_storage(args.storage, None)
     workdir = args.workdir or default_workdir(defn.name, args.arg)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise SweepError(f"--workdir {workdir} is a file, not a directory")
+    # What every trial needs (dataset, devices, storage), before anything is registered.
+    preflight.check(
+        base.to_dict(),
+        storage=args.storage,
+        workdir=workdir,
+        default_runner=not args.runner,
+        devices=not args.slurm,
+    )
     if args.slurm:
         from sqzexplore.sweep.slurm import run_array
 
@@ -439,8 +446,14 @@ def cmd_worker(args) -> int:
     from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
 
     sweep_dir = SweepDir(args.workdir)
-    sweep_dir.state()  # a clear error when DIR is not a sweep directory
+    state = sweep_dir.state()  # a clear error when DIR is not a sweep directory
     _check_population(args, load_runner(args.runner or DEFAULT_RUNNER))
+    preflight.check(
+        state.get("base_config") or {},
+        storage=state.get("storage"),
+        workdir=args.workdir,
+        default_runner=not args.runner,
+    )
     _run_worker(args, sweep_dir, log=FailureLog(print))
     return 0
 
