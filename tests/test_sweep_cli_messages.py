@@ -137,3 +137,29 @@ def test_a_sweep_asking_for_a_tpu_jax_does_not_see_stops_before_registering(tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config.platform=tpu" in err
     assert not (workdir / "trials").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, wanted, help_of",
+    [
+        (["run", "s.py", "--worker", "2"], "did you mean '--workers' for '--worker'?", "run"),
+        (["report", "d", "--wandb_mode", "offline"], "did you mean '--wandb-mode'", "report"),
+        (["status", "d", "--jsn"], "did you mean '--json' for '--jsn'?", "status"),
+        (["rnu", "s.py"], "did you mean 'run'?", None),
+    ],
+)
+def test_a_misspelled_flag_or_command_says_did_you_mean(argv, wanted, help_of, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and wanted in err, err
+    assert f"`sqz sweep {help_of} --help`" in err if help_of else "`sqz sweep --help`" in err
+
+
+def test_sweep_help_lists_the_options_of_run(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for option in ("--arg", "--workdir", "--workers", "--storage", "--wandb", "--population"):
+        assert option in out, option

@@ -20,11 +20,14 @@ every trial failed, or every design point was rejected before training.
 from __future__ import annotations
 
 import argparse
+import difflib
+import functools
 import json
 import math
 import os
 import re
 import sys
+from collections.abc import Sequence
 
 from sqzexplore.config import ConfigError
 from sqzexplore.models.spec import SpecError
@@ -62,11 +65,42 @@ def _bounded(kind: type, low: float, name: str):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Argument errors in one line, naming the option and the allowed values, without the
-    usage block (which buries the error under 20 lines)."""
+    """Argument errors in one line, naming the option and the allowed values, with a 'did you
+    mean' for a misspelled option or command, without the usage block (which buries the error
+    under 20 lines)."""
+
+    argv: Sequence[str] = ()
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` for the options)\n")
+        hint, prog = "", self.prog
+        command = self._command()
+        if command is not None:
+            prog = command.prog
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            options = (command or self)._option_strings()
+            for token in unknown.group(1).split():
+                if token.startswith("-"):
+                    close = difflib.get_close_matches(token.split("=")[0], options, n=1)
+                    hint += f"; did you mean {close[0]!r} for {token!r}?" if close else ""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            names = re.findall(r"'([^']*)'", choice.group(2))
+            close = difflib.get_close_matches(choice.group(1), names, n=1)
+            hint += f"; did you mean {close[0]!r}?" if close else ""
+        self.exit(2, f"{self.prog}: error: {message}{hint} (`{prog} --help` for the options)\n")
+
+    def _option_strings(self) -> list[str]:
+        return [o for a in self._actions for o in a.option_strings]
+
+    def _command(self) -> argparse.ArgumentParser | None:
+        """The subcommand's parser named in the command line being parsed, if any."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for token in self.argv:
+                    if token in action.choices:
+                        return action.choices[token]
+        return None
 
 
 def one_line(message: str) -> str:
@@ -159,8 +193,15 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sqz sweep", description=__doc__.split("\n\n")[0])
+    p = _Parser(
+        prog="sqz sweep",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # Subcommands take no abbreviations either: '--worker 2' is a typo, not '--workers 2'.
+    sub.add_parser = functools.partial(sub.add_parser, allow_abbrev=False)
 
     run = sub.add_parser("run", help="run (or resume) a sweep with local workers or SLURM")
     run.add_argument("sweep_file", help="sweeps/<name>.py")
@@ -255,6 +296,11 @@ def _parser() -> argparse.ArgumentParser:
     from sqzexplore.sweep.wandb_export import add_export_parser
 
     add_export_parser(sub)
+    # `sqz sweep --help` shows what most people came for: run's options.
+    p.epilog = (
+        "Each command's own options: `sqz sweep COMMAND --help`. Those of `sqz sweep run`:\n\n"
+        + run.format_help().split("\n\n", 1)[1]
+    )
     return p
 
 
@@ -520,7 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     from sqzexplore.sweep.slurm import SlurmError
     from sqzexplore.sweep.sweepdir import SweepChangedError, SweepDirError
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    parser.argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     commands = {
         "run": cmd_run,
         "worker": cmd_worker,
