@@ -137,8 +137,9 @@ def test_the_report_has_learning_curves_pdfs_and_labelled_points(sweep):
 
 
 def _on_the_frame(fig) -> list[str]:
-    """Markers (and line ends) of the figure's plots that touch their axes' frame: the ends of
-    a curve must sit inside the plot, not on its axis lines."""
+    """Markers (and line ends) of the figure's plots that touch their axes' frame: each marker
+    clear of the axis lines by its own size (its centre two radii inside), a bare line's ends
+    two pixels inside."""
     import numpy as np
 
     fig.canvas.draw()
@@ -152,9 +153,9 @@ def _on_the_frame(fig) -> list[str]:
             xy = xy[np.isfinite(xy).all(axis=1)]
             px = ax.transData.transform(xy)
             marker = line.get_marker()
-            radius = 1.0  # a bare line's end: at least a pixel away
+            radius = 1.0  # a bare line's end: at least two pixels away
             if marker not in (None, "None", "none", "", " "):
-                radius = line.get_markersize() * fig.dpi / 72 / 2
+                radius = line.get_markersize() * fig.dpi / 72
             for x, y in px:
                 if not (
                     box.x0 + radius < x < box.x1 - radius and box.y0 + radius < y < box.y1 - radius
@@ -166,7 +167,7 @@ def _on_the_frame(fig) -> list[str]:
             if offsets.size == 0 or len(sizes) == 0:
                 continue
             px = coll.get_offset_transform().transform(offsets)
-            radius = float(np.sqrt(max(sizes))) * fig.dpi / 72 / 2
+            radius = float(np.sqrt(max(sizes))) * fig.dpi / 72
             for x, y in px:
                 if not (
                     box.x0 + radius < x < box.x1 - radius and box.y0 + radius < y < box.y1 - radius

@@ -31,18 +31,10 @@ from sqzexplore.rundir import write_bytes
 from sqzexplore.sweep import figures
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import (
-    FRONT_SIZES,
-    accuracy_text,
     collect_runs,
     error_samples,
     evaluated_on,
-    format_table,
     frontier_columns,
-    fronts,
-    interval_text,
-    key_points,
-    key_size,
-    merged_front,
     point_curves,
     point_rows,
     result_columns,
@@ -52,9 +44,11 @@ from sqzexplore.sweep.analyze import (
 )
 from sqzexplore.sweep.dashboards import effective_mode, read_settings
 from sqzexplore.sweep.metric_table import ACCURACY, metric
+from sqzexplore.sweep.pareto import FRONT_SIZES, fronts, key_points, key_size, merged_front
 from sqzexplore.sweep.report_html import render_html
 from sqzexplore.sweep.space import SweepDefinition
 from sqzexplore.sweep.tensorboard import write_tensorboard
+from sqzexplore.sweep.text_format import accuracy_text, format_table, interval_text
 from sqzexplore.sweep.wandb_summary import log_summary_run
 
 
