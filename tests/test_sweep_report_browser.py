@@ -183,3 +183,32 @@ def test_nothing_overflows_the_page_sideways(tmp_path, report_page, width):
     assert found, f"no result from Chromium (rc {done.returncode}): {done.stderr[-2000:]}"
     result = json.loads(html.unescape(found.group(1)))
     assert result["over"] == [] and result["scroll"] <= result["width"], result
+
+
+def test_a_screenshot_of_the_tensorboard_hparams_page(tmp_path, report_page):
+    """TensorBoard's HParams page of the sweep (`sqz sweep report --tensorboard`) renders in
+    Chromium (a documented look: one row per design point, typed filters; the rows themselves
+    are checked through TensorBoard's backend in test_sweep_tensorboard.py)."""
+    from tensorboard import program
+
+    from sqzexplore.sweep import cli
+    from sqzexplore.sweep import sweepdir as sd
+
+    page, _ = report_page
+    sweep_dir = sd.SweepDir(page.parent.parent)
+    assert cli.main(["report", str(sweep_dir.root), "--tensorboard", "--quiet"]) == 0
+    tb = program.TensorBoard()
+    tb.configure(argv=[None, "--logdir", str(sweep_dir.root / "tensorboard"), "--port", "0"])
+    url = tb.launch()
+    shot = tmp_path / "hparams.png"
+    done = chromium(
+        tmp_path,
+        "--window-size=1400,900",
+        "--virtual-time-budget=20000",
+        f"--screenshot={shot}",
+        url + "#hparams",
+    )
+    assert shot.is_file(), done.stderr[-2000:]
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50
