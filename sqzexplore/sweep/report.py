@@ -14,8 +14,9 @@ Writes to DIR/report/ (or --out):
                   sweep runs, `--watch` rewrites it and the page reloads itself
 and prints one frontier table with the best point and the knee. Every accuracy is a mean over
 seeds with its n; one seed shows no spread rather than a made-up 0. With wandb mode
-offline/online it also logs a summary run (`wandb_summary.log_summary_run`); with `tensorboard`
-each trial's metrics.jsonl is mirrored as TensorBoard event files under DIR/tensorboard/.
+offline/online it also logs a summary run, one per sweep state (`wandb_summary`); with
+`tensorboard` each trial's metrics.jsonl is mirrored as TensorBoard event files under
+DIR/tensorboard/, one HParams row per design point (`tensorboard.py`).
 """
 
 from __future__ import annotations
