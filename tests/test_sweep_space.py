@@ -393,3 +393,13 @@ def test_runlocal_with_an_ignored_data_dir_is_refused():
 
     with pytest.raises(ConfigError, match="'data_dir' has no effect with 'runlocal'"):
         load_config_file(str(REPO / "experiments/cifar10/squeezenet.py"), "runlocal,data_dir=/x")
+
+
+@pytest.mark.parametrize("sweep", ["squeeze_ratio", "pct_3x3", "bypass"])
+def test_a_data_dir_the_base_would_ignore_is_refused(sweep, tmp_path):
+    """`runlocal` bases train on synthetic (or bundled) data: a typed data_dir is refused, not
+    silently dropped."""
+    path = str(REPO / "sweeps" / f"{sweep}.py")
+    for arg in (f"runlocal,dataset=cifar10,data_dir={tmp_path}", f"data_dir={tmp_path}"):
+        with pytest.raises(SweepError, match="data.data_dir=.* has no effect"):
+            load_base_config(load_sweep(path, arg))
