@@ -25,6 +25,7 @@ Commands:
 Args: runlocal, dataset, experiment (any experiment file instead), data_dir, seeds.
 """
 
+from sqzexplore.argpresets import preset
 from sqzexplore.config import parse_arg
 from sqzexplore.sweep.space import SweepDefinition, categorical
 from sqzexplore.sweep.sweepfile import dataset_base
@@ -32,6 +33,7 @@ from sqzexplore.sweep.sweepfile import dataset_base
 
 def get_sweep(arg=None):
     a = parse_arg(arg, runlocal=False, dataset="digits", experiment="", data_dir="", seeds=3)
+    preset(a, arg, a.runlocal, seeds=1)  # a typed seeds=N wins over the smoke preset
     fixed = {"data.data_dir": a.data_dir} if a.data_dir else {}
     return SweepDefinition(
         name="bypass",
@@ -40,5 +42,5 @@ def get_sweep(arg=None):
         space={"model.bypass": categorical("none", "simple", "complex")},
         objectives=[("final.top1", "maximize"), ("complexity.params", "minimize")],
         sampler="grid",
-        seeds=1 if a.runlocal else a.seeds,
+        seeds=a.seeds,
     )

@@ -26,6 +26,7 @@ Commands:
 Args: runlocal, dataset, experiment (any experiment file instead), data_dir, seeds.
 """
 
+from sqzexplore.argpresets import preset
 from sqzexplore.config import parse_arg
 from sqzexplore.sweep.design import base_pool_count, pool_position_ladder
 from sqzexplore.sweep.space import SweepDefinition, categorical
@@ -34,6 +35,7 @@ from sqzexplore.sweep.sweepfile import dataset_base
 
 def get_sweep(arg=None):
     a = parse_arg(arg, runlocal=False, dataset="digits", experiment="", data_dir="", seeds=2)
+    preset(a, arg, a.runlocal, seeds=1)  # a typed seeds=N wins over the smoke preset
     base = dataset_base(a.dataset, a.runlocal, a.experiment, near=__file__)
     ladder = pool_position_ladder(base_pool_count(base))
     options = (ladder[0], ladder[-1]) if a.runlocal else ladder
@@ -45,5 +47,5 @@ def get_sweep(arg=None):
         space={"model.pool_after": categorical(*options)},
         objectives=[("final.top1", "maximize"), ("complexity.macs", "minimize")],
         sampler="grid",
-        seeds=1 if a.runlocal else a.seeds,
+        seeds=a.seeds,
     )

@@ -25,6 +25,7 @@ instead), data_dir (TFDS data_dir), seeds (per point). Another dataset's net mus
 that 2, 4 and 8 divide (the paper's v1.0 widths do).
 """
 
+from sqzexplore.argpresets import preset
 from sqzexplore.config import parse_arg
 from sqzexplore.sweep.space import SweepDefinition, categorical
 from sqzexplore.sweep.sweepfile import dataset_base
@@ -34,6 +35,7 @@ GROUPS = (1, 2, 4, 8)
 
 def get_sweep(arg=None):
     a = parse_arg(arg, runlocal=False, dataset="digits", experiment="", data_dir="", seeds=2)
+    preset(a, arg, a.runlocal, seeds=1)  # a typed seeds=N wins over the smoke preset
     fixed = {}
     if a.data_dir:
         fixed["data.data_dir"] = a.data_dir
@@ -44,5 +46,5 @@ def get_sweep(arg=None):
         space={"model.expand3x3_groups": categorical(*GROUPS)},
         objectives=[("final.top1", "maximize"), ("complexity.params", "minimize")],
         sampler="grid",
-        seeds=1 if a.runlocal else a.seeds,
+        seeds=a.seeds,
     )

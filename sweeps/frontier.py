@@ -24,6 +24,7 @@ Args: runlocal, dataset, experiment (any experiment file instead), data_dir, n_t
 max_mib (0: no limit), seed (sampler seed).
 """
 
+from sqzexplore.argpresets import preset
 from sqzexplore.config import parse_arg
 from sqzexplore.sweep.design import base_pool_count, pool_position_ladder
 from sqzexplore.sweep.space import EarlyStop, SweepDefinition, categorical, uniform
@@ -41,6 +42,7 @@ def get_sweep(arg=None):
         max_mib=0.0,
         seed=0,
     )
+    preset(a, arg, a.runlocal, n_trials=6)  # a typed n_trials=N wins over the preset
     base = dataset_base(a.dataset, a.runlocal, a.experiment, near=__file__)
     fixed = {"data.data_dir": a.data_dir} if a.data_dir else {}
     return SweepDefinition(
@@ -55,7 +57,7 @@ def get_sweep(arg=None):
         },
         objectives=[("final.top1", "maximize"), ("complexity.params", "minimize")],
         sampler="nsga2",
-        n_trials=6 if a.runlocal else a.n_trials,
+        n_trials=a.n_trials,
         population_size=4 if a.runlocal else 12,
         seeds=1,
         constraints={"max_mib": a.max_mib} if a.max_mib > 0 else {},

@@ -22,6 +22,7 @@ Commands:
 Args: runlocal, dataset, experiment (any experiment file instead), data_dir, seeds.
 """
 
+from sqzexplore.argpresets import preset
 from sqzexplore.config import parse_arg
 from sqzexplore.sweep.space import SweepDefinition, categorical
 from sqzexplore.sweep.sweepfile import dataset_base
@@ -31,6 +32,7 @@ PCT_3X3 = (0.01, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 0.99)
 
 def get_sweep(arg=None):
     a = parse_arg(arg, runlocal=False, dataset="digits", experiment="", data_dir="", seeds=2)
+    preset(a, arg, a.runlocal, seeds=1)  # a typed seeds=N wins over the smoke preset
     fixed = {"model.squeeze_ratio": 0.5}
     if a.data_dir:
         fixed["data.data_dir"] = a.data_dir
@@ -42,5 +44,5 @@ def get_sweep(arg=None):
         space={"model.pct_3x3": categorical(*values)},
         objectives=[("final.top1", "maximize"), ("complexity.params", "minimize")],
         sampler="grid",
-        seeds=1 if a.runlocal else a.seeds,
+        seeds=a.seeds,
     )

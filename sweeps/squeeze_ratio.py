@@ -26,6 +26,7 @@ Args: runlocal, dataset (an experiments/<dataset>/ directory), experiment (any e
 instead, e.g. for another TFDS dataset), data_dir (TFDS data_dir), seeds (per point).
 """
 
+from sqzexplore.argpresets import preset
 from sqzexplore.config import parse_arg
 from sqzexplore.sweep.space import SweepDefinition, categorical
 from sqzexplore.sweep.sweepfile import dataset_base
@@ -33,6 +34,7 @@ from sqzexplore.sweep.sweepfile import dataset_base
 
 def get_sweep(arg=None):
     a = parse_arg(arg, runlocal=False, dataset="digits", experiment="", data_dir="", seeds=3)
+    preset(a, arg, a.runlocal, seeds=1)  # a typed seeds=N wins over the smoke preset
     fixed = {"model.pct_3x3": 0.5}
     if a.data_dir:
         fixed["data.data_dir"] = a.data_dir
@@ -44,5 +46,5 @@ def get_sweep(arg=None):
         space={"model.squeeze_ratio": categorical(*ratios)},
         objectives=[("final.top1", "maximize"), ("complexity.params", "minimize")],
         sampler="grid",
-        seeds=1 if a.runlocal else a.seeds,
+        seeds=a.seeds,
     )

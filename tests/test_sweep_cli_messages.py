@@ -76,3 +76,90 @@ def test_help_texts(argv, wanted, capsys):
     with pytest.raises(SystemExit):
         cli.main(argv)
     assert wanted in " ".join(capsys.readouterr().out.split())
+
+
+def _cifar_sweep(tmp_path, data_dir):
+    """A sweep over the cifar10 experiment with its data_dir fixed (nothing prepared there)."""
+    from test_sweep_support import REPO
+
+    from sqzexplore.sweep.space import Experiment
+
+    experiment = Experiment(str(REPO / "experiments" / "cifar10" / "squeezenet.py"))
+    return write_sweep(
+        tmp_path / "c.py",
+        base=experiment,
+        fixed={"data.data_dir": str(data_dir), "num_steps": 2},
+        space={"model.squeeze_ratio": categorical(0.125, 0.5)},
+        seeds=2,
+    )
+
+
+def test_a_sweep_on_an_unprepared_dataset_stops_in_one_line_before_registering(tmp_path, capsys):
+    """The default trainer's sweep on a TFDS dataset that is not prepared: one line, exit 2,
+    and no sweep directory (nothing registered, nothing compiled)."""
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    path = _cifar_sweep(tmp_path, empty)
+    workdir = tmp_path / "w"
+    argv = ["run", str(path), "--workdir", str(workdir), "--workers", "1", "--progress", "off"]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1, captured.err
+    assert "TFDS dataset 'cifar10' is not prepared in data_dir" in captured.err
+    assert "no trial was registered" in captured.err
+    assert "compile" not in captured.out + captured.err
+    assert not (workdir / "trials").exists()
+
+
+def test_a_sweep_with_a_storage_that_does_not_open_or_an_unwritable_workdir_stops(tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.py", space={"model.squeeze_ratio": categorical(0.125)})
+    argv = ["run", str(path), "--workers", "1", "--progress", "off"]
+    bad_db = "postgresql://nobody@127.0.0.1:9/none"
+    assert cli.main([*argv, "--workdir", str(tmp_path / "w"), "--storage", bad_db]) == 2
+    assert "--storage" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main([*argv, "--workdir", str(blocker / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a writable directory" in err
+
+
+def test_a_sweep_asking_for_a_tpu_jax_does_not_see_stops_before_registering(tmp_path, capsys):
+    path = write_sweep(
+        tmp_path / "s.py",
+        space={"model.squeeze_ratio": categorical(0.125)},
+        fixed={"num_steps": 2, "platform": "tpu"},
+    )
+    workdir = tmp_path / "w"
+    argv = ["run", str(path), "--workdir", str(workdir), "--workers", "1", "--progress", "off"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.platform=tpu" in err
+    assert not (workdir / "trials").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, wanted, help_of",
+    [
+        (["run", "s.py", "--worker", "2"], "did you mean '--workers' for '--worker'?", "run"),
+        (["report", "d", "--wandb_mode", "offline"], "did you mean '--wandb-mode'", "report"),
+        (["status", "d", "--jsn"], "did you mean '--json' for '--jsn'?", "status"),
+        (["rnu", "s.py"], "did you mean 'run'?", None),
+    ],
+)
+def test_a_misspelled_flag_or_command_says_did_you_mean(argv, wanted, help_of, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and wanted in err, err
+    assert f"`sqz sweep {help_of} --help`" in err if help_of else "`sqz sweep --help`" in err
+
+
+def test_sweep_help_lists_the_options_of_run(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for option in ("--arg", "--workdir", "--workers", "--storage", "--wandb", "--population"):
+        assert option in out, option

@@ -326,7 +326,7 @@ def test_report_tensorboard_mirrors_every_trial(tmp_path, monkeypatch, capsys):
     rc = cli.main(["report", str(sweep_dir.root), "--tensorboard", "--quiet"])
     assert rc == 0
     assert f"tensorboard --logdir {sweep_dir.root / 'tensorboard'}" in capsys.readouterr().out
-    runs = sorted(p.parent for p in (sweep_dir.root / "tensorboard").rglob("events.out.*"))
+    runs = sorted({p.parent for p in (sweep_dir.root / "tensorboard").rglob("events.out.*")})
     names = sorted(str(p.relative_to(sweep_dir.root / "tensorboard")) for p in runs)
     assert names.pop(0) == "."  # the HParams experiment (its metric columns), at the root
     assert names == [

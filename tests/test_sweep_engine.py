@@ -58,7 +58,7 @@ def test_grid_runs_every_point_once_in_a_seeded_order(tmp_path):
             json.loads((a.trial_dir(f"{t.user_attrs['point']}-s{s}") / "result.json").read_text())
             for s in (0, 1)
         ]
-        assert t.values[0] == pytest.approx(sum(r["final"]["top1"] for r in runs) / 2)
+        assert t.values[0] == pytest.approx(100 * sum(r["final"]["top1"] for r in runs) / 2)  # %
         assert t.values[1] == runs[0]["complexity"]["params"]
     other_seed = write_sweep(tmp_path / "g2.py", space=sr_space(0.125, 0.25, 0.5, 0.75), seed=7)
     c, _ = run_inprocess(other_seed, tmp_path / "c")

@@ -62,6 +62,10 @@ def test_more_seeds_run_only_the_new_trials(tmp_path, capsys):
     assert len(complete) == 2
     state = json.loads(sweep_dir.sweep_json.read_text())
     assert state["definition"]["seeds"] == [0, 1] and len(state["grown"]) == 1
+    # One study: the grown sweep's; the superseded one is gone from the storage.
+    import optuna
+
+    assert optuna.get_all_study_names(sd.open_storage(None, sweep_dir)) == [state["study_name"]]
 
 
 def test_more_grid_values_run_only_the_new_points(tmp_path, capsys):
@@ -139,3 +143,20 @@ def test_a_run_written_before_a_config_key_existed_is_the_same_run(tmp_path):
     # Without defaults (as before), any added key is a difference.
     config["model"]["expand3x3_groups"] = 1
     assert rundir.config_diffs(old, config) == ["model.expand3x3_groups"]
+
+
+def test_a_typed_seeds_grows_a_finished_runlocal_sweep_by_the_new_seed(tmp_path, capsys):
+    """`--arg runlocal,seeds=2` on a finished `--arg runlocal` sweep of a shipped sweep file
+    trains exactly the second seed of each point (the preset's one seed no longer wins)."""
+    from test_sweep_support import REPO
+
+    sweep_file, workdir = str(REPO / "sweeps" / "squeeze_ratio.py"), tmp_path / "w"
+    assert _run(sweep_file, workdir, "--arg", "runlocal") == 0
+    sweep_dir = sd.SweepDir(workdir)
+    before = _attempts(sweep_dir)
+    assert len(before) == 2 and all(t.endswith("-s0") for t in before)
+    assert _run(sweep_file, workdir, "--arg", "runlocal,seeds=2") == 0
+    assert "2 points x 2 seed(s)" in capsys.readouterr().out
+    after = _attempts(sweep_dir)
+    assert set(after) - set(before) == {t.replace("-s0", "-s1") for t in before}
+    assert all(n == 1 for n in after.values())  # the first seed's trials were not retrained

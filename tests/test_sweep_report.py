@@ -19,17 +19,11 @@ from test_sweep_support import FAKE_RUNNER, run_inprocess, sr_space, sweep_cli, 
 
 from sqzexplore.sweep import cli
 from sqzexplore.sweep import sweepdir as sd
-from sqzexplore.sweep.analyze import (
-    collect_runs,
-    dominates,
-    frontier_rows,
-    knee_row,
-    pareto_front,
-    union_seconds,
-)
+from sqzexplore.sweep.analyze import collect_runs, union_seconds
 from sqzexplore.sweep.metric_table import METRICS, metric
 from sqzexplore.sweep.paper_values import paper_figure
 from sqzexplore.sweep.params import categorical
+from sqzexplore.sweep.pareto import dominates, frontier_rows, knee_row, pareto_front
 from sqzexplore.sweep.report import build_report, watch
 
 

@@ -148,3 +148,67 @@ def test_learning_curves_and_labelled_axes_in_chromium(tmp_path, report_page):
         assert any(wanted in t for t in texts), texts[:20]
         ticks = [t.strip() for t in texts if re.fullmatch(r"\s*\d+(\.\d+)?[kM]?\s*", t)]
         assert len(ticks) >= 4, texts[:30]
+
+
+# Appended to a copy of the page: after load, list what sticks out of the page sideways.
+OVERFLOW_CHECK = """<script>
+window.addEventListener('load', () => {
+  const doc = document.documentElement;
+  const over = [...document.querySelectorAll('table, pre, figure, img, p, h1, h2, h3')]
+    .filter(e => !e.closest('.scroll') && e.getBoundingClientRect().right > doc.clientWidth + 1)
+    .map(e => e.tagName + ': ' + e.textContent.slice(0, 40));
+  const out = document.createElement('pre');
+  out.id = 'overflow-check';
+  out.textContent = JSON.stringify({scroll: doc.scrollWidth, width: doc.clientWidth, over: over});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.mark.parametrize("width", [1200, 800, 480])
+def test_nothing_overflows_the_page_sideways(tmp_path, report_page, width):
+    """Wide tables (the Pareto front, every point) scroll inside their own box, long values
+    (the sweep directory) wrap: the page itself never scrolls sideways, on a laptop or a phone."""
+    page, _ = report_page
+    probe = page.with_name(f"overflow-{width}.html")
+    probe.write_text(page.read_text().replace("</body>", OVERFLOW_CHECK + "</body>"))
+    done = chromium(
+        tmp_path,
+        f"--window-size={width},1200",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probe.as_uri(),
+    )
+    found = re.search(r'<pre id="overflow-check">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"no result from Chromium (rc {done.returncode}): {done.stderr[-2000:]}"
+    result = json.loads(html.unescape(found.group(1)))
+    assert result["over"] == [] and result["scroll"] <= result["width"], result
+
+
+def test_a_screenshot_of_the_tensorboard_hparams_page(tmp_path, report_page):
+    """TensorBoard's HParams page of the sweep (`sqz sweep report --tensorboard`) renders in
+    Chromium (a documented look: one row per design point, typed filters; the rows themselves
+    are checked through TensorBoard's backend in test_sweep_tensorboard.py)."""
+    from tensorboard import program
+
+    from sqzexplore.sweep import cli
+    from sqzexplore.sweep import sweepdir as sd
+
+    page, _ = report_page
+    sweep_dir = sd.SweepDir(page.parent.parent)
+    assert cli.main(["report", str(sweep_dir.root), "--tensorboard", "--quiet"]) == 0
+    tb = program.TensorBoard()
+    tb.configure(argv=[None, "--logdir", str(sweep_dir.root / "tensorboard"), "--port", "0"])
+    url = tb.launch()
+    shot = tmp_path / "hparams.png"
+    done = chromium(
+        tmp_path,
+        "--window-size=1400,900",
+        "--virtual-time-budget=20000",
+        f"--screenshot={shot}",
+        url + "#hparams",
+    )
+    assert shot.is_file(), done.stderr[-2000:]
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50

@@ -134,3 +134,60 @@ def test_the_report_has_learning_curves_pdfs_and_labelled_points(sweep):
     assert "<td>sr=0.125 pct=0.25</td>" in page  # the label, with the hash beside it
     header = Path(out["results_csv"]).read_text().splitlines()[0]
     assert header.startswith("label,point,")
+
+
+def _on_the_frame(fig) -> list[str]:
+    """Markers (and line ends) of the figure's plots that touch their axes' frame: each marker
+    clear of the axis lines by its own size (its centre two radii inside), a bare line's ends
+    two pixels inside."""
+    import numpy as np
+
+    fig.canvas.draw()
+    touching = []
+    for ax in fig.axes:
+        box = ax.get_window_extent()
+        for line in ax.get_lines():
+            xy = np.asarray(line.get_xydata(), dtype=float)
+            if not line.get_visible() or xy.size == 0:
+                continue
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            px = ax.transData.transform(xy)
+            marker = line.get_marker()
+            radius = 1.0  # a bare line's end: at least two pixels away
+            if marker not in (None, "None", "none", "", " "):
+                radius = line.get_markersize() * fig.dpi / 72
+            for x, y in px:
+                if not (
+                    box.x0 + radius < x < box.x1 - radius and box.y0 + radius < y < box.y1 - radius
+                ):
+                    touching.append(f"{ax.get_title()}: {line.get_label()} at ({x:.0f}, {y:.0f})")
+        for coll in ax.collections:
+            offsets = np.asarray(coll.get_offsets(), dtype=float)
+            sizes = coll.get_sizes() if hasattr(coll, "get_sizes") else []
+            if offsets.size == 0 or len(sizes) == 0:
+                continue
+            px = coll.get_offset_transform().transform(offsets)
+            radius = float(np.sqrt(max(sizes))) * fig.dpi / 72
+            for x, y in px:
+                if not (
+                    box.x0 + radius < x < box.x1 - radius and box.y0 + radius < y < box.y1 - radius
+                ):
+                    touching.append(f"{ax.get_title()}: {coll.get_label()} at ({x:.0f}, {y:.0f})")
+    plt.close(fig)
+    return touching
+
+
+def test_no_marker_or_curve_end_sits_on_an_axis_line(sweep):
+    defn = sweep.definition()
+    runs = collect_runs(sweep)
+    rows = point_rows(runs, defn)
+    from sqzexplore.sweep.analyze import error_samples
+
+    built = {
+        "frontier": figures.frontier_scatter(rows, defn, "complexity.params", "digits"),
+        "field": figures.field_curves(rows, defn, "model.squeeze_ratio", "digits"),
+        "edf": figures.error_edfs(error_samples(runs), defn, "digits"),
+        "curves": figures.learning_curves(point_curves(sweep, runs), defn, "digits"),
+    }
+    touching = {name: _on_the_frame(fig) for name, fig in built.items()}
+    assert not any(touching.values()), touching

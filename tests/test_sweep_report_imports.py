@@ -1,6 +1,6 @@
-"""The sweep report stack imports without circles: the renderers (text/CSV report, HTML page,
-figures, wandb summary run) all take their fronts and aggregations from `analyze`, and none of
-them imports another renderer or hides an import inside a function."""
+"""The sweep report stack imports without circles: the renderers (HTML page, figures, wandb
+summary run, TensorBoard) take their rows from `analyze` and their fronts from `pareto`, and none
+of them imports another renderer or hides an import inside a function."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ from pathlib import Path
 import sqzexplore
 
 SWEEP = Path(sqzexplore.__file__).parent / "sweep"
-STACK = ("analyze", "report", "report_html", "figures", "wandb_export", "metric_table")
+RENDERERS = ("report_html", "figures", "wandb_summary", "tensorboard")
+STACK = (
+    "analyze",
+    "pareto",
+    "text_format",
+    "metric_table",
+    "figure_axes",
+    "report",
+    "wandb_export",
+    *RENDERERS,
+)
 
 
 def _imports(module: str) -> tuple[set[str], list[str]]:
@@ -46,7 +56,8 @@ def test_the_report_stack_has_no_import_circle_and_no_hidden_imports():
     assert circles == [], f"import circle through {circles}: {graph}"
     for m in STACK:
         assert _imports(m)[1] == [], f"{m} imports sqzexplore modules inside functions"
-    # The renderers read the fronts from one module and never from each other.
-    for renderer in ("report_html", "figures", "wandb_export"):
-        assert "analyze" in graph[renderer]
-        assert not graph[renderer] & {"report", "report_html", "wandb_export"}
+    # The renderers take their rows from `analyze` and their fronts from `pareto` (through
+    # analyze or directly), and never import each other or the report that calls them.
+    for renderer in RENDERERS:
+        assert not graph[renderer] & ({"report", *RENDERERS} - {renderer}), graph[renderer]
+    assert "pareto" in graph["figures"] and "pareto" in graph["analyze"]

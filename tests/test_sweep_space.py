@@ -317,3 +317,89 @@ def test_sweeps_run_from_a_copy_of_the_package_and_another_directory(tmp_path):
     assert "3 done, 0 running, 0 failed" in done.stdout
     state = json.loads((elsewhere / "w" / "sweep.json").read_text())
     assert state["definition"]["base"]["path"] == "experiments/digits/frontier.py"
+
+
+# ------------------------------------------------------------------ typed arguments beat presets
+def _arg_defaults(monkeypatch, path: Path, load) -> dict:
+    """The argument defaults a sweep or experiment file passes to `parse_arg` (recorded by
+    wrapping it while the file loads)."""
+    import sqzexplore.config as config_module
+
+    seen: dict = {}
+    real = config_module.parse_arg
+
+    def recording(arg, **defaults):
+        seen.setdefault(str(path), defaults)
+        return real(arg, **defaults)
+
+    monkeypatch.setattr(config_module, "parse_arg", recording)
+    load(str(path), "runlocal")
+    monkeypatch.setattr(config_module, "parse_arg", real)
+    return seen.get(str(path), {})
+
+
+# String arguments with a fixed set of choices: another valid choice.
+_OTHER_CHOICE = {"solver": "release", "bypass": "simple", "dataset": "cifar10"}
+
+
+def _other_value(key, default):
+    if isinstance(default, str):
+        return _OTHER_CHOICE.get(key)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default * 2 if default else 1.0
+    return None
+
+
+def _files():
+    sweeps = sorted((REPO / "sweeps").glob("*.py"))
+    experiments = sorted((REPO / "experiments").glob("**/*.py"))
+    return [("sweep", p) for p in sweeps] + [("experiment", p) for p in experiments]
+
+
+@pytest.mark.parametrize("kind,path", _files(), ids=lambda v: getattr(v, "name", v))
+def test_a_typed_argument_wins_over_the_runlocal_preset(monkeypatch, kind, path):
+    """In every sweep and experiment file, each argument typed beside `runlocal` changes what
+    the file builds (a preset never silently replaces a value the user typed)."""
+    from sqzexplore.config import load_config_file
+
+    def load(p, arg):
+        if kind == "sweep":
+            defn = load_sweep(p, arg)
+            return repr({k: v for k, v in vars(defn).items() if k not in ("question", "source")})
+        return json.dumps(load_config_file(p, arg).to_dict(), sort_keys=True, default=str)
+
+    defaults = _arg_defaults(monkeypatch, path, load)
+    if kind == "experiment" and path.name == "frontier.py":
+        defaults = _arg_defaults(monkeypatch, path.with_name("squeezenet.py"), load)
+    assert "runlocal" in defaults, f"{path} takes no runlocal argument"
+    plain = load(str(path), "runlocal")
+    checked = []
+    for key, default in defaults.items():
+        value = _other_value(key, default)
+        if key == "runlocal" or value is None:
+            continue
+        typed = load(str(path), f"runlocal,{key}={value}")
+        assert typed != plain, f"{path.name}: runlocal,{key}={value} built the same as runlocal"
+        checked.append(key)
+    assert checked or set(defaults) == {"runlocal"}, f"{path}: no typed argument checked"
+
+
+def test_runlocal_with_an_ignored_data_dir_is_refused():
+    from sqzexplore.config import ConfigError, load_config_file
+
+    with pytest.raises(ConfigError, match="'data_dir' has no effect with 'runlocal'"):
+        load_config_file(str(REPO / "experiments/cifar10/squeezenet.py"), "runlocal,data_dir=/x")
+
+
+@pytest.mark.parametrize("sweep", ["squeeze_ratio", "pct_3x3", "bypass"])
+def test_a_data_dir_the_base_would_ignore_is_refused(sweep, tmp_path):
+    """`runlocal` bases train on synthetic (or bundled) data: a typed data_dir is refused, not
+    silently dropped."""
+    path = str(REPO / "sweeps" / f"{sweep}.py")
+    for arg in (f"runlocal,dataset=cifar10,data_dir={tmp_path}", f"data_dir={tmp_path}"):
+        with pytest.raises(SweepError, match="data.data_dir=.* has no effect"):
+            load_base_config(load_sweep(path, arg))

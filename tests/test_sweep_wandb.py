@@ -111,3 +111,88 @@ def test_wandb_off_beats_the_environment_and_bad_modes_are_one_line(tmp_path, wa
     path = _sweep(tmp_path)
     assert _run(path, tmp_path / "w", "--wandb", "off") == 0
     assert not list((tmp_path / "w" / "trials").rglob("*.wandb"))
+
+
+def _summary_dirs(sweep_dir):
+    return sorted((sweep_dir.report / "wandb").glob("offline-run-*"))
+
+
+def test_repeated_reports_leave_one_summary_run_and_the_hint_syncs_every_run(
+    tmp_path, wandb_env, capsys
+):
+    """`sweep run` on a finished sweep and two reports leave one offline summary run; a report
+    of a changed sweep replaces it; the printed command names every trial's run and it."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = _sweep(tmp_path)
+    workdir = tmp_path / "w"
+    assert _run(path, workdir, "--wandb", "offline") == 0
+    sweep_dir = sd.SweepDir(workdir)
+    (first,) = _summary_dirs(sweep_dir)
+    assert _run(path, workdir) == 0  # finished: nothing to train, the summary stays
+    for _ in range(2):
+        assert cli.main(["report", str(workdir), "--quiet"]) == 0
+    assert _summary_dirs(sweep_dir) == [first]
+    out = capsys.readouterr().out
+    (command,) = {
+        ln.split("upload them all with: ", 1)[1] for ln in out.splitlines() if "wandb sync" in ln
+    }
+    # The command's paths, expanded by a shell as the user's would: every trial run and the
+    # summary, each once.
+    expanded = subprocess.run(
+        ["bash", "-c", "printf '%s\\n' " + command.removeprefix("wandb sync ")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    trial_runs = sorted(str(p) for p in (workdir / "trials").glob("*/wandb/offline-run-*"))
+    assert len(trial_runs) == 2
+    assert sorted(expanded) == sorted([*trial_runs, str(first)])
+    wandb_cli = shutil.which("wandb") or str(Path(sys.executable).parent / "wandb")
+    dry = subprocess.run(
+        ["bash", "-c", command.replace("wandb sync", f"{wandb_cli} sync --dry-run", 1)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    listed = dry.stdout + dry.stderr
+    assert "Would sync 3 run(s)" in listed
+    assert all(Path(p).name.rsplit("-", 1)[1] in listed for p in [*trial_runs, str(first)])
+    # A changed sweep (one more seed) gets a new summary that replaces the old one.
+    grown = write_sweep(
+        tmp_path / "wb.py",
+        name="wbs",
+        space={"model.squeeze_ratio": categorical(0.125, 0.5), "model.pct_3x3": categorical(0.5)},
+        seeds=[0, 1],
+    )
+    assert _run(grown, workdir) == 0
+    (second,) = _summary_dirs(sweep_dir)
+    assert second != first
+
+
+def test_sweep_report_prints_no_wandb_chatter(tmp_path, monkeypatch):
+    """`sqz sweep report` logs its summary run without wandb's own lines (WANDB_SILENT unset)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_sweep_support import REPO, TESTS
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    path = _sweep(tmp_path)
+    assert _run(path, tmp_path / "w", "--wandb", "off") == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["PYTHONPATH"] = str(TESTS)
+    done = subprocess.run(
+        [sys.executable, "-m", "sqzexplore.sweep.cli", "report", str(tmp_path / "w"),
+         "--wandb-mode", "offline", "--quiet"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).splitlines()
+    chatter = [ln for ln in lines if ln.startswith("wandb:") and "summary run" not in ln]
+    assert not chatter, chatter

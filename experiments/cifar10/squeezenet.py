@@ -19,7 +19,8 @@ results, once there are any, go to experiments/README.md. With
 `batch_norm=False` (the paper's plain SqueezeNet) use lr=0.02; expect a few points lower.
 """
 
-from sqzexplore.config import base_config, model_config, parse_arg
+from sqzexplore.argpresets import preset, typed_keys
+from sqzexplore.config import ConfigError, base_config, model_config, parse_arg
 
 
 def get_config(arg=None):
@@ -34,6 +35,12 @@ def get_config(arg=None):
         data_dir="",
         runlocal=False,
     )
+    preset(a, arg, a.runlocal, epochs=1.0)  # a typed epochs=N wins over the smoke preset
+    if a.runlocal and "data_dir" in typed_keys(arg):
+        raise ConfigError(
+            "experiment argument 'data_dir' has no effect with 'runlocal' (synthetic data); "
+            "drop one of them"
+        )
     c = base_config()
     c.model = model_config(
         "cifar",
@@ -66,7 +73,6 @@ def get_config(arg=None):
         c.data.synthetic_eval_size = 256
         c.batch_size = 64
         c.eval_batch_size = 128
-        c.num_epochs = 1.0
         c.eval_every_epochs = 1.0
         c.log_every_steps = 4
     return c

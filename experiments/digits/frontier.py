@@ -15,6 +15,7 @@ Measured as the base of the README's main job (`sqz sweep run sweeps/squeeze_rat
 
 import os
 
+from sqzexplore.argpresets import typed_keys
 from sqzexplore.config import load_config_file
 
 SWEEP_EPOCHS = 8.0
@@ -22,10 +23,11 @@ SWEEP_EPOCHS = 8.0
 
 def get_config(arg=None):
     arg = arg or ""
-    if "epochs=" not in arg:
+    typed = typed_keys(arg)
+    if "epochs" not in typed and "runlocal" not in typed:  # runlocal's own epochs otherwise
         arg = ",".join(a for a in (arg, f"epochs={SWEEP_EPOCHS}") if a)
     c = load_config_file(os.path.join(os.path.dirname(__file__), "squeezenet.py"), arg)
-    if "runlocal" not in arg:
+    if "runlocal" not in typed:
         c.eval_every_epochs = c.num_epochs
         c.checkpoint_every_epochs = c.num_epochs / 2
     return c

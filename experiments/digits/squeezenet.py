@@ -19,6 +19,7 @@ Measured (the first command, quiet 2-core CPU VM, jax 0.10.2, 2026-12-02): 98.33
 experiments/README.md (digits baseline).
 """
 
+from sqzexplore.argpresets import preset
 from sqzexplore.config import base_config, model_config, parse_arg
 
 
@@ -34,6 +35,7 @@ def get_config(arg=None):
         seed=0,
         runlocal=False,
     )
+    preset(a, arg, a.runlocal, epochs=2.0)  # a typed epochs=N wins over the smoke preset
     c = base_config()
     c.model = model_config(
         "digits",
@@ -58,8 +60,7 @@ def get_config(arg=None):
     c.eval_every_epochs = 5.0
     c.checkpoint_every_epochs = 5.0
     c.log_every_steps = 20
-    if a.runlocal:  # the same experiment, shrunk for smoke tests
-        c.num_epochs = 2.0
+    if a.runlocal:  # the same experiment, shrunk for smoke tests (epochs: the preset above)
         c.eval_every_epochs = 1.0
         c.checkpoint_every_epochs = 1.0
         c.log_every_steps = 5

@@ -2,7 +2,8 @@
 
 Everything here reads the sweep directory only (sweep.json, trials/*, claims/, workers/,
 skipped.jsonl), never Optuna or jax, so `sqz sweep status` and `report` are cheap and work on a
-copied directory. Metrics are looked up by name through `metric_table`.
+copied directory. Metrics are looked up by name through `metric_table`; the Pareto fronts are
+`pareto`'s, the text forms of numbers `text_format`'s.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-from tabulate import tabulate
 
 from sqzexplore.rundir import METRICS_FILE, RESULT_FILE, read_json, read_jsonl, read_result
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import RunClaims, record_is_live
 from sqzexplore.sweep.design import point_label
 from sqzexplore.sweep.metric_table import ACCURACY, RESULT_METRICS, SIZE_METRICS, metric
+from sqzexplore.sweep.pareto import pareto_front, row_value
 from sqzexplore.sweep.space import SweepDefinition
+from sqzexplore.sweep.text_format import format_duration
 
 SKIP_KINDS = ("constraint", "invalid", "duplicate", "interrupted")
 # Metrics whose per-point rows also carry a 95% confidence interval over seeds.
@@ -158,71 +159,6 @@ def ci95_half_width(std: float | None, n: int) -> float | None:
     return float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n)
 
 
-def row_value(row: dict[str, Any], name: str) -> float | None:
-    """A metric of a point row: sizes directly, run metrics as their seed mean."""
-    value = row.get(name, row.get(f"{name}.mean"))
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
-# ------------------------------------------------------------------------------ Pareto fronts
-def dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) -> bool:
-    """`a` is at least as good as `b` in every objective and better in one."""
-    better = False
-    for x, y, up in zip(a, b, maximize, strict=True):
-        if (x < y) if up else (x > y):
-            return False
-        if x != y:
-            better = True
-    return better
-
-
-def pareto_front(values: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[int]:
-    """Indices of the non-dominated points among `values` (any number of objectives; O(n^2),
-    plenty for the thousands of points a sweep trains)."""
-    return [
-        i
-        for i, v in enumerate(values)
-        if not any(dominates(other, v, maximize) for j, other in enumerate(values) if j != i)
-    ]
-
-
-def frontier_rows(
-    rows: Sequence[dict[str, Any]], size_metric: str, accuracy_metric: str = ACCURACY
-) -> list[dict[str, Any]]:
-    """Complete points on the accuracy-vs-`size_metric` Pareto front, smallest first."""
-    candidates = [
-        r
-        for r in rows
-        if r["state"] == sd.COMPLETE
-        and row_value(r, accuracy_metric) is not None
-        and row_value(r, size_metric) is not None
-    ]
-    points = [(row_value(r, accuracy_metric), row_value(r, size_metric)) for r in candidates]
-    front = pareto_front(points, (True, False))
-    front.sort(key=lambda i: (points[i][1], -points[i][0]))
-    return [candidates[i] for i in front]
-
-
-def knee_row(front: Sequence[dict[str, Any]], size_metric: str, accuracy_metric: str = ACCURACY):
-    """The knee of a front (smallest first): the point farthest above the straight line from
-    the smallest to the most accurate point, with size on a log scale when the metric plots on
-    one and both axes scaled to [0, 1] (Kneedle's rule). None for fronts of fewer than 3."""
-    if len(front) < 3:
-        return None
-    log = metric(size_metric).log_axis and all(row_value(r, size_metric) > 0 for r in front)
-    xs = [row_value(r, size_metric) for r in front]
-    xs = [math.log(x) for x in xs] if log else xs
-    ys = [row_value(r, accuracy_metric) for r in front]
-    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
-    nx = [(x - xs[0]) / span_x for x in xs]
-    ny = [(y - ys[0]) / span_y for y in ys]
-    # Distance above the chord from the first to the last point (both normalised).
-    dx, dy = nx[-1] - nx[0], ny[-1] - ny[0]
-    gaps = [(dx * (y - ny[0]) - dy * (x - nx[0])) for x, y in zip(nx, ny, strict=True)]
-    best = max(range(1, len(front) - 1), key=lambda i: gaps[i])
-    return front[best] if gaps[best] > 0 else None
-
-
 # ------------------------------------------------------------------------------ learning curves
 # (split, metric) series of metrics.jsonl that the report draws per design point.
 CURVES = (("eval", "top1"), ("train", "loss"))
@@ -269,8 +205,7 @@ def point_curves(sweep_dir: sd.SweepDir, runs: Sequence[RunRecord]) -> list[dict
     return out
 
 
-# ------------------------------------------------------------------------------ the report's fronts
-FRONT_SIZES = ("complexity.params", "complexity.macs")
+# ------------------------------------------------------------------------------ the report's tables
 TIME_METRICS = ("train_time_s", "compile_time_s", "overhead_s", "wall_time_s")
 
 
@@ -303,62 +238,6 @@ def frontier_columns(defn: SweepDefinition) -> list[str]:
     ]
 
 
-def key_size(defn: SweepDefinition) -> str:
-    """The size the sweep trades accuracy against: its first size objective, else params."""
-    for o in defn.objectives:
-        if o.metric in FRONT_SIZES:
-            return o.metric
-    return FRONT_SIZES[0]
-
-
-def fronts(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Size metric -> its Pareto front rows (with 'front', 'rank' and 'role' added)."""
-    out = {}
-    for size in FRONT_SIZES:
-        front = frontier_rows(rows, size)
-        best = max(front, key=lambda r: row_value(r, ACCURACY)) if front else None
-        knee = knee_row(front, size)
-        out[size] = [
-            {
-                **r,
-                "front": size.split(".")[-1],
-                "rank": i + 1,
-                "role": " ".join(
-                    name for name, pick in (("best", best), ("knee", knee)) if pick is r
-                ),
-            }
-            for i, r in enumerate(front)
-        ]
-    return out
-
-
-def merged_front(front_by_size: dict[str, list[dict]]) -> list[dict[str, Any]]:
-    """Every point on any front, once, smallest first, with the fronts it is on."""
-    by_point: dict[str, dict[str, Any]] = {}
-    for size, front in front_by_size.items():
-        for r in front:
-            row = by_point.setdefault(r["point"], {**r, "fronts": [], "roles": []})
-            row["fronts"].append(size.split(".")[-1])
-            row["roles"] += [f"{role} ({r['front']})" for role in r["role"].split()]
-    return sorted(by_point.values(), key=lambda r: (r["complexity.params"], r["complexity.macs"]))
-
-
-def key_points(
-    rows: Sequence[dict[str, Any]], front_by_size: dict[str, list[dict]], size: str
-) -> list[dict[str, Any]]:
-    """The rows a reader looks for first: the most accurate point, the knee of the sweep's own
-    front (where accuracy stops paying for size), and the front's smallest point."""
-    front = front_by_size[size]
-    if not front:
-        return []
-    label = metric(size).label
-    picks = [("best: highest mean top-1", max(front, key=lambda r: row_value(r, ACCURACY)))]
-    knee = next((r for r in front if "knee" in r["role"].split()), None)
-    picks.append((f"knee of the {label} front", knee))
-    picks.append((f"smallest on the {label} front", front[0]))
-    return [{**r, "role": name} for name, r in picks if r is not None]
-
-
 def error_samples(runs) -> list[dict[str, Any]]:
     """(design fields, top-1 error) of every complete run: the models the EDFs count."""
     out = []
@@ -381,27 +260,6 @@ def evaluated_on(state: dict[str, Any], runs) -> str:
         if text not in found:
             found.append(text)
     return ", ".join(found)
-
-
-def accuracy_text(row: dict[str, Any], name: str = ACCURACY) -> str:
-    """'97.80 ± 0.45 (n=3)', or '97.80 (n=1)': never a ± from a single seed."""
-    m = metric(name)
-    mean, std = row.get(f"{name}.mean"), row.get(f"{name}.std")
-    n = row.get(f"{name}.n", row.get("seeds_complete", 0))
-    if mean is None:
-        return "-"
-    spread = f" ± {m.format(std)}" if std is not None else ""
-    return f"{m.format(mean)}{spread} (n={n})"
-
-
-def interval_text(row: dict[str, Any], name: str = ACCURACY) -> str:
-    """The 95% interval of the mean, '[96.71, 98.89]', or '-' below two seeds."""
-    mean, half = row.get(f"{name}.mean"), row.get(f"{name}.ci95")
-    if mean is None or half is None:
-        return "-"
-    m = metric(name)
-    # Accuracies are fractions: an interval past 0 or 1 says only that n is small.
-    return f"[{m.format(max(0.0, mean - half))}, {m.format(min(1.0, mean + half))}]"
 
 
 # ------------------------------------------------------------------------------ time
@@ -540,15 +398,6 @@ def status(sweep_dir: sd.SweepDir) -> dict[str, Any]:
     }
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return "-"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
 def format_status(st: dict[str, Any]) -> str:
     c = st["counts"]
     lines = [
@@ -571,18 +420,3 @@ def format_status(st: dict[str, Any]) -> str:
         f"ETA {format_duration(st['eta_s'])}"
     )
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------ text tables
-def format_table(
-    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, Callable[[dict], str]]]
-) -> str:
-    """A plain aligned text table (tabulate's "simple" layout, every cell right-aligned as
-    given): `columns` are (header, row -> cell)."""
-    return tabulate(
-        [[fn(row) for _, fn in columns] for row in rows],
-        headers=[header for header, _ in columns],
-        tablefmt="simple",
-        stralign="right",
-        disable_numparse=True,
-    )

@@ -19,53 +19,23 @@ every trial failed, or every design point was rejected before training.
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import re
 import sys
 
 from sqzexplore.config import ConfigError
 from sqzexplore.models.spec import SpecError
+from sqzexplore.sweep import preflight
 from sqzexplore.sweep.claims import LockUnsupportedError
+from sqzexplore.sweep.cli_args import build_parser
 from sqzexplore.sweep.dashboards import (
-    FLAG_MODES,
     effective_mode,
     name_objectives,
     resolve_mode,
     save_settings,
 )
 from sqzexplore.sweep.space import SweepError
-from sqzexplore.train.cli import parse_population
-
-RUN_DEFAULTS = {"heartbeat_s": 10.0, "stale_after_s": 300.0, "poll_s": 2.0}
-
-
-def _bounded(kind: type, low: float, name: str):
-    """An argparse type: a `kind` number >= `low`, with an error naming the allowed range."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value < low:
-            raise argparse.ArgumentTypeError(
-                f"{name} must be {'an integer' if kind is int else 'a number'} >= {low}, "
-                f"got {text!r}"
-            )
-        return value
-
-    return parse
-
-
-class _Parser(argparse.ArgumentParser):
-    """Argument errors in one line, naming the option and the allowed values, without the
-    usage block (which buries the error under 20 lines)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` for the options)\n")
 
 
 def one_line(message: str) -> str:
@@ -99,162 +69,8 @@ class FailureLog:
             self.write("  (the same error again; further repeats are not printed)")
 
 
-def _population(text: str) -> str | int:
-    try:
-        return parse_population(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _worker_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--runner",
-        default=None,
-        help="trial runner MODULE:FUNCTION (default sqzexplore.train:train_and_evaluate), for "
-        "custom trainers and tests",
-    )
-    p.add_argument(
-        "--max-runs", type=_bounded(int, 0, "--max-runs"), help="stop each worker after N runs"
-    )
-    p.add_argument(
-        "--no-wait",
-        action="store_true",
-        help="exit when only other workers' trials remain (instead of standing by)",
-    )
-    p.add_argument(
-        "--heartbeat-s",
-        type=_bounded(float, 0.01, "--heartbeat-s"),
-        default=RUN_DEFAULTS["heartbeat_s"],
-        help="seconds between a worker's liveness stamps on its claims (default 10); a claim "
-        "unstamped for --stale-after-s is taken over by another worker",
-    )
-    p.add_argument(
-        "--poll-s",
-        type=_bounded(float, 0.01, "--poll-s"),
-        default=RUN_DEFAULTS["poll_s"],
-        help="how often a worker with nothing to do checks for runs to take over",
-    )
-    p.add_argument(
-        "--stale-after-s",
-        type=_bounded(float, 1.0, "--stale-after-s"),
-        default=RUN_DEFAULTS["stale_after_s"],
-        help="a claim from another host without heartbeat this long is taken over",
-    )
-    p.add_argument(
-        "--population",
-        type=_population,
-        default="auto",
-        help="train up to N pending seeds of a design point as one program: auto | N | off "
-        "(auto: off on a CPU, where it measured slower; up to 8 on a GPU; see "
-        "sqzexplore/train/population.py)",
-    )
-    p.add_argument(
-        "--compile-ahead",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="compile a worker's next design point while its current run trains (auto: on "
-        "with an accelerator, or with more CPU cores than local workers)",
-    )
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sqz sweep", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    run = sub.add_parser("run", help="run (or resume) a sweep with local workers or SLURM")
-    run.add_argument("sweep_file", help="sweeps/<name>.py")
-    run.add_argument("--arg", default=None, help="the sweep's arg, e.g. 'runlocal,dataset=cifar10'")
-    run.add_argument("--workdir", default=None, help="sweep directory (default runs/sweeps/<name>)")
-    run.add_argument(
-        "--workers",
-        type=_bounded(int, 1, "--workers"),
-        default=None,
-        help="local worker processes, >= 1 (default: one per visible GPU, else 1)",
-    )
-    run.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna RDB URL (e.g. postgresql://...); default: a journal file in the sweep dir",
-    )
-    run.add_argument(
-        "--new", action="store_true", help="archive an existing sweep directory and start over"
-    )
-    _worker_options(run)
-    run.add_argument(
-        "--wandb",
-        choices=tuple(FLAG_MODES),
-        default=None,
-        help="log every trial to wandb (one run per trial, one group per sweep, plus a summary "
-        "run when the sweep finishes); default: $WANDB_MODE if set, else the earlier choice "
-        "for this directory, else the base config's wandb.mode",
-    )
-    run.add_argument("--wandb-project", default=None, help="wandb project (default sqzexplore)")
-    run.add_argument("--wandb-entity", default=None, help="wandb entity (user or team)")
-    run.add_argument(
-        "--progress",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="progress bar over trials on stderr (auto: only on a terminal)",
-    )
-    from sqzexplore.sweep.slurm import add_options
-
-    add_options(run, _bounded)
-
-    worker = sub.add_parser(
-        "worker",
-        help="one more worker for an existing sweep directory (on this or another machine "
-        "sharing the directory); what `run --workers N` and SLURM array tasks start",
-        description="Add one worker to a sweep that `sqz sweep run` created: it claims pending "
-        "trials, trains them and records the outcome until the sweep is done. It needs only "
-        "the sweep directory (each trial's full config is in its trial.json).",
-    )
-    worker.add_argument("workdir", help="the sweep directory (`sweep run --workdir`)")
-    _worker_options(worker)
-    worker.add_argument("--worker-name", default=None, help="name in logs and claim files")
-
-    status = sub.add_parser(
-        "status",
-        help="done/running/failed/pending counts, best, ETA",
-        description="Print a sweep's progress from its files only (no Optuna, no jax): trials "
-        "done, running, failed, stopped early, skipped and pending; the best point per "
-        "objective; the Pareto front's size; live workers and an ETA.",
-    )
-    status.add_argument("workdir", help="the sweep directory")
-    status.add_argument("--json", action="store_true", help="the same as one JSON object")
-
-    report = sub.add_parser("report", help="results.csv, frontier.csv, figures, report.html")
-    report.add_argument("workdir", help="the sweep directory")
-    report.add_argument("--out", default=None, help="output directory (default DIR/report)")
-    report.add_argument(
-        "--wandb-mode",
-        choices=("disabled", "offline", "online"),
-        default=None,
-        help="log a summary run (default: the base config's wandb.mode)",
-    )
-    report.add_argument("--quiet", action="store_true", help="do not print the frontier tables")
-    report.add_argument(
-        "--watch",
-        action="store_true",
-        help="rebuild the report every --interval seconds until the sweep finishes; the open "
-        "page reloads itself meanwhile",
-    )
-    report.add_argument(
-        "--interval",
-        type=_bounded(float, 1.0, "--interval"),
-        default=30.0,
-        help="seconds between rebuilds with --watch (default 30)",
-    )
-    report.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also mirror every trial's metrics.jsonl as TensorBoard event files under "
-        "DIR/tensorboard (view with `tensorboard --logdir DIR`)",
-    )
-
-    from sqzexplore.sweep.wandb_export import add_export_parser
-
-    add_export_parser(sub)
-    return p
+def _parser():
+    return build_parser(__doc__.split("\n\n")[0])
 
 
 def default_workdir(name: str, arg: str | None) -> str:
@@ -298,7 +114,7 @@ def _check_population(args, runner) -> None:
 
 def cmd_run(args) -> int:
     from sqzexplore.sweep import launch
-    from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir, open_storage
+    from sqzexplore.sweep.sweepdir import SweepDir, init_sweep_dir
     from sqzexplore.sweep.sweepfile import check_against_config, load_base_config, load_sweep
     from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
 
@@ -308,11 +124,17 @@ def cmd_run(args) -> int:
     base = load_base_config(defn)
     check_against_config(defn, base)
     _check_population(args, load_runner(args.runner or DEFAULT_RUNNER))
-    if args.storage:
-        open_storage(args.storage, None)
     workdir = args.workdir or default_workdir(defn.name, args.arg)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise SweepError(f"--workdir {workdir} is a file, not a directory")
+    # What every trial needs (dataset, devices, storage), before anything is registered.
+    preflight.check(
+        base.to_dict(),
+        storage=args.storage,
+        workdir=workdir,
+        default_runner=not args.runner,
+        devices=not args.slurm,
+    )
     if args.slurm:
         from sqzexplore.sweep.slurm import run_array
 
@@ -369,9 +191,19 @@ def _wandb_summary(sweep_dir) -> int:
     if mode not in ("offline", "online") or counts["pending"] or counts["running"]:
         return 0
     out = build_report(sweep_dir, wandb_mode=mode, echo=lambda s: None)
-    where = out["wandb"] or f"offline, under {sweep_dir.report} (`wandb sync` uploads it)"
-    print(f"wandb: {counts['complete']} trial runs and a summary run ({where})")
+    print(f"wandb: {counts['complete']} trial runs and a summary run{_where(out, sweep_dir)}")
     return 0
+
+
+def _where(out: dict, sweep_dir) -> str:
+    """Where the wandb runs are: the summary's URL online, else the command uploading them."""
+    from pathlib import Path
+
+    from sqzexplore.sweep.wandb_summary import sync_command
+
+    if out.get("wandb"):
+        return f" ({out['wandb']})"
+    return f", offline; upload them all with: {sync_command(sweep_dir, Path(out['out_dir']))}"
 
 
 def _run_worker(args, sweep_dir, log=print) -> None:
@@ -429,8 +261,14 @@ def cmd_worker(args) -> int:
     from sqzexplore.sweep.workers import DEFAULT_RUNNER, load_runner
 
     sweep_dir = SweepDir(args.workdir)
-    sweep_dir.state()  # a clear error when DIR is not a sweep directory
+    state = sweep_dir.state()  # a clear error when DIR is not a sweep directory
     _check_population(args, load_runner(args.runner or DEFAULT_RUNNER))
+    preflight.check(
+        state.get("base_config") or {},
+        storage=state.get("storage"),
+        workdir=args.workdir,
+        default_runner=not args.runner,
+    )
     _run_worker(args, sweep_dir, log=FailureLog(print))
     return 0
 
@@ -451,6 +289,7 @@ def cmd_report(args) -> int:
 
     sweep_dir = SweepDir(args.workdir)
     sweep_dir.state()  # a clear error when DIR is not a sweep directory
+    os.environ.setdefault("WANDB_SILENT", "true")  # wandb's own lines would bury the report's
 
     def build(first: bool) -> dict:
         return build_report(
@@ -481,6 +320,8 @@ def cmd_report(args) -> int:
     print(f"\nreport: {out['report_html']}  (tables: {out['results_csv']}, {out['frontier_csv']})")
     if out.get("tensorboard"):
         print(f"tensorboard: tensorboard --logdir {out['tensorboard']}")
+    if out.get("wandb_mode") in ("offline", "online"):
+        print(f"wandb: a summary run{_where(out, sweep_dir)}")
     return 0
 
 
@@ -494,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     from sqzexplore.sweep.slurm import SlurmError
     from sqzexplore.sweep.sweepdir import SweepChangedError, SweepDirError
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    parser.argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     commands = {
         "run": cmd_run,
         "worker": cmd_worker,

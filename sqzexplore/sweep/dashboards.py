@@ -28,6 +28,7 @@ from sqzexplore.sweep import dbclaims
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.design import trial_label
 from sqzexplore.sweep.space import SweepError
+from sqzexplore.sweep.study_view import metric_names, retire_superseded
 
 SETTINGS_FILE = "wandb.json"
 FLAG_MODES = {"off": "disabled", "offline": "offline", "online": "online"}
@@ -107,13 +108,15 @@ def trial_wandb(
 
 
 def name_objectives(sweep_dir: sd.SweepDir, state: Mapping[str, Any]) -> list[str]:
-    """Name the Optuna study's objectives after the sweep's metrics ('final.top1',
-    'complexity.params'), so optuna-dashboard (`optuna-dashboard DIR/study.journal`) shows
-    them instead of 'Objective 0/1'. Creates the study when no worker has yet (as the engine
-    does: under the sweep lock, or with a server database under none). Returns the names."""
+    """Name the Optuna study's objectives after the sweep's metrics with their unit
+    ('final.top1 (%)', 'complexity.params'), so optuna-dashboard (`optuna-dashboard
+    DIR/study.journal`) shows them instead of 'Objective 0/1', and delete the studies a grown
+    sweep superseded (one study per sweep: `study_view`). Creates the study when no worker has
+    yet (as the engine does: under the sweep lock, or with a server database under none).
+    Returns the names."""
     import optuna  # heavy: only `sweep run` needs it here, never status or report
 
-    names = [o[0] for o in state["definition"]["objectives"]]
+    names = metric_names(state)
     directions = [o[1] for o in state["definition"]["objectives"]]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = sd.open_storage(state.get("storage"), sweep_dir)
@@ -131,4 +134,5 @@ def name_objectives(sweep_dir: sd.SweepDir, state: Mapping[str, Any]) -> list[st
             with warnings.catch_warnings():  # set_metric_names is marked experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(names)
+        retire_superseded(storage, state)
     return names

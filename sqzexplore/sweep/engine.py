@@ -52,7 +52,7 @@ import optuna
 
 from sqzexplore.models.spec import SpecError
 from sqzexplore.rundir import append_jsonl, read_json, read_result, write_json
-from sqzexplore.sweep import dbclaims
+from sqzexplore.sweep import dbclaims, study_view
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import (
     ALTERNATIVE,
@@ -614,6 +614,8 @@ class SweepEngine:
             self._add_rows(number, key)
         storage_id = self._storage_id(number)
         self.storage.set_trial_user_attr(storage_id, ATTR_COMPLEXITY, totals)
+        for name, value in study_view.size_attrs(totals).items():  # numbers for the dashboard
+            self.storage.set_trial_user_attr(storage_id, name, value)
         self.storage.set_trial_user_attr(storage_id, ATTR_POINT, key)  # last: registered
         if not claim:
             return None
@@ -707,4 +709,6 @@ class SweepEngine:
                 )
                 return
             means.append(statistics.fmean(per_seed))
-        self._tell(number, values=means)
+        # In the dashboards' units (percent), with each seed's values beside: study_view.
+        attrs = study_view.seed_attrs(self.defn, names, values)
+        self._tell(number, values=study_view.study_values(self.defn, means), attrs=attrs)

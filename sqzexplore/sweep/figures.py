@@ -11,12 +11,12 @@
 
 Every title names the sweep, the metric and what it was measured on (dataset and split); every
 legend sits outside the axes; log axes get plain tick labels over any range (700k, 1M, 2M; or
-5M, 7.5M, ... over a narrow one). `render` gives PNG, SVG (text kept as text) and PDF bytes.
+5M, 7.5M, ... over a narrow one): `figure_axes`, whose `render` (re-exported here) gives PNG, SVG
+(text kept as text) and PDF bytes.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,128 +25,46 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import (  # noqa: E402
-    FixedLocator,
-    FuncFormatter,
-    LogLocator,
-    MaxNLocator,
-    NullFormatter,
-)
 
 from sqzexplore.sweep import sweepdir as sd  # noqa: E402
-from sqzexplore.sweep.analyze import frontier_rows, knee_row, row_value  # noqa: E402
+from sqzexplore.sweep.figure_axes import (  # noqa: E402
+    BARS,
+    ROTATED_BELOW,
+    display_value,
+    is_numeric,
+    legend_below,
+    nothing_yet,
+    readable_log_axis,
+    render,
+    short_key,
+    short_number,
+    std_value,
+)
 from sqzexplore.sweep.metric_table import ACCURACY, metric  # noqa: E402
 from sqzexplore.sweep.paper_values import paper_figure  # noqa: E402
 from sqzexplore.sweep.params import Categorical  # noqa: E402
+from sqzexplore.sweep.pareto import frontier_rows, knee_row, row_value  # noqa: E402
 from sqzexplore.sweep.space import SweepDefinition  # noqa: E402
 
+# The figures, and the axis helpers the tests and the report reach through this module.
+__all__ = [
+    "error_edfs",
+    "field_curves",
+    "frontier_scatter",
+    "learning_curves",
+    "readable_log_axis",
+    "render",
+    "short_number",
+]
 MAX_PANELS = 4
 MAX_GROUPS = 8
-ROTATED_BELOW = -0.42  # legend offset under rotated categorical tick labels and the axis label
-BARS = "error bars: mean ± 1 std over seeds (none where a point has one seed)"
-matplotlib.rcParams["svg.hashsalt"] = "sqzexplore"  # identical SVG ids from identical data
-
-
-def _is_numeric(values: Sequence[Any]) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-
-def _short(key: str) -> str:
-    return key.split(".")[-1]
-
-
-def _display(name: str, row: dict) -> float | None:
-    return metric(name).display(row_value(row, name))
-
-
-def _std(name: str, row: dict) -> float:
-    """The displayed +- 1 std of a row's metric; 0 (no bar) for a single seed."""
-    std = row.get(f"{name}.std")
-    return 0.0 if std is None else std * metric(name).scale
-
-
-FORMATS = ("png", "svg", "pdf")
-_SAVE_OPTIONS = {
-    "png": {"dpi": 110},
-    # Undated, so identical data give identical files.
-    "svg": {"metadata": {"Date": None}},
-    "pdf": {"metadata": {"CreationDate": None}},
-}
-
-
-def render(fig) -> dict[str, bytes]:
-    """The figure as {'png': bytes, 'svg': bytes, 'pdf': bytes} (and closed). SVG text stays
-    text (editable in Inkscape or Illustrator, searchable), PDF fonts are embedded as TrueType
-    (Type 42), which journals' checkers accept and editors can change."""
-    out = {}
-    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
-        for fmt in FORMATS:
-            buf = io.BytesIO()
-            fig.savefig(buf, format=fmt, bbox_inches="tight", **_SAVE_OPTIONS[fmt])
-            out[fmt] = buf.getvalue()
-    plt.close(fig)
-    return out
-
-
-def short_number(value: float, _pos: Any = None) -> str:
-    """A tick label a person reads at a glance: 700k, 1M, 2.5M, 50, 0.5."""
-    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= limit:
-            return f"{value / limit:g}{suffix}"
-    return f"{value:g}"
-
-
-def readable_log_axis(axis, values: Sequence[float]) -> None:
-    """Labelled ticks on a log axis over any range of (positive) `values`: 1-2-5 per decade
-    when at least three such marks fall inside the data, else 3-6 evenly stepped round numbers
-    across the data (5M, 7.5M, ... 17.5M), so a narrow range is labelled end to end, not only at
-    one decade mark."""
-    lo, hi = min(values), max(values)
-    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-    one_two_five = [m * 10.0**e for e in decades for m in (1, 2, 5) if lo <= m * 10.0**e <= hi]
-    if len(one_two_five) >= 3:
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
-    else:
-        axis.set_major_locator(FixedLocator(round_ticks(lo, hi)))
-    axis.set_major_formatter(FuncFormatter(short_number))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def round_ticks(lo: float, hi: float) -> list[float]:
-    """Round, evenly stepped tick values covering [lo, hi] (at least 3 inside it, the outer
-    ones within one step of each end)."""
-    if hi <= lo:
-        lo, hi = lo * 0.9, hi * 1.1
-    for nbins in (5, 8, 12):
-        ticks = MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
-        inside = [t for t in ticks if lo <= t <= hi and t > 0]
-        if len(inside) >= 3:
-            break
-    step = ticks[1] - ticks[0]
-    return [float(t) for t in ticks if t > 0 and lo - step < t < hi + step]
-
-
-def _legend_below(ax, below: float = -0.16, **kw) -> None:
-    """The legend under the axes (below their tick labels and axis label), never on the data."""
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(
-            handles,
-            labels,
-            loc="upper center",
-            bbox_to_anchor=(0.5, below),
-            ncol=min(2, len(handles)),
-            fontsize=7,
-            frameon=False,
-            **kw,
-        )
 
 
 def _colour_points(ax, fig, rows, key, xs, ys, errs):
     values = [r[key] for r in rows]
-    if _is_numeric(values) and len(set(values)) > MAX_GROUPS:
+    if is_numeric(values) and len(set(values)) > MAX_GROUPS:
         sc = ax.scatter(xs, ys, c=values, cmap="viridis", s=36, zorder=3)
-        fig.colorbar(sc, ax=ax, label=_short(key))
+        fig.colorbar(sc, ax=ax, label=short_key(key))
         ax.errorbar(xs, ys, yerr=errs, fmt="none", ecolor="0.6", zorder=2)
         return
     groups = sorted(set(values), key=lambda v: (str(type(v)), v))
@@ -159,7 +77,7 @@ def _colour_points(ax, fig, rows, key, xs, ys, errs):
             yerr=[errs[k] for k in idx],
             fmt="o",
             color=cmap(i % 10),
-            label=f"{_short(key)}={g}",
+            label=f"{short_key(key)}={g}",
             ms=6,
             zorder=3,
             capsize=2,
@@ -185,17 +103,17 @@ def frontier_scatter(
     fig, axes = plt.subplots(1, len(keys), figsize=(5.4 * len(keys), 4.6), squeeze=False)
     front = frontier_rows(done, size_metric, accuracy)
     knee = knee_row(front, size_metric, accuracy)
-    fx = [_display(size_metric, r) for r in front]
-    fy = [_display(accuracy, r) for r in front]
-    fe = [_std(accuracy, r) for r in front]
-    xs = [_display(size_metric, r) for r in done]
-    ys = [_display(accuracy, r) for r in done]
-    errs = [_std(accuracy, r) for r in done]
+    fx = [display_value(size_metric, r) for r in front]
+    fy = [display_value(accuracy, r) for r in front]
+    fe = [std_value(accuracy, r) for r in front]
+    xs = [display_value(size_metric, r) for r in done]
+    ys = [display_value(accuracy, r) for r in done]
+    errs = [std_value(accuracy, r) for r in done]
     for ax, key in zip(axes[0], keys, strict=True):
         if done:
             _colour_points(ax, fig, done, key, xs, ys, errs)
         else:
-            _nothing_yet(ax)
+            nothing_yet(ax)
         if front:
             # The band holds each front point's +- 1 std until the next, larger point.
             band_x = [*fx, fx[-1]]
@@ -212,8 +130,8 @@ def frontier_scatter(
             ax.step(fx, fy, where="post", color="k", lw=1.2, label="Pareto front", zorder=1)
             best = max(front, key=lambda r: row_value(r, accuracy))
             ax.scatter(
-                [_display(size_metric, best)],
-                [_display(accuracy, best)],
+                [display_value(size_metric, best)],
+                [display_value(accuracy, best)],
                 marker="*",
                 s=260,
                 facecolors="none",
@@ -223,8 +141,8 @@ def frontier_scatter(
             )
             if knee is not None:
                 ax.scatter(
-                    [_display(size_metric, knee)],
-                    [_display(accuracy, knee)],
+                    [display_value(size_metric, knee)],
+                    [display_value(accuracy, knee)],
                     marker="D",
                     s=110,
                     facecolors="none",
@@ -236,11 +154,12 @@ def frontier_scatter(
         if metric(size_metric).log_axis and xs and min(xs) > 0:
             ax.set_xscale("log")
             readable_log_axis(ax.xaxis, xs)
+        ax.margins(x=0.1, y=0.12)  # the best point's large star clear of the axis lines
         ax.set_xlabel(metric(size_metric).label)
         ax.set_ylabel(metric(accuracy).label)
-        ax.set_title(f"coloured by {_short(key)}", fontsize=10)
+        ax.set_title(f"coloured by {short_key(key)}", fontsize=10)
         ax.grid(alpha=0.3)
-        _legend_below(ax)
+        legend_below(ax)
     fig.suptitle(
         f"{defn.name}: {metric(accuracy).label} on {where} vs {metric(size_metric).label}\n{BARS}",
         fontsize=10,
@@ -249,14 +168,10 @@ def frontier_scatter(
     return fig
 
 
-def _nothing_yet(ax) -> None:
-    ax.text(0.5, 0.5, "no complete design point yet", transform=ax.transAxes, ha="center")
-
-
 def _positions(defn: SweepDefinition, key: str, values: Sequence[Any]):
     """x positions of a field's values: the numbers themselves, or the sweep file's order."""
     order = sorted(set(values), key=lambda v: (str(type(v)), v))
-    if _is_numeric(values):
+    if is_numeric(values):
         return order, {v: float(v) for v in order}, True
     param = defn.param(key)  # categorical: show the choices in the sweep file's order
     labels = [param.encode(v) for v in param.values] if isinstance(param, Categorical) else []
@@ -288,13 +203,13 @@ def field_curves(
     ax = fig.add_subplot(grid[0, 0])
     ax_mib = fig.add_subplot(grid[1, 0], sharex=ax)
     xs = [position[v] for v in values]
-    ys = [_display(accuracy, r) for r in done]
+    ys = [display_value(accuracy, r) for r in done]
     if not done:
-        _nothing_yet(ax)
+        nothing_yet(ax)
     ax.errorbar(
         xs,
         ys,
-        yerr=[_std(accuracy, r) for r in done],
+        yerr=[std_value(accuracy, r) for r in done],
         fmt="o",
         color="C0",
         alpha=0.7,
@@ -312,7 +227,7 @@ def field_curves(
     ax.set_title(f"measured: {metric(accuracy).label} on {where}", fontsize=10)
     mib = {}
     for r, v in zip(done, values, strict=True):
-        mib.setdefault(v, []).append(_display("complexity.fp32_mib", r))
+        mib.setdefault(v, []).append(display_value("complexity.fp32_mib", r))
     ax_mib.plot(
         line_x,
         [sum(mib[v]) / len(mib[v]) for v in order if v in mib],
@@ -337,7 +252,7 @@ def field_curves(
     )
     if paper_points:
         _paper_panel(fig.add_subplot(grid[:, 1]), paper, paper_points, order, numeric, key)
-    fig.suptitle(f"{defn.name}: accuracy and size vs {_short(key)}\n{BARS}", fontsize=10)
+    fig.suptitle(f"{defn.name}: accuracy and size vs {short_key(key)}\n{BARS}", fontsize=10)
     fig.subplots_adjust(top=0.88)
     return fig
 
@@ -373,7 +288,7 @@ def _paper_panel(ax, paper, points, order, numeric, key) -> None:
     ax.set_ylabel(f"{paper.dataset} accuracy (%), the paper's")
     ax.grid(alpha=0.3)
     ax.set_title(f"{paper.label}: {paper.setting}", fontsize=8, wrap=True)
-    _legend_below(ax, -0.1 if numeric else -0.2)
+    legend_below(ax, -0.1 if numeric else -0.2)
 
 
 def axes_xlim(order, position) -> tuple[float, float]:
@@ -385,17 +300,17 @@ def axes_xlim(order, position) -> tuple[float, float]:
 def _groups_for(rows: Sequence[dict], key: str) -> dict[str, list[dict]]:
     values = [r[key] for r in rows]
     distinct = sorted(set(values), key=lambda v: (str(type(v)), v))
-    if len(distinct) <= MAX_GROUPS or not _is_numeric(values):
-        return {f"{_short(key)}={v}": [r for r in rows if r[key] == v] for v in distinct}
+    if len(distinct) <= MAX_GROUPS or not is_numeric(values):
+        return {f"{short_key(key)}={v}": [r for r in rows if r[key] == v] for v in distinct}
     # A continuous field: three quantile bins.
     ordered = sorted(values)
     edges = [ordered[len(ordered) // 3], ordered[2 * len(ordered) // 3]]
     bins = {
-        f"{_short(key)} < {edges[0]:.3g}": [r for r in rows if r[key] < edges[0]],
-        f"{edges[0]:.3g} <= {_short(key)} < {edges[1]:.3g}": [
+        f"{short_key(key)} < {edges[0]:.3g}": [r for r in rows if r[key] < edges[0]],
+        f"{edges[0]:.3g} <= {short_key(key)} < {edges[1]:.3g}": [
             r for r in rows if edges[0] <= r[key] < edges[1]
         ],
-        f"{_short(key)} >= {edges[1]:.3g}": [r for r in rows if r[key] >= edges[1]],
+        f"{short_key(key)} >= {edges[1]:.3g}": [r for r in rows if r[key] >= edges[1]],
     }
     return {k: v for k, v in bins.items() if v}
 
@@ -436,10 +351,10 @@ def error_edfs(
             )
         ax.set_xlabel(metric(error).label)
         ax.set_ylabel("cumulative fraction of trained models")
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(-0.04, 1.04)  # the curves' ends (0 and 1) off the axis lines
         ax.grid(alpha=0.3)
-        _legend_below(ax)
-        ax.set_title(f"error EDF by {_short(key)}", fontsize=10)
+        legend_below(ax)
+        ax.set_title(f"error EDF by {short_key(key)}", fontsize=10)
     fig.suptitle(
         f"{defn.name}: {metric(error).label} on {where}, every trained model (seeds counted "
         "separately)",
@@ -494,12 +409,12 @@ def learning_curves(curves: Sequence[dict], defn: SweepDefinition, where: str):
                     lw=0,
                 )
         if not shown:
-            _nothing_yet(ax)
+            nothing_yet(ax)
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.set_title(label, fontsize=10)
-    _legend_below(axes[0][0], -0.14)
+    legend_below(axes[0][0], -0.14)
     more = f"; the first {MAX_CURVES} of {len(curves)} points" if len(curves) > MAX_CURVES else ""
     fig.suptitle(
         f"{defn.name}: learning curves on {where} (line: mean over seeds, band: ± 1 std{more})",

@@ -14,8 +14,9 @@ Writes to DIR/report/ (or --out):
                   sweep runs, `--watch` rewrites it and the page reloads itself
 and prints one frontier table with the best point and the knee. Every accuracy is a mean over
 seeds with its n; one seed shows no spread rather than a made-up 0. With wandb mode
-offline/online it also logs a summary run (`wandb_export.log_summary_run`); with `tensorboard`
-each trial's metrics.jsonl is mirrored as TensorBoard event files under DIR/tensorboard/.
+offline/online it also logs a summary run, one per sweep state (`wandb_summary`); with
+`tensorboard` each trial's metrics.jsonl is mirrored as TensorBoard event files under
+DIR/tensorboard/, one HParams row per design point (`tensorboard.py`).
 """
 
 from __future__ import annotations
@@ -28,22 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from sqzexplore.rundir import write_bytes
-from sqzexplore.runlog import dashboard_value, mirror_to_tensorboard, write_hparams_config
 from sqzexplore.sweep import figures
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import (
-    FRONT_SIZES,
-    accuracy_text,
     collect_runs,
     error_samples,
     evaluated_on,
-    format_table,
     frontier_columns,
-    fronts,
-    interval_text,
-    key_points,
-    key_size,
-    merged_front,
     point_curves,
     point_rows,
     result_columns,
@@ -53,9 +45,12 @@ from sqzexplore.sweep.analyze import (
 )
 from sqzexplore.sweep.dashboards import effective_mode, read_settings
 from sqzexplore.sweep.metric_table import ACCURACY, metric
+from sqzexplore.sweep.pareto import FRONT_SIZES, fronts, key_points, key_size, merged_front
 from sqzexplore.sweep.report_html import render_html
 from sqzexplore.sweep.space import SweepDefinition
-from sqzexplore.sweep.wandb_export import log_summary_run
+from sqzexplore.sweep.tensorboard import write_tensorboard
+from sqzexplore.sweep.text_format import accuracy_text, format_table, interval_text
+from sqzexplore.sweep.wandb_summary import log_summary_run
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -162,26 +157,13 @@ def build_report(
     # Atomic: a browser reloading mid-write sees the old page or the new one.
     write_bytes(out / "report.html", page.encode())
 
-    tb_dir = None
-    if tensorboard:
-        tb_dir = sweep_dir.root / "tensorboard"
-        columns: dict[str, None] = {}
-        for r in runs:
-            hparams = tensorboard_hparams(r)
-            columns.update(dict.fromkeys(hparams))
-            mirror_to_tensorboard(
-                sweep_dir.trial_dir(r.trial_id) / "metrics.jsonl",
-                tb_dir / tensorboard_run_name(r),
-                hparams=hparams,
-                final=_final_metrics(r),
-            )
-        if runs:
-            write_hparams_config(tb_dir, columns, TENSORBOARD_METRICS)
+    tb_dir = write_tensorboard(sweep_dir, runs) if tensorboard else None
 
     mode = wandb_mode or effective_mode(sweep_dir, state)
     wandb_url = None
     # While watching, the summary run is logged once, when the sweep has finished.
-    if mode in ("offline", "online") and (finished or not refresh_s):
+    logged = mode in ("offline", "online") and (finished or not refresh_s)
+    if logged:
         wandb_url = log_summary_run(
             state,
             defn,
@@ -210,47 +192,8 @@ def build_report(
         "max_parallel_workers": st["max_parallel"],
         "tensorboard": str(tb_dir) if tb_dir else None,
         "wandb": wandb_url,
+        "wandb_mode": mode if logged else None,
     }
-
-
-# The metric columns of the TensorBoard HParams table (accuracies in percent there).
-TENSORBOARD_METRICS = ["final/top1", "best/top1", "final/top5", "eval/top1", "train/loss"]
-
-
-def _final_metrics(run) -> dict[str, float] | None:
-    """A finished run's final and best accuracies (fractions), the HParams metric columns."""
-    if run.state != sd.COMPLETE or not run.result:
-        return None
-    out = {}
-    for tag, name in (("final/top1", "final.top1"), ("final/top5", "final.top5")):
-        value = metric(name).value(run.result)
-        if value is not None:
-            out[tag] = value
-    best = metric("best.top1").value(run.result)
-    if best is not None:
-        out["best/top1"] = best
-    return out or None
-
-
-def tensorboard_hparams(run) -> dict[str, Any]:
-    """A trial's HParams: every design field (short names), seed, params, MACs, MiB and, once
-    it finished, final and best top-1 in percent, so the HParams table and its parallel
-    coordinates put accuracy against size."""
-    out: dict[str, Any] = {k.split(".")[-1]: v for k, v in run.design.items()}
-    out["seed"] = run.seed
-    for name, key in (("params", "params"), ("macs", "macs"), ("mib", "fp32_mib")):
-        if key in run.complexity:
-            out[name] = run.complexity[key]
-    for tag, value in (_final_metrics(run) or {}).items():
-        out[tag.replace("/", "_")] = dashboard_value(tag, value)
-    return out
-
-
-def tensorboard_run_name(run) -> str:
-    """A TensorBoard run directory name: the design point's fields and the seed."""
-    design = ",".join(f"{k.split('.')[-1]}={v}" for k, v in run.design.items())
-    safe = "".join(c if c.isalnum() or c in "._,=-" else "_" for c in design) or run.point
-    return f"{safe}/seed{run.seed}"
 
 
 def watch(

@@ -21,16 +21,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqzexplore.sweep import sweepdir as sd
-from sqzexplore.sweep.analyze import (
-    FRONT_SIZES,
-    TIME_METRICS,
-    accuracy_text,
-    format_duration,
-    interval_text,
-)
+from sqzexplore.sweep.analyze import TIME_METRICS
 from sqzexplore.sweep.metric_table import ACCURACY, SIZE_METRICS, metric
 from sqzexplore.sweep.paper_values import paper_figure
 from sqzexplore.sweep.params import Categorical
+from sqzexplore.sweep.pareto import FRONT_SIZES
+from sqzexplore.sweep.text_format import accuracy_text, format_duration, interval_text
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -38,6 +34,7 @@ table{border-collapse:collapse;font-size:12px;margin:0.5em 0 1.5em}
 caption{caption-side:top;text-align:left;font-size:13px;padding:0.3em 0;color:#444}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
 td{white-space:nowrap} .scroll{overflow-x:auto;max-width:100%}
+th{max-width:14em} .kv td.l{white-space:normal;overflow-wrap:anywhere}
 th{background:#f0f0f0} td.l,th.l{text-align:left}
 figure{margin:1em 0} figcaption{font-size:12px;color:#555}
 img{max-width:100%;border:1px solid #eee}
@@ -65,7 +62,7 @@ def _kv(pairs: dict[str, Any]) -> str:
         f"<tr><td>{html.escape(str(k))}</td><td class='l'>{html.escape(str(v))}</td></tr>"
         for k, v in pairs.items()
     )
-    return f"<table class='kv'>{body}</table>"
+    return f"<div class='scroll'><table class='kv'>{body}</table></div>"
 
 
 def _time_columns() -> list[Column]:
@@ -247,13 +244,26 @@ def render_html(
     where: str,
     refresh_s: float | None,
 ) -> str:
-    acc = metric(ACCURACY).label
-    paragraphs = (defn.question or "").strip().split("\n\n")
-    head = ["<!doctype html><html><head><meta charset='utf-8'>"]
+    """The whole page, section by section."""
+    parts = _head(defn, refresh_s)
+    parts += _summary_section(sweep_dir, state, defn, st, times, runs, where, key_rows)
+    parts += _front_section(defn, images, merged_front, where)
+    comparison = paper_tables(defn, rows, where)
+    if comparison:
+        parts += ["<h2>Against the paper</h2>", *comparison]
+    parts += _figure_section(defn, images, where)
+    parts += _points_section(defn, rows, skipped, where)
+    parts += _closing_section(defn, state, runs)
+    return "\n".join(parts)
+
+
+def _head(defn, refresh_s: float | None) -> list[str]:
+    """The page head, the title and, while the sweep runs, the reload notice."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>"]
     if refresh_s:
-        head.append(f"<meta http-equiv='refresh' content='{max(1, round(refresh_s))}'>")
-    parts = [
-        *head,
+        parts.append(f"<meta http-equiv='refresh' content='{max(1, round(refresh_s))}'>")
+    parts += [
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>sweep {html.escape(defn.name)}</title><style>{_CSS}</style></head><body>",
         f"<h1>Sweep <code>{html.escape(defn.name)}</code></h1>",
     ]
@@ -262,7 +272,13 @@ def render_html(
             f"<p class='live'>The sweep is still running: this page reloads every "
             f"{round(refresh_s)} s while <code>sqz sweep report --watch</code> rewrites it.</p>"
         )
-    parts += [
+    return parts
+
+
+def _summary_section(sweep_dir, state, defn, st, times, runs, where, key_rows) -> list[str]:
+    acc = metric(ACCURACY).label
+    paragraphs = (defn.question or "").strip().split("\n\n")
+    return [
         f"<pre>{html.escape(paragraphs[0] or '(no question)')}</pre>",
         "<h2>Summary</h2>",
         _kv(summary_pairs(sweep_dir, state, defn, st, times, runs, where)),
@@ -274,30 +290,37 @@ def render_html(
             "the mean (Student's t)",
         ),
     ]
-    for size in FRONT_SIZES:
-        short = size.split(".")[-1]
-        parts.append(
-            _figure(
-                images,
-                f"accuracy_vs_{short}",
-                f"{defn.name}: {acc} on {where} vs {metric(size).label}; error bars and the "
-                "front's band: ± 1 std over seeds",
-            )
+
+
+def _front_section(defn, images, merged_front, where) -> list[str]:
+    """Accuracy against each size with the fronts, then the table of every front point."""
+    acc = metric(ACCURACY).label
+    parts = [
+        _figure(
+            images,
+            f"accuracy_vs_{size.split('.')[-1]}",
+            f"{defn.name}: {acc} on {where} vs {metric(size).label}; error bars and the "
+            "front's band: ± 1 std over seeds",
         )
-    parts += [
+        for size in FRONT_SIZES
+    ]
+    lead = ("front", lambda r: " + ".join(r["fronts"]))
+    return [
+        *parts,
         f"<h2>Pareto front ({len(merged_front)} points)</h2>",
         table(
             merged_front,
-            point_columns(defn, with_state=False, lead=("front", lambda r: " + ".join(r["fronts"])))
+            point_columns(defn, with_state=False, lead=lead)
             + [("role", lambda r: ", ".join(r["roles"]))],
             caption=f"{acc} on {where} vs parameters and vs MACs: every point on either "
             "front, once (front: which)",
         ),
     ]
-    comparison = paper_tables(defn, rows, where)
-    if comparison:
-        parts += ["<h2>Against the paper</h2>", *comparison]
-    parts.append("<h2>Per-field curves</h2>")
+
+
+def _figure_section(defn, images, where) -> list[str]:
+    acc = metric(ACCURACY).label
+    parts = ["<h2>Per-field curves</h2>"]
     parts += [
         _figure(
             images,
@@ -306,7 +329,7 @@ def render_html(
         )
         for k in defn.keys
     ]
-    parts += [
+    return parts + [
         "<h2>Learning curves</h2>",
         _figure(
             images,
@@ -316,12 +339,18 @@ def render_html(
         ),
         "<h2>Error EDFs</h2>",
         _figure(images, "error_edf", f"{defn.name}: top-1 error EDFs on {where}"),
+    ]
+
+
+def _points_section(defn, rows, skipped, where) -> list[str]:
+    """Every design point, and those never trained with the reason."""
+    parts = [
         f"<h2>All design points ({len(rows)})</h2>",
         table(
             rows,
             point_columns(defn, with_state=True),
-            caption=f"{acc} on {where}; times are per-trial means: train, compile and "
-            "overhead (wall - train - compile) side by side",
+            caption=f"{metric(ACCURACY).label} on {where}; times are per-trial means: train, "
+            "compile and overhead (wall - train - compile) side by side",
         ),
     ]
     if skipped:
@@ -337,18 +366,22 @@ def render_html(
                 ],
             ),
         ]
-    parts += ["<h2>Machine</h2>", _kv(machine_info(runs))]
-    if len(paragraphs) > 1:
+    return parts
+
+
+def _closing_section(defn, state, runs) -> list[str]:
+    """The machine, the sweep file's own description, the definition and the base config."""
+    parts = ["<h2>Machine</h2>", _kv(machine_info(runs))]
+    if len((defn.question or "").strip().split("\n\n")) > 1:
         parts += [
             "<details><summary>The sweep file's description (written before this run; the "
             "numbers above are this run's own)</summary>",
             f"<pre>{html.escape(defn.question)}</pre></details>",
         ]
-    parts += [
+    return parts + [
         "<h2>Sweep definition</h2>",
         f"<pre>{html.escape(json.dumps(state.get('definition'), indent=2))}</pre>",
         "<details><summary>Base config</summary>",
         f"<pre>{html.escape(json.dumps(state.get('base_config'), indent=2))}</pre></details>",
         "</body></html>",
     ]
-    return "\n".join(parts)

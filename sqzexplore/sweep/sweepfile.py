@@ -98,6 +98,13 @@ def load_base_config(defn: SweepDefinition) -> ml_collections.ConfigDict:
         apply_overrides(config, dict(defn.fixed))
     except ConfigError as e:
         raise SweepError(f"sweep fixed: {_explain_key(e)}") from None
+    # A data_dir the sweep sets (e.g. its `data_dir=` argument) must reach the data: a base whose
+    # data needs none (a `runlocal` base on synthetic data, digits) would silently ignore it.
+    if defn.fixed.get("data.data_dir") and config.data.name in ("synthetic", "digits"):
+        raise SweepError(
+            f"sweep fixed: data.data_dir={defn.fixed['data.data_dir']!r} has no effect: the base "
+            f"experiment's data is {config.data.name!r} (with 'runlocal', drop data_dir)"
+        )
     return config
 
 

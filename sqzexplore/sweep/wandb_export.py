@@ -23,25 +23,19 @@ checkout's path on the agents' machines), the launcher is `sqz` on the agents' P
 `--mode` fixes it. Each trial's wandb run gets the design fields flat in its config
 (`runlog.design_fields`) and the sweep's name as its group.
 
-`log_summary_run` is the other half: `sqz sweep report` logs a summary run into the same group
-with the results and the Pareto front as wandb Tables and the report's figures as images.
+The other half, the summary run `sqz sweep report` logs into the same group, is
+`wandb_summary.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sqzexplore.sweep.analyze import INTERVAL_METRICS, frontier_columns, result_columns
-from sqzexplore.sweep.dashboards import sweep_group
-from sqzexplore.sweep.metric_table import ACCURACY, metric
 from sqzexplore.sweep.params import Categorical, Param
 from sqzexplore.sweep.space import SweepDefinition, SweepError, find_experiment
 from sqzexplore.sweep.sweepfile import load_sweep
@@ -311,81 +305,3 @@ def export_command(args: argparse.Namespace) -> int:
         f"then on each machine `wandb agent {target}/SWEEP_ID` {where}"
     )
     return 0
-
-
-# ------------------------------------------------------------------------------ summary run
-def _dashboard_cell(column: str, value: Any) -> Any:
-    """A results-table cell as the dashboards show it: accuracy means, stds and intervals in
-    percent (the trial runs log percent too, `runlog.dashboard_value`)."""
-    name, _, stat = column.rpartition(".")
-    if stat in ("mean", "std", "ci95") and name in INTERVAL_METRICS and value is not None:
-        return 100.0 * value
-    return value
-
-
-def log_summary_run(
-    state: dict[str, Any],
-    defn: SweepDefinition,
-    rows: Sequence[dict[str, Any]],
-    front: Sequence[dict[str, Any]],
-    mode: str,
-    out: Path,
-    images: dict[str, bytes] | None = None,
-    settings: dict[str, Any] | None = None,
-) -> str | None:
-    """A wandb run in the sweep's group with the results and the Pareto front as Tables
-    (accuracies in percent, each point labelled 'sr=0.125 pct=0.5'), accuracy-vs-params and
-    accuracy-vs-MiB scatters and the report's figures; returns its URL (None offline).
-    `settings`: the sweep's DIR/wandb.json (project, entity), else the base config's."""
-    import wandb  # heavy and optional: only a report that logs a summary run needs it
-    from PIL import Image
-
-    wb = {**(state.get("base_config", {}).get("wandb", {}) or {}), **(settings or {})}
-    group = sweep_group(state)
-    run = wandb.init(
-        project=wb.get("project") or "sqzexplore",
-        entity=wb.get("entity"),
-        group=group,
-        name=f"{defn.name} summary",
-        # One summary run per sweep: a later report (or the end of `sweep run`) updates it.
-        id=hashlib.sha1(f"{group}|summary".encode()).hexdigest()[:16],
-        resume="allow",
-        job_type="sweep-report",
-        tags=["sweep-report", defn.name, *defn.tags],
-        config={"sweep": state.get("definition")},
-        mode=mode,
-        dir=os.environ.get("WANDB_DIR") or str(out),
-    )
-    try:
-        columns = result_columns(defn)
-        table = wandb.Table(
-            columns=columns,
-            data=[[_dashboard_cell(c, r.get(c)) for c in columns] for r in rows],
-        )
-        front_columns = [*frontier_columns(defn), "fronts"]
-        front_table = wandb.Table(
-            columns=front_columns,
-            data=[
-                [
-                    ", ".join(r["fronts"]) if c == "fronts" else _dashboard_cell(c, r.get(c))
-                    for c in front_columns
-                ]
-                for r in front
-            ],
-        )
-        logged: dict[str, Any] = {"results": table, "frontier": front_table}
-        for size, short in (("complexity.params", "params"), ("complexity.fp32_mib", "mib")):
-            logged[f"accuracy_vs_{short}"] = wandb.plot.scatter(
-                table,
-                size,
-                f"{ACCURACY}.mean",
-                title=f"{defn.name}: {metric(ACCURACY).label} vs {metric(size).label}",
-            )
-        for name, png in (images or {}).items():
-            logged[f"figures/{name}"] = wandb.Image(Image.open(io.BytesIO(png)), caption=name)
-        run.log(logged)
-        run.summary["frontier_points"] = len(front)
-        url = getattr(run, "url", None)
-    finally:
-        run.finish()
-    return url
