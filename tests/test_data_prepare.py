@@ -225,3 +225,43 @@ def test_stream_resumed_after_a_kill_yields_the_same_images(jpeg_dir, copy_dir, 
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     seen.update(line.split() for line in resumed.stdout.split("\n") if line)
     assert seen == expected and len(set(expected.values())) == 10
+
+
+def test_reduced_scale_decode_picks_the_largest_ratio_that_keeps_the_target(jpeg_dir):
+    """A JPEG is decoded at 1/2 (1/4, 1/8) scale only where its shorter side stays >= the
+    resize target; the resized result is within a few grey levels of full-scale decoding."""
+    import tensorflow_datasets as tfds
+
+    from sqzexplore.data.preprocess import ImageDecoder, import_tensorflow, resize_shorter
+
+    tf = import_tensorflow()
+    builder = tfds.builder(NAME, data_dir=jpeg_dir)
+    decoder = ImageDecoder.for_builder(builder, 3)
+    read = builder.as_dataset(split="train[:4]", decoders={"image": tfds.decode.SkipDecoding()})
+    for example in read:
+        encoded = example["image"]
+        height, width = (int(v) for v in tf.image.extract_jpeg_shape(encoded)[:2])
+        shorter = min(height, width)
+        for target, ratio in ((shorter, 1), (shorter // 2, 2), (shorter // 4 - 1, 4), (9, 8)):
+            image = decoder.decode(tf, encoded, target)
+            assert tuple(image.shape[:2]) == (-(-height // ratio), -(-width // ratio)), target
+        decoder.reduced_scale = False  # the switch the benchmark uses: full-scale decoding
+        assert tuple(decoder.decode(tf, encoded, 9).shape[:2]) == (height, width)
+        decoder.reduced_scale = True
+    # Against the ideal 2x shrink of the full image (antialiased), on a photograph-like image
+    # with little grain (white-noise grain, all high frequencies, is where filters disagree).
+    import io
+
+    from PIL import Image
+    from tfds_fixture import photo_like
+
+    buffer = io.BytesIO()
+    Image.fromarray(photo_like(np.random.default_rng(0), 200, 240, grain=2.0)).save(
+        buffer, format="JPEG", quality=90
+    )
+    encoded = tf.constant(buffer.getvalue())
+    reduced = resize_shorter(tf, decoder.decode(tf, encoded, 100), 100)
+    assert tuple(reduced.shape) == (100, 120, 3) and reduced.dtype == tf.uint8
+    full = tf.cast(decoder.decode(tf, encoded), tf.float32)
+    ideal = tf.image.resize(full, (100, 120), antialias=True).numpy()
+    assert np.abs(ideal - reduced.numpy()).mean() < 4.0  # measured 3.1 grey levels
