@@ -29,6 +29,10 @@ from sqzexplore.data.augment import Normalization, Recipe, augment_batch
 Batch = dict[str, np.ndarray]
 
 
+class DataError(ValueError):
+    """A dataset that cannot be loaded as configured; the message says what to change."""
+
+
 # ----------------------------------------------------------------------------- process split
 def process_eval_range(num_examples: int, process_index: int, process_count: int) -> range:
     """This process's examples of an eval split: `tfds.even_splits` arithmetic (the first

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqzexplore.data.augment import Recipe, eval_resize_size
-from sqzexplore.data.sources import DataError
+from sqzexplore.data.dataset import DataError
 
 MANIFEST = "sqz_prepared.json"
 FORMAT = 1

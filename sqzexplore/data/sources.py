@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from sqzexplore.data.augment import AUGMENTATIONS, Normalization, Recipe
-from sqzexplore.data.dataset import Dataset, DeviceDataset
+from sqzexplore.data.dataset import DataError, Dataset, DeviceDataset
 from sqzexplore.data.preprocess import (
     ImageDecoder,
     eval_image,
@@ -47,10 +47,6 @@ NO_FLIP_SOURCES = frozenset({"digits", "mnist", "emnist", "kmnist", "svhn_croppe
 UNLABELED_SPLITS = {"imagenet2012": ("test",)}
 SYNTHETIC_SEED = 0
 TFDS_EXAMPLES = "cifar10, cifar100, imagenette/160px, imagenet2012, imagenet_resized/32x32"
-
-
-class DataError(ValueError):
-    """A dataset that cannot be loaded as configured; the message says what to change."""
 
 
 def load_dataset(
