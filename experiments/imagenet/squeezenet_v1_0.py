@@ -5,7 +5,7 @@ Reproduces: the paper's SqueezeNet (Table 1: 1,248,424 params, 4.8MB fp32; 832.6
 Caffe; torchvision's port reports 58.09 / 80.42).
 
 Commands (ImageNet prepared as the TFDS `imagenet2012` dataset under DATA_DIR): prepare once a
-copy stored at the recipe's 256x256 (JPEG quality 90: about 40 GB, 30 KB an image; safe to
+copy stored at the recipe's 256x256 (JPEG quality 90: about 45 GB, 35 KB an image; safe to
 kill and rerun), then train from it with one config value:
 
     sqz data prepare --config=experiments/imagenet/squeezenet_v1_0.py \\
