@@ -33,10 +33,11 @@ The Caffe v1.0 prototxt also pads conv10 by 1 (docs/paper.md#classifier-padding)
 Expected (not yet measured here): about 57.5 / 80.3 top-1 / top-5 on the validation split.
 Hours on one GPU, recomputed from measured rates: the run sees 87M training images; the bf16 v1.0
 step on one H200 trains 14,938 img/s (benchmarks/RESULTS.md), 1.6 h of step time. The loader
-(`sqz bench data`, ImageNet-like JPEGs, 2-core CPU VM) does about 1,900 images per CPU-second from the
-prepared copy, so 8 host cores feed that step: about 2 h on one H200 with a 16-core host. From
-the original files it does about 450 per CPU-second: a 16-core host feeds about 7,200 img/s, about
-3.5 h (it was 265 per CPU-second, about 6 h, before the loader shipped uint8 and shrank less).
+(`sqz bench data`, ImageNet-like JPEGs, 2-core CPU VM) does about 1,900 images per CPU-second
+from the prepared copy, so 8 host cores feed that step: about 2 h on one H200 with a 16-core
+host. From the original files it does about 450 per CPU-second: a 16-core host feeds about
+7,200 img/s, about 3.5 h (265 per CPU-second, about 6 h, before the loader shipped uint8 and
+resized more cheaply).
 """
 
 from __future__ import annotations

@@ -28,10 +28,10 @@ Arguments (`--config=...py:runlocal`):
 Expected (not yet measured here): v1.0's accuracy, about 57.5 / 80.3 top-1 / top-5 on the
 validation split. Hours on one GPU, recomputed from measured rates: 87M training images at the
 bf16 v1.1 step's 28,055 img/s on one H200 (benchmarks/RESULTS.md) are 0.9 h of step time. The
-loader (`sqz bench data`, 2-core CPU VM) does about 1,900 images per CPU-second from the prepared copy,
-so it takes 15 host cores to feed that step: about 1 h on one H200 with a 16-core host (more
-cores than that only help). From the original files (about 450 per CPU-second) a 16-core host feeds
-about 7,200 img/s: about 3.5 h, bound by the host.
+loader (`sqz bench data`, 2-core CPU VM) does about 1,900 images per CPU-second from the
+prepared copy, so it takes 15 host cores to feed that step: about 1 h on one H200 with a 16-core
+host. From the original files (about 450 per CPU-second) a 16-core host feeds about 7,200
+img/s: about 3.5 h, bound by the host.
 """
 
 from __future__ import annotations
