@@ -223,12 +223,12 @@ def pending_shards(folder: str, manifest: dict) -> list[tuple[str, int, int, int
 def prepare_fn(tf: Any, decoder: Any, target: Target, quality: int) -> Callable:
     """encoded source image -> encoded JPEG of the copy (decoded at reduced scale where the
     target allows, resized like the recipe's own preprocessing, re-encoded at `quality`)."""
-    from sqzexplore.data.preprocess import _stretch, resize_shorter
+    from sqzexplore.data.preprocess import resize_shorter, stretch
 
     def fn(encoded):
         image = decoder.decode(tf, encoded, target.size)
         if target.mode == "stretch":
-            image = _stretch(tf, image, target.size)
+            image = stretch(tf, image, target.size)
         else:
             image = resize_shorter(tf, image, target.size)
         return tf.io.encode_jpeg(image, quality=quality, chroma_downsampling=True)

@@ -125,7 +125,7 @@ def _resize(tf: Any, image: Any, shape: Any) -> Any:
     return tf.switch_case(branch, [lambda: image, resize(False), resize(True)])
 
 
-def _stretch(tf: Any, image: Any, size: int) -> Any:
+def stretch(tf: Any, image: Any, size: int) -> Any:
     """Resize to size x size ignoring the aspect ratio."""
     return _resize(tf, image, tf.constant([size, size], tf.int32))
 
@@ -149,10 +149,10 @@ def eval_image(tf: Any, recipe: Recipe, decoder: ImageDecoder, encoded: Any) -> 
     size = recipe.image_size
     if recipe.augment == "paper":
         stored = recipe.train_stored_size
-        image = _stretch(tf, decoder.decode(tf, encoded, stored), stored)
+        image = stretch(tf, decoder.decode(tf, encoded, stored), stored)
         image = _center_crop(tf, image, size)
     elif recipe.fixed_size:
-        image = _stretch(tf, decoder.decode(tf, encoded, size), size)
+        image = stretch(tf, decoder.decode(tf, encoded, size), size)
     else:
         resized = eval_resize_size(size)
         image = resize_shorter(tf, decoder.decode(tf, encoded, resized), resized)
@@ -165,7 +165,7 @@ def stored_train_image(tf: Any, recipe: Recipe, decoder: ImageDecoder, encoded: 
     T = recipe.train_stored_size); the random part of the recipe runs later, on the device."""
     stored = recipe.train_stored_size
     if recipe.augment == "paper":
-        image = _stretch(tf, decoder.decode(tf, encoded, stored), stored)
+        image = stretch(tf, decoder.decode(tf, encoded, stored), stored)
     elif recipe.augment in ("crop_flip", "inception") and not recipe.fixed_size:
         image = resize_shorter(tf, decoder.decode(tf, encoded, stored), stored)
         image = _center_crop(tf, image, stored)
@@ -194,13 +194,13 @@ def train_image(tf: Any, recipe: Recipe, decoder: ImageDecoder, encoded: Any, se
             use_image_if_no_bounding_boxes=True,
         )
         image = decoder.decode_crop(tf, encoded, begin[0], begin[1], box_size[0], box_size[1])
-        image = _stretch(tf, image, size)
+        image = stretch(tf, image, size)
     else:  # crop_flip or paper: a plain random crop of a resized (and maybe padded) image
         stored = recipe.train_stored_size
         if recipe.augment == "paper":
-            image = _stretch(tf, decoder.decode(tf, encoded, stored), stored)
+            image = stretch(tf, decoder.decode(tf, encoded, stored), stored)
         elif recipe.fixed_size:
-            image = _stretch(tf, decoder.decode(tf, encoded, size), size)
+            image = stretch(tf, decoder.decode(tf, encoded, size), size)
             pad = recipe.crop_padding
             image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
         else:
