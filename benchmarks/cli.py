@@ -14,7 +14,9 @@ on, on whatever devices exist, and writes rows that name the machine:
                              next one compiled in a background thread while the current trains
     sqz bench population     N seeds of one point as one vmapped program vs one after another:
                              members x img/s and trials per hour (--members 1,2,4,8)
-    sqz bench all            all of the above but population
+    sqz bench data           the streamed loader alone for an experiment, from the original files
+                             and a prepared copy: img/s, img per CPU-s, host cores for a step rate
+    sqz bench all            all of the above but population and data
 
 Without --preset/--batch/--dtype each command uses a plan for the platform (benchmarks/plan.py).
 `--smoke` shrinks everything to seconds (for tests). `--json PATH` writes machine-readable
@@ -44,7 +46,7 @@ from sqzexplore.models.spec import DTYPES, PRESETS
 if TYPE_CHECKING:  # the heavy modules are imported after the arguments are parsed
     from benchmarks.report import Report
 
-COMMANDS = ("step", "e2e", "torch", "maxbatch", "compile-ahead", "population", "all")
+COMMANDS = ("step", "e2e", "torch", "maxbatch", "compile-ahead", "population", "data", "all")
 HELPS = {
     "step": "train-step img/s, compile time and memory on synthetic device-resident data",
     "e2e": "train_and_evaluate loop img/s vs the synthetic-data step (digits, CIFAR-shaped)",
@@ -52,7 +54,8 @@ HELPS = {
     "maxbatch": "largest batch whose step fits on one device (GPU/TPU)",
     "compile-ahead": "sequential compiles vs compiling the next run while this one trains",
     "population": "N seeds of a point as one program: members x img/s, trials/h vs sequential",
-    "all": "all of the above",
+    "data": "the streamed loader alone: img/s, img per CPU-s, host cores to feed a step",
+    "all": "all of the above but population and data",
 }
 
 
@@ -102,6 +105,11 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--data-dir", help="TFDS data_dir: adds e2e rows on a real TFDS dataset")
     common.add_argument("--tfds", default="cifar10", help="TFDS dataset for --data-dir (cifar10)")
+    common.add_argument("--fixture", help="data: write/reuse an ImageNet-like JPEG dataset here")
+    common.add_argument("--prepared", help="data: a prepared copy (default: made in --fixture)")
+    common.add_argument("--images", type=int, help="data: images timed per path (2048)")
+    common.add_argument("--quality", type=int, help="data: JPEG quality of the prepared copy")
+    common.add_argument("--target-rate", help="data: step img/s to feed (14938,28055)")
     common.add_argument("--profile", action="store_true", help="trace each step row; top ops")
     common.add_argument("--smoke", action="store_true", help="tiny spec, few steps (tests)")
     common.add_argument("--json", help="write machine-readable results here")
@@ -126,7 +134,7 @@ def run(args: argparse.Namespace, plan: Plan, report: Report, benchmarks_dir: Pa
     A row that fails (other than for a bad request) becomes a note naming the case and the
     error, and the run goes on: one broken case must not cost the others' measurements.
     """
-    wanted = COMMANDS[:-2] if args.command == "all" else (args.command,)
+    wanted = COMMANDS[:-3] if args.command == "all" else (args.command,)
     if "step" in wanted:
         from benchmarks.step import measure_step
 
@@ -179,6 +187,13 @@ def run(args: argparse.Namespace, plan: Plan, report: Report, benchmarks_dir: Pa
                 for row in measure_population(args, plan):
                     report.add("population", row)
 
+    if "data" in wanted:
+        from benchmarks.data import measure_data
+
+        with _row_errors(report, "data"):
+            for row in measure_data(args, benchmarks_dir.parent):
+                report.add("data", row)
+
 
 @contextlib.contextmanager
 def _row_errors(report: Report, what: str):
@@ -210,6 +225,10 @@ def main(argv: list[str], *, benchmarks_dir: Path) -> int:
         plan = build_plan(args, jax.device_count())
         if args.command == "population":
             from benchmarks.population import check_args
+
+            check_args(args)
+        if args.command == "data":
+            from benchmarks.data import check_args
 
             check_args(args)
     except BenchError as e:
@@ -246,7 +265,7 @@ def main(argv: list[str], *, benchmarks_dir: Path) -> int:
 def report_sections() -> list[Section]:
     """Every benchmark's report sections, in the order of their RESULTS.md tables (each module
     declares its own; importing them imports jax, so this runs after the arguments parse)."""
-    from benchmarks import compile_ahead, e2e, maxbatch, population, step, torch_compare
+    from benchmarks import compile_ahead, data, e2e, maxbatch, population, step, torch_compare
 
     return [
         step.SECTION,
@@ -257,6 +276,7 @@ def report_sections() -> list[Section]:
         compile_ahead.SECTION,
         population.SECTION,
         population.WIDTHS_SECTION,
+        data.SECTION,
     ]
 
 

@@ -120,6 +120,11 @@ BAD_INPUT: list[tuple] = [
     ("train-flag-typo", train_row("--wrokdir=x"), ["wrokdir", "workdir"]),
     ("train-extra-arg", train_row("extra"), ["extra", "--config.KEY=VALUE"]),
     ("command-unknown", ["tarin"], ["unknown command tarin", "did you mean train?"]),
+    (
+        "data-prepare-digits",
+        ["data", "prepare", f"--config={TINY}", "--out={w}/copy"],
+        ["config.data.name='digits'", "only TFDS datasets"],
+    ),
     # ---------------------------------------------------------------- overrides
     (
         "key-typo",

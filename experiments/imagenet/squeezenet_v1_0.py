@@ -4,11 +4,17 @@ Reproduces: the paper's SqueezeNet (Table 1: 1,248,424 params, 4.8MB fp32; 832.6
 227x227 image) and its ImageNet accuracy, 57.5% top-1 / 80.3% top-5 (the paper's numbers, from
 Caffe; torchvision's port reports 58.09 / 80.42).
 
-Command (ImageNet prepared as the TFDS `imagenet2012` dataset under DATA_DIR):
+Commands (ImageNet prepared as the TFDS `imagenet2012` dataset under DATA_DIR): prepare once a
+copy stored at the recipe's 256x256 (JPEG quality 90: about 45 GB, 35 KB an image; safe to
+kill and rerun), then train from it with one config value:
 
+    sqz data prepare --config=experiments/imagenet/squeezenet_v1_0.py \\
+        --config.data.data_dir=DATA_DIR --out=DATA_DIR/imagenet2012-paper256
     sqz train --config=experiments/imagenet/squeezenet_v1_0.py --workdir=runs/v1_0 \\
-        --config.data.data_dir=DATA_DIR
+        --config.data.name=DATA_DIR/imagenet2012-paper256
     sqz describe --config=experiments/imagenet/squeezenet_v1_0.py   # the model, before training
+
+(`--config.data.data_dir=DATA_DIR` instead of the data.name line trains from the original files.)
 
 Recipe (docs/paper.md#training): SGD momentum 0.9, weight decay 2e-4 on every parameter (the
 prototxt sets no decay_mult, so Caffe decays biases too), batch 512, lr 0.04 with "poly" decay of
@@ -25,11 +31,13 @@ The Caffe v1.0 prototxt also pads conv10 by 1 (docs/paper.md#classifier-padding)
 `--config.model.classifier_padding=1` to reproduce that too (same params, 861.34M MACs).
 
 Expected (not yet measured here): about 57.5 / 80.3 top-1 / top-5 on the validation split.
-Hardware, an estimate: the run sees 87M training images; at the ~13,900 img/s that
-docs/design.md#performance quotes (a reference figure, not measured here) for a bf16 v1.0
-step on one H200 that is under 2 h of step time, so the run is bound by
-JPEG decoding on the host: expect roughly half a day on one H200 with a 16-core host, or a few
-hours on 8 GPUs with enough host CPUs to feed them.
+Hours on one GPU, recomputed from measured rates: the run sees 87M training images; the bf16 v1.0
+step on one H200 trains 14,938 img/s (benchmarks/RESULTS.md), 1.6 h of step time. The loader
+(`sqz bench data`, ImageNet-like JPEGs, 2-core CPU VM) does about 1,900 images per CPU-second
+from the prepared copy, so 8 host cores feed that step: about 2 h on one H200 with a 16-core
+host. From the original files it does about 450 per CPU-second: a 16-core host feeds about
+7,200 img/s, about 3.5 h (265 per CPU-second, about 6 h, before the loader shipped uint8 and
+resized more cheaply).
 """
 
 from __future__ import annotations

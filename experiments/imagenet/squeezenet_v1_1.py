@@ -6,10 +6,14 @@ MACs per 227x227 image (349.15M at 224) against v1.0's 832.67M: "2.4x less compu
 without sacrificing accuracy" (the release notes; the paper itself reports only v1.0, 57.5% top-1 /
 80.3% top-5; torchvision's port of v1.1 reports 58.18 / 80.62).
 
-Command (ImageNet prepared as the TFDS `imagenet2012` dataset under DATA_DIR):
+Commands (ImageNet prepared as the TFDS `imagenet2012` dataset under DATA_DIR): prepare once a
+copy stored at the recipe's 256x256 (the same copy as squeezenet_v1_0.py's: both use the paper
+recipe at 227), then train from it with one config value:
 
+    sqz data prepare --config=experiments/imagenet/squeezenet_v1_1.py \\
+        --config.data.data_dir=DATA_DIR --out=DATA_DIR/imagenet2012-paper256
     sqz train --config=experiments/imagenet/squeezenet_v1_1.py --workdir=runs/v1_1 \\
-        --config.data.data_dir=DATA_DIR
+        --config.data.name=DATA_DIR/imagenet2012-paper256
     sqz describe --config=experiments/imagenet/squeezenet_v1_1.py   # the model, before training
 
 Recipe (docs/paper.md#training, the same as squeezenet_v1_0.py): SGD momentum 0.9, weight decay
@@ -22,9 +26,12 @@ Arguments (`--config=...py:runlocal`):
   runlocal   the same experiment shrunk to a smoke run: synthetic data, batch 8, 4 steps
 
 Expected (not yet measured here): v1.0's accuracy, about 57.5 / 80.3 top-1 / top-5 on the
-validation split. Hardware, an estimate: 87M training images at under half v1.0's compute, so
-even more bound by host JPEG decoding than v1.0: expect roughly half a day on one H200 with a
-16-core host, or a few hours on 8 GPUs with enough host CPUs to feed them.
+validation split. Hours on one GPU, recomputed from measured rates: 87M training images at the
+bf16 v1.1 step's 28,055 img/s on one H200 (benchmarks/RESULTS.md) are 0.9 h of step time. The
+loader (`sqz bench data`, 2-core CPU VM) does about 1,900 images per CPU-second from the
+prepared copy, so it takes 15 host cores to feed that step: about 1 h on one H200 with a 16-core
+host. From the original files (about 450 per CPU-second) a 16-core host feeds about 7,200
+img/s: about 3.5 h, bound by the host.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 the trainer drives (device-resident arrays augmented inside the jitted step, or a tf.data stream).
 
 The trainer calls `load_dataset(config.data, spec, process_index=..., process_count=...)` and
-branches on `dataset.on_device`. Importing this package does not import TensorFlow.
+branches on `dataset.on_device`. `sqz data prepare` (cli.py, prepare.py, prepare_write.py) writes
+a copy of a TFDS dataset at an experiment's image size, which `config.data.name=FOLDER` reads.
+Importing this package does not import TensorFlow.
 """
 
 from sqzexplore.data.augment import AUGMENTATIONS, Normalization, Recipe

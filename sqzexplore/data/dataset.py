@@ -29,6 +29,10 @@ from sqzexplore.data.augment import Normalization, Recipe, augment_batch
 Batch = dict[str, np.ndarray]
 
 
+class DataError(ValueError):
+    """A dataset that cannot be loaded as configured; the message says what to change."""
+
+
 # ----------------------------------------------------------------------------- process split
 def process_eval_range(num_examples: int, process_index: int, process_count: int) -> range:
     """This process's examples of an eval split: `tfds.even_splits` arithmetic (the first
@@ -124,6 +128,21 @@ class Dataset:
             f"eval={self.eval_size}, image_shape={self.image_shape}, "
             f"augment={self.recipe.augment!r})"
         )
+
+    # What train_iter and eval_iter ship to the devices: raw pixels, normalised in the step.
+    batch_dtype = np.uint8
+
+    def device_stream_batch(
+        self, images: jax.Array, labels: jax.Array, step: jax.Array | int, rng: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """A shipped train batch (`train_iter`) made ready for the model inside the compiled
+        step: cast to float32 and normalised. Pure JAX; the `batch_fn` of a streamed step."""
+        del step, rng  # the stream already drew this step's examples and augmentation
+        return self.normalization.apply(images), labels.astype(jnp.int32)
+
+    def device_eval_batch(self, images: jax.Array) -> jax.Array:
+        """Shipped eval images (already at `image_shape`) as a normalised float32 batch."""
+        return self.normalization.apply(images)
 
     # The two modes have different train interfaces; calling the wrong one is a trainer bug.
     def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -223,12 +242,9 @@ class DeviceDataset(Dataset):
         x = augment_batch(self.recipe, jax.random.fold_in(rng_aug, step), x)
         return self.normalization.apply(x), y
 
-    def device_eval_batch(self, images: jax.Array) -> jax.Array:
-        """Eval images (already at `image_shape`) as a normalised float32 batch. Pure JAX."""
-        return self.normalization.apply(images)
-
     def eval_iter(self, per_process_batch: int) -> Iterator[Batch]:
-        """Host-side batches of this process's share of the eval split, padded and masked."""
+        """Host-side batches of this process's share of the eval split, padded and masked;
+        images as stored (normalised on the device by `device_eval_batch`)."""
         images, labels = self._eval
         share = process_eval_range(self.eval_size, self.process_index, self.process_count)
         num_batches = eval_batches_per_process(
@@ -238,10 +254,10 @@ class DeviceDataset(Dataset):
             lo = min(share.start + b * per_process_batch, share.stop)
             hi = min(lo + per_process_batch, share.stop)
             count = hi - lo
-            image = np.zeros((per_process_batch, *self.image_shape), np.float32)
+            image = np.zeros((per_process_batch, *self.image_shape), images.dtype)
             label = np.zeros((per_process_batch,), np.int32)
             mask = np.zeros((per_process_batch,), bool)
-            image[:count] = self.normalization.apply_numpy(images[lo:hi])
+            image[:count] = images[lo:hi]
             label[:count] = labels[lo:hi]
             mask[:count] = True
             yield {"image": image, "label": label, "mask": mask}

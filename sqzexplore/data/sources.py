@@ -9,6 +9,8 @@
   always device-resident. For throughput benchmarks, not for learning.
 - any TFDS name (`cifar10`, `cifar100`, `imagenette/160px`, `imagenet2012`,
   `imagenet_resized/32x32`, ...), read from `config.data.data_dir` (TFDS's default when None).
+- a prepared copy's folder (`sqz data prepare`, prepare.py): the source's images stored at the
+  size the recipe resizes to; refused if it was prepared for another recipe or size.
   With `on_device='auto'` a dataset whose train and eval splits fit `ON_DEVICE_MAX_BYTES` as uint8
   at their stored sizes is decoded into memory once and augmented on the device; larger ones
   stream through tf.data (`stream.StreamingDataset`).
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from sqzexplore.data.augment import AUGMENTATIONS, Normalization, Recipe
-from sqzexplore.data.dataset import Dataset, DeviceDataset
+from sqzexplore.data.dataset import DataError, Dataset, DeviceDataset
 from sqzexplore.data.preprocess import (
     ImageDecoder,
     eval_image,
@@ -45,10 +47,6 @@ NO_FLIP_SOURCES = frozenset({"digits", "mnist", "emnist", "kmnist", "svhn_croppe
 UNLABELED_SPLITS = {"imagenet2012": ("test",)}
 SYNTHETIC_SEED = 0
 TFDS_EXAMPLES = "cifar10, cifar100, imagenette/160px, imagenet2012, imagenet_resized/32x32"
-
-
-class DataError(ValueError):
-    """A dataset that cannot be loaded as configured; the message says what to change."""
 
 
 def load_dataset(
@@ -267,6 +265,22 @@ def _tfds_builder(name: str, data_dir: str | None) -> Any:
         raise DataError(_unknown_name_message(name, str(e).splitlines()[0])) from None
 
 
+def _prepared_manifest(name: str) -> dict | None:
+    """The manifest of the prepared copy in folder `name` (None if `name` is not one); an
+    unfinished copy is refused here, before TFDS reads its missing metadata."""
+    from sqzexplore.data.prepare import read_manifest
+
+    folder = os.path.expanduser(name)
+    manifest = read_manifest(folder) if os.path.isdir(folder) else None
+    if manifest is not None and not manifest.get("complete"):
+        raise DataError(
+            f"config.data.name={name!r}: this prepared copy is unfinished; rerun the "
+            f"`sqz data prepare` that wrote it (it keeps the finished shards): "
+            f"{manifest.get('command', '')}"
+        )
+    return manifest
+
+
 def _split_size(builder: Any, name: str, split: str, field: str, data_dir: str | None) -> int:
     """Examples in a split (from the dataset's cardinality); clear errors when the data is
     missing or the split does not exist."""
@@ -312,9 +326,8 @@ def _load_arrays(
         read_config=tfds.ReadConfig(options=options),
     )
 
-    def to_uint8(example):
-        image = tf.clip_by_value(tf.round(preprocess(example["image"])), 0.0, 255.0)
-        return tf.cast(image, tf.uint8), tf.cast(example["label"], tf.int32)
+    def to_uint8(example):  # the preprocess functions already give uint8 pixels
+        return preprocess(example["image"]), tf.cast(example["label"], tf.int32)
 
     ds = ds.map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
     images = np.empty((count, size, size, channels), np.uint8)  # filled in place: no 2x peak
@@ -338,7 +351,13 @@ def load_tfds(data_config: Any, spec: Any, process_index: int, process_count: in
     data_dir = data_config.data_dir
     if data_dir is not None:
         data_dir = os.path.expanduser(str(data_dir))
-    builder = _tfds_builder(name, data_dir)
+    copy = _prepared_manifest(name)
+    if copy is not None:  # a prepared copy: its folder is the dataset
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder_from_directory(os.path.expanduser(name))
+    else:
+        builder = _tfds_builder(name, data_dir)
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise DataError(
@@ -356,8 +375,15 @@ def load_tfds(data_config: Any, spec: Any, process_index: int, process_count: in
     height, width = features["image"].shape[:2]
     fixed_size = height is not None and height == width
     recipe = Recipe.for_source(
-        data_config.augment, spec.image_size, fixed_size=fixed_size, allow_flip=_allow_flip(name)
+        data_config.augment,
+        spec.image_size,
+        fixed_size=fixed_size,
+        allow_flip=_allow_flip(copy["source"] if copy else name),
     )
+    if copy is not None:
+        from sqzexplore.data.prepare import check_copy
+
+        check_copy(copy, recipe, name)
     train_split, eval_split = str(data_config.train_split), str(data_config.eval_split)
     train_size = _split_size(builder, name, train_split, "train_split", data_dir)
     eval_size = _split_size(builder, name, eval_split, "eval_split", data_dir)

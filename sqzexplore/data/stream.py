@@ -4,7 +4,10 @@ Used when a dataset is too large to hold on the devices (`on_device` False or 'a
 budget). Each process reads its share (`tfds.split_for_jax_process`). Every epoch has its own
 seeded file order and shuffle, and every random op is stateless, seeded by (seed, epoch, process,
 position in the epoch), so `train_iter(start_step)` yields exactly what an uninterrupted iterator
-would have. TensorFlow is imported when a `StreamingDataset` is built, never at import.
+would have. Batches ship uint8 pixels (a quarter of float32's bytes); the trainer's compiled step
+casts and normalises them (`Dataset.device_stream_batch`, `device_eval_batch`). The dataset may be
+a prepared copy (prepare.py): images already at the recipe's size are then only cropped.
+TensorFlow is imported when a `StreamingDataset` is built, never at import.
 """
 
 from __future__ import annotations
@@ -105,15 +108,12 @@ class StreamingDataset(Dataset):
         # Skip before decoding: a resumed epoch reads but does not decode what it skips; the
         # enumerate index (the augmentation seed) is taken before the skip so it is unchanged.
         ds = ds.skip(skip_batches * per_process_batch)
-        recipe, decoder, norm = self.recipe, self._image, self.normalization
-        mean = tf.constant(norm.mean, tf.float32)
-        inv_std = 1.0 / tf.constant(norm.std, tf.float32)
+        recipe, decoder = self.recipe, self._image
 
         def preprocess(index, example):
             op_seed = tf.stack([tf.constant(epoch_seed, tf.int64), tf.cast(index, tf.int64)])
-            image = train_image(tf, recipe, decoder, example["image"], op_seed)
             return {
-                "image": (image - mean) * inv_std,
+                "image": train_image(tf, recipe, decoder, example["image"], op_seed),
                 "label": tf.cast(example["label"], tf.int32),
             }
 
@@ -124,8 +124,8 @@ class StreamingDataset(Dataset):
     def train_iter(self, start_step: int, per_process_batch: int, seed: int) -> Iterator[Batch]:
         """Endless train batches of this process's share from global step `start_step`.
 
-        Yields {"image": float32 [b, H, W, C] normalised, "label": int32 [b]}; the same
-        (seed, start_step) always gives the same batches.
+        Yields {"image": uint8 [b, H, W, C] (normalised on the device), "label": int32 [b]};
+        the same (seed, start_step) always gives the same batches.
         """
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}")
@@ -143,30 +143,26 @@ class StreamingDataset(Dataset):
     def eval_iter(self, per_process_batch: int) -> Iterator[Batch]:
         """This process's share of the whole eval split, once; the tail padded and masked.
 
-        Yields {"image": float32, "label": int32, "mask": bool} batches of exactly
+        Yields {"image": uint8, "label": int32, "mask": bool} batches of exactly
         `per_process_batch`; every process yields the same number of batches.
         """
         tf = self._tf
         num_batches = eval_batches_per_process(
             self.eval_size, self.process_count, per_process_batch
         )
-        recipe, decoder, norm = self.recipe, self._image, self.normalization
-        mean = tf.constant(norm.mean, tf.float32)
-        inv_std = 1.0 / tf.constant(norm.std, tf.float32)
+        recipe, decoder = self.recipe, self._image
         size, channels = recipe.image_size, self.image_shape[-1]
 
         def preprocess(example):
-            image = eval_image(tf, recipe, decoder, example["image"])
-            image = tf.ensure_shape((image - mean) * inv_std, (size, size, channels))
             return {
-                "image": image,
+                "image": eval_image(tf, recipe, decoder, example["image"]),
                 "label": tf.cast(example["label"], tf.int32),
                 "mask": tf.constant(True),
             }
 
         padding = tf.data.Dataset.from_tensors(
             {
-                "image": tf.zeros((size, size, channels), tf.float32),
+                "image": tf.zeros((size, size, channels), tf.uint8),
                 "label": tf.constant(0, tf.int32),
                 "mask": tf.constant(False),
             }

@@ -80,7 +80,8 @@ class EvalRunner:
             lowered = jax.jit(self._scan).lower(state, *self.arrays)
             self._compiled = lowered.compile(xla_options.step_options())
         else:
-            self._compiled = jax.jit(self._sums)
+            norm = self.ds.device_eval_batch  # streamed uint8: normalised in the step
+            self._compiled = jax.jit(lambda s, x, y, m: self._sums(s, norm(x), y, m))
         self.compile_time += time.perf_counter() - t0
         sharding.barrier("eval_compiled")
 

@@ -373,7 +373,7 @@ class Programs:
             return self.train_arrays()
         batch = sharding.batch_sharded(self.mesh)
         images = jax.ShapeDtypeStruct(
-            (self.batch_size, *self.ds.image_shape), jnp.float32, sharding=batch
+            (self.batch_size, *self.ds.image_shape), self.ds.batch_dtype, sharding=batch
         )
         return images, jax.ShapeDtypeStruct((self.batch_size,), jnp.int32, sharding=batch)
 
@@ -383,7 +383,7 @@ class Programs:
         compile."""
 
         def build():
-            batch_fn = None
+            batch_fn = self.ds.device_stream_batch  # streamed uint8: normalised in the step
             if self.ds.on_device:
                 ds, batch_size = self.ds, self.batch_size
                 batch_fn = lambda images, labels, step, key: ds.device_train_batch(
