@@ -19,8 +19,8 @@ from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs, status
 from sqzexplore.sweep.claims import HOST, RunClaims
-from sqzexplore.sweep.engine import trial_config
 from sqzexplore.sweep.params import categorical, uniform
+from sqzexplore.sweep.runconfig import trial_config
 from sqzexplore.sweep.space import (
     EarlyStop,
     SweepDefinition,

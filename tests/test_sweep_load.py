@@ -30,7 +30,7 @@ from postgres_server import create_database, missing_reason, postgres_server
 from test_sweep_support import FAKE_RUNNER, TESTS, make_sweep_dir, sweep_cli, write_sweep
 
 from sqzexplore.rundir import read_jsonl
-from sqzexplore.sweep import engine as engine_module
+from sqzexplore.sweep import store_files
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
 from sqzexplore.sweep.claims import LockUnsupportedError, node_local_flock
@@ -242,7 +242,7 @@ def test_node_local_flock_is_read_from_the_mount_options(tmp_path, line, reason)
 
 def test_a_journal_sweep_used_from_two_hosts_on_node_local_flock_is_refused(tmp_path, monkeypatch):
     sweep_dir = make_sweep_dir(load_sweep(tmp_path), tmp_path / "w")
-    monkeypatch.setattr(engine_module, "node_local_flock", lambda p: "/w is Lustre (localflock)")
+    monkeypatch.setattr(store_files, "node_local_flock", lambda p: "/w is Lustre (localflock)")
     SweepEngine(sweep_dir, worker="a")  # one host so far: node-local flock serves it
     state = json.loads(sweep_dir.sweep_json.read_text())
     sweep_dir.sweep_json.write_text(json.dumps({**state, "created_on": "login01"}))
