@@ -19,6 +19,7 @@ from postgres_server import create_database, missing_reason, postgres_server
 from required_service import import_or_require, require
 from test_sweep_support import (
     FAKE_RUNNER,
+    TESTS,
     run_inprocess,
     sr_space,
     sweep_cli,
@@ -198,3 +199,48 @@ def test_claim_batch_takes_the_free_runs_of_one_point(tmp_path, request, storage
     for t in [first, *batch]:
         engine.finish_run(t, RunOutcome("interrupted"))
     assert [t.seed for t in engine.claim_batch(first.point, 2)] == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_populations_on_postgres_train_every_run(tmp_path, postgres, workers, capsys):
+    """`--population 3` on PostgreSQL: 3 squeeze-ratio points x 2 seeds of the tiny digits
+    experiment with the real trainer. A worker claims a point's seeds and fills its third slot
+    through `claim_width_runs` (which registers new points under the database's proposal
+    lock); every run trains once and completes, with 1 worker and with 2."""
+    from sqzexplore.sweep import cli as sweep_cli_main
+    from sqzexplore.sweep.space import Experiment
+
+    storage = create_database(postgres, f"populations_{workers}")
+    path = write_sweep(
+        tmp_path / "pop.py",
+        doc="Three squeeze ratios of the tiny digits point, two seeds each, as populations.",
+        name="pgpop",
+        base=Experiment(str(TESTS / "data" / "tiny_digits.py"), {}),
+        fixed={"num_steps": 4, "eval_every_epochs": 0.1, "log_every_steps": 2},
+        space=sr_space(0.125, 0.25, 0.5),
+        seeds=2,
+    )
+    workdir = tmp_path / "w"
+    argv = ["run", str(path), "--workdir", str(workdir), "--progress", "off"]
+    argv += ["--population", "3", "--storage", storage, "--workers", str(workers)]
+    assert sweep_cli_main.main(argv) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "6 done, 0 running, 0 failed" in out, out
+    sweep_dir = sd.SweepDir(workdir)
+    runs = collect_runs(sweep_dir)
+    assert len(runs) == 6 and all(r.state == sd.COMPLETE for r in runs), runs
+    assert all(r.result["steps"] == 4 for r in runs)
+    trials = optuna.load_study(
+        study_name=sweep_dir.state()["study_name"], storage=storage
+    ).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    engine = sa.create_engine(storage)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(dbclaims.RUNS)).all()
+    engine.dispose()
+    # Every run handed out once (nothing trained twice), every row done and complete.
+    assert sorted((r.state, r.outcome, r.handed_out) for r in rows) == [("done", "complete", 1)] * 6
+    assert not (workdir / "sweep.lock").exists()  # the database decided: no file lock
+    logs = out + "".join(p.read_text() for p in sweep_dir.logs.glob("*")) if workers > 1 else out
+    assert "as one population" in logs or "one width-padded population" in logs, logs
