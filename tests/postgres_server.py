@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,26 @@ def postgres_server() -> Iterator[str]:
             run(f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def required_server() -> Iterator[str]:
+    """`postgres_server()` for a test fixture, with tests/required_service.py's rule where the
+    server cannot start here: skip, saying why, and under CI=true fail."""
+    import pytest
+    from required_service import require
+
+    missing = missing_reason()
+    if missing is not None:
+        require(missing)
+        pytest.skip(missing)
+    with postgres_server() as url:
+        yield url
+
+
+def new_database(base_url: str) -> str:
+    """A new empty database with a fresh name (one a sweep, whose study name may repeat)."""
+    return create_database(base_url, f"sqz_{uuid.uuid4().hex[:16]}")
 
 
 def create_database(base_url: str, name: str) -> str:

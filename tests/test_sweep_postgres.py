@@ -31,9 +31,7 @@ from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import dbclaims
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
-from sqzexplore.sweep.engine import RunOutcome, SweepEngine
-from sqzexplore.sweep.sweepdir import init_sweep_dir, open_storage
-from sqzexplore.sweep.sweepfile import load_base_config, load_sweep
+from sqzexplore.sweep.sweepdir import open_storage
 
 pytestmark = require(missing_reason())
 psycopg = import_or_require("psycopg", "psycopg (requirements.txt) is not installed")
@@ -174,31 +172,6 @@ def test_database_claims_one_winner_stale_takeover_and_a_lost_owner(tmp_path, po
     assert (done[0].state, done[0].outcome, done[0].handed_out) == ("done", "complete", 2)
     assert json.loads(done[0].run_values) == [0.5, 1.0]
     runs.close()
-
-
-@pytest.mark.parametrize("storage", ["journal", "postgres"])
-def test_claim_batch_takes_the_free_runs_of_one_point(tmp_path, request, storage):
-    """engine.claim_batch(point, n): up to n unclaimed runs of one design point, seed order."""
-    path = write_sweep(tmp_path / "b.py", space=sr_space(0.125, 0.25), seeds=3)
-    url = None
-    if storage == "postgres":
-        url = create_database(request.getfixturevalue("postgres"), "claim_batch")
-    defn = load_sweep(str(path), None)
-    sweep_dir, _ = init_sweep_dir(
-        tmp_path / "w", defn, load_base_config(defn), sweep_file=str(path), arg=None, storage=url
-    )
-    engine = SweepEngine(sweep_dir, worker="a")
-    first = engine.next_run()
-    assert first.seed == 0
-    batch = engine.claim_batch(first.point, 5)
-    assert [t.seed for t in batch] == [1, 2] and {t.point for t in batch} == {first.point}
-    assert engine.claim_batch(first.point, 5) == []  # all claimed now
-    assert not engine.has_free_runs(first.point)
-    other = SweepEngine(sweep_dir, worker="b").next_run()
-    assert other.point != first.point  # the next worker gets the other point
-    for t in [first, *batch]:
-        engine.finish_run(t, RunOutcome("interrupted"))
-    assert [t.seed for t in engine.claim_batch(first.point, 2)] == [0, 1]
 
 
 @pytest.mark.slow
