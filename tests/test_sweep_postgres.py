@@ -180,7 +180,8 @@ def test_populations_on_postgres_train_every_run(tmp_path, postgres, workers, ca
     """`--population 3` on PostgreSQL: 3 squeeze-ratio points x 2 seeds of the tiny digits
     experiment with the real trainer. A worker claims a point's seeds and fills its third slot
     through `claim_width_runs` (which registers new points under the database's proposal
-    lock); every run trains once and completes, with 1 worker and with 2."""
+    lock); every run trains once and completes, with 1 worker and with 2. (On main before the
+    run store, the database engine had no `lock` for claim_width_runs: 0 of 6 runs.)"""
     from sqzexplore.sweep import cli as sweep_cli_main
     from sqzexplore.sweep.space import Experiment
 
@@ -197,6 +198,7 @@ def test_populations_on_postgres_train_every_run(tmp_path, postgres, workers, ca
     workdir = tmp_path / "w"
     argv = ["run", str(path), "--workdir", str(workdir), "--progress", "off"]
     argv += ["--population", "3", "--storage", storage, "--workers", str(workers)]
+    argv += ["--compile-ahead", "off"]  # CI's 2 cores: no compile beside the training one
     assert sweep_cli_main.main(argv) == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert "6 done, 0 running, 0 failed" in out, out
@@ -217,3 +219,5 @@ def test_populations_on_postgres_train_every_run(tmp_path, postgres, workers, ca
     assert not (workdir / "sweep.lock").exists()  # the database decided: no file lock
     logs = out + "".join(p.read_text() for p in sweep_dir.logs.glob("*")) if workers > 1 else out
     assert "as one population" in logs or "one width-padded population" in logs, logs
+    # claim_width_runs ran: other points were weighed for the group's free slot.
+    assert "not padded:" in logs or "padded into its program" in logs, logs
