@@ -92,7 +92,7 @@ class SweepEngine(DesignPoints):
             if not self._spent:
                 # Read without the proposal lock: a spent budget stays spent (see below).
                 self._spent = not self._budget_left(self._trials())
-                if self._spent:  # runs other workers' points have are the last resort now
+                if self._spent:  # now the last resort: runs of points other workers run
                     ticket, in_flight = self._claim_pending(prefer, elsewhere_too=True)
                     if ticket is not None:
                         return ticket
