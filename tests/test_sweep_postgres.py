@@ -1,10 +1,13 @@
 """Many workers on a real PostgreSQL server: three `sqz sweep run` processes share one sweep
 through `--storage postgresql://...`, one is SIGKILLed mid-run, a rerun finishes the sweep, and
 nothing is lost or trained twice; the results equal the journal-file engine's for the same sweep.
+The row protocol itself, and a populations sweep with the real trainer (`--population 3`, 1 and 2
+workers) that trains every run. The engine's other operations run on both stores in
+tests/test_sweep_engine.py, test_sweep_schedule.py and test_sweep_kills.py.
 
 Starts a throwaway local server (tests/postgres_server.py; Debian's `postgresql` package). Where
 its binaries are absent it skips, saying why, except under CI=true, where it fails
-(tests/required_service.py). The fake runner keeps it to seconds.
+(tests/required_service.py). The fake runner keeps most tests to seconds.
 """
 
 from __future__ import annotations
