@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def postgres_server() -> Iterator[str]:
 
     try:
         run(f"{bindir}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+        # Many test databases, each with a worker's pools: more connections than the default.
         options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options += " -c max_connections=300"
         run(f"{bindir}/pg_ctl", "-D", str(data), "-o", options, "-l", f"{root}/log", "-w", "start")
         try:
             yield f"postgresql://postgres@127.0.0.1:{port}"
@@ -82,10 +85,48 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def create_database(base_url: str, name: str) -> str:
-    """A new empty database on the server; its URL."""
+@contextlib.contextmanager
+def required_server() -> Iterator[str]:
+    """`postgres_server()` for a test fixture, with tests/required_service.py's rule where the
+    server cannot start here: skip, saying why, and under CI=true fail."""
+    import pytest
+    from required_service import require
+
+    missing = missing_reason()
+    if missing is not None:
+        require(missing)
+        pytest.skip(missing)
+    with postgres_server() as url:
+        yield url
+
+
+_templates: set[str] = set()  # servers whose template database holds the tables
+
+
+def new_database(base_url: str) -> str:
+    """A new database with a fresh name (one a sweep, whose study name may repeat), holding
+    Optuna's tables and the sweep's: copied from a template database made once per server, as
+    creating Optuna's tables takes seconds and copying them none."""
+    if base_url not in _templates:
+        import optuna
+        import sqlalchemy as sa
+
+        from sqzexplore.sweep import dbclaims
+
+        url = create_database(base_url, "sqz_template")
+        optuna.storages.RDBStorage(url).engine.dispose()  # creates and stamps Optuna's tables
+        engine = sa.create_engine(url)
+        dbclaims.metadata.create_all(engine)
+        engine.dispose()
+        _templates.add(base_url)
+    return create_database(base_url, f"sqz_{uuid.uuid4().hex[:16]}", template="sqz_template")
+
+
+def create_database(base_url: str, name: str, template: str | None = None) -> str:
+    """A new database on the server (empty, or a copy of `template`); its URL."""
     import psycopg  # the driver SQLAlchemy 2.1 (and so Optuna) uses for postgresql:// URLs
 
+    copy = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(f"{base_url}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
     return f"{base_url}/{name}"

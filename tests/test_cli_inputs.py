@@ -12,9 +12,9 @@ files, config overrides, data, workdirs, sweep files and flags, storage, compres
 - print no traceback, and
 - leave the tree exactly as it was (every path, file content and mode compared).
 
-A few rows need a state a test process cannot fake in-process (a read-only directory when the
-tests run as root, a GPU granted by SLURM): those are marked below. The `.sqz` rows reuse the
-fake finished run of tests/test_compress_cli.py.
+A few rows need a state a test process cannot fake in-process (a GPU granted by SLURM): those
+are marked below; the read-only workdir has its own test, which as root runs as `nobody`. The
+`.sqz` rows reuse the fake finished run of tests/test_compress_cli.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
+import pwd
+import shutil
+from pathlib import Path
 
 import pytest
 from test_compress_cli import _rebuild, fake_finished_run, random_trees
@@ -412,24 +414,32 @@ def test_every_command_has_rows():
 
 @pytest.fixture
 def read_only_dir(tmp_path):
-    """A directory this process cannot write: mode 0555, and for root (who ignores modes) the
-    immutable attribute as well (skipped where `chattr` cannot set it)."""
-    ro = tmp_path / "ro"
+    """A directory this process cannot write: mode 0555. Root ignores modes, so as root the
+    test runs as `nobody` meanwhile (real and effective uid; the saved uid stays 0, which lets
+    it become root again after), on a directory under /tmp that `nobody` can reach (pytest's
+    tmp_path is private to root). Nothing here needs `chattr`, so it never skips."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="sqz-ro-") if os.geteuid() == 0 else str(tmp_path)
+    os.chmod(root, 0o755)
+    ro = Path(root) / "ro"
     ro.mkdir()
     os.chmod(ro, 0o555)
-    immutable = False
-    if os.geteuid() == 0:
-        done = subprocess.run(["chattr", "+i", str(ro)], capture_output=True, check=False)
-        if done.returncode != 0:
-            os.chmod(ro, 0o755)
-            pytest.skip("running as root where chattr +i fails: no directory is read-only")
-        immutable = True
     try:
-        yield ro
+        if os.geteuid() != 0:
+            yield ro
+            return
+        nobody = pwd.getpwnam("nobody").pw_uid
+        os.setresuid(nobody, nobody, 0)
+        try:
+            assert not os.access(ro, os.W_OK), "still able to write the read-only directory"
+            yield ro
+        finally:
+            os.setresuid(0, 0, 0)
     finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(ro)], check=True)
         os.chmod(ro, 0o755)
+        if root != str(tmp_path):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("inside", [False, True], ids=["workdir", "its-parent"])

@@ -1,16 +1,25 @@
 """The sweep engine with the fake runner, in process: sampling, constraints, failures, early
-stopping, claims and refusing an edited sweep."""
+stopping, claims and refusing an edited sweep.
+
+Every test of an engine operation runs on both run stores (sweep/store.py): the journal file
+(claim files under the sweep flock) and a real PostgreSQL server (rows; tests/postgres_server.py).
+Where PostgreSQL cannot start, its cases skip saying why, and under CI=true they fail
+(tests/required_service.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
+import ml_collections
 import optuna
 import pytest
 from fake_runner import run_fake_trial
-from test_sweep_support import run_inprocess, sr_space, study_of, write_sweep
+from postgres_server import new_database, required_server
+from test_sweep_support import make_sweep_dir, run_inprocess, sr_space, study_of, write_sweep
 
 from sqzexplore.config import base_config
 from sqzexplore.models.complexity import complexity
@@ -19,8 +28,9 @@ from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs, status
 from sqzexplore.sweep.claims import HOST, RunClaims
-from sqzexplore.sweep.engine import trial_config
+from sqzexplore.sweep.engine import DONE, WAIT, RunOutcome, SweepEngine
 from sqzexplore.sweep.params import categorical, uniform
+from sqzexplore.sweep.runconfig import trial_config
 from sqzexplore.sweep.space import (
     EarlyStop,
     SweepDefinition,
@@ -34,6 +44,21 @@ from sqzexplore.sweep.sweepfile import load_base_config, load_sweep
 S = optuna.trial.TrialState
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    with required_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["journal", "postgres"])
+def new_storage(request):
+    """Makes the storage of a new sweep: None (the journal file) or a new PostgreSQL database."""
+    if request.param == "journal":
+        return lambda: None
+    base = request.getfixturevalue("postgres")
+    return lambda: new_database(base)
+
+
 def points_in_order(sweep_dir):
     """(trial number, point overrides) of every trial, in the order they were asked."""
     return [
@@ -42,10 +67,13 @@ def points_in_order(sweep_dir):
     ]
 
 
-def test_grid_runs_every_point_once_in_a_seeded_order(tmp_path):
+def test_grid_runs_every_point_once_in_a_seeded_order(tmp_path, new_storage):
+    store_a = new_storage()
+    store_b = new_storage()
+    store_c = new_storage()
     path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25, 0.5, 0.75), seeds=2)
-    a, summary = run_inprocess(path, tmp_path / "a")
-    b, _ = run_inprocess(path, tmp_path / "b")
+    a, summary = run_inprocess(path, tmp_path / "a", storage=store_a)
+    b, _ = run_inprocess(path, tmp_path / "b", storage=store_b)
     assert summary.runs == {"complete": 8}
     order_a, order_b = points_in_order(a), points_in_order(b)
     assert order_a == order_b  # the same seed gives the same order
@@ -61,12 +89,14 @@ def test_grid_runs_every_point_once_in_a_seeded_order(tmp_path):
         assert t.values[0] == pytest.approx(100 * sum(r["final"]["top1"] for r in runs) / 2)  # %
         assert t.values[1] == runs[0]["complexity"]["params"]
     other_seed = write_sweep(tmp_path / "g2.py", space=sr_space(0.125, 0.25, 0.5, 0.75), seed=7)
-    c, _ = run_inprocess(other_seed, tmp_path / "c")
+    c, _ = run_inprocess(other_seed, tmp_path / "c", storage=store_c)
     assert [p for _, _, p in points_in_order(c)] != [p for _, _, p in order_a]
 
 
 @pytest.mark.parametrize("sampler", ["random", "nsga2"])
-def test_random_and_nsga2_are_deterministic(tmp_path, sampler):
+def test_random_and_nsga2_are_deterministic(tmp_path, sampler, new_storage):
+    store_a = new_storage()
+    store_b = new_storage()
     space = {
         "model.squeeze_ratio": uniform(0.125, 1.0, step=0.0625),
         "model.pct_3x3": uniform(0.1, 0.9),
@@ -80,8 +110,8 @@ def test_random_and_nsga2_are_deterministic(tmp_path, sampler):
         population_size=4,
         fixed={"num_steps": 4},
     )
-    a, summary = run_inprocess(path, tmp_path / "a")
-    b, _ = run_inprocess(path, tmp_path / "b")
+    a, summary = run_inprocess(path, tmp_path / "a", storage=store_a)
+    b, _ = run_inprocess(path, tmp_path / "b", storage=store_b)
     assert summary.runs == {"complete": 10}
     order = points_in_order(a)
     assert order == points_in_order(b)
@@ -96,14 +126,15 @@ def test_random_and_nsga2_are_deterministic(tmp_path, sampler):
         )
 
 
-def test_constraints_and_invalid_points_are_skipped_before_training(tmp_path):
+def test_constraints_and_invalid_points_are_skipped_before_training(tmp_path, new_storage):
+    store_w = new_storage()
     limit = complexity(preset("digits", squeeze_ratio=0.5)).params
     path = write_sweep(
         tmp_path / "c.py",
         space=sr_space(0.01, 0.125, 0.5, 0.75, 1.0),  # 0.01 leaves fire2 no squeeze filter
         constraints={"max_params": limit},
     )
-    sweep_dir, summary = run_inprocess(path, tmp_path / "w")
+    sweep_dir, summary = run_inprocess(path, tmp_path / "w", storage=store_w)
     assert summary.runs == {"complete": 2}
     skipped = {s["params"]["model.squeeze_ratio"]: s for s in read_jsonl(sweep_dir.skipped)}
     assert set(skipped) == {0.01, 0.75, 1.0}
@@ -127,7 +158,8 @@ def test_constraint_violations_name_the_limit():
     assert reasons == ["params 2,000,000 > max_params 1,000,000", "fp32_mib 7.6 > max_mib 4.8"]
 
 
-def test_repeated_proposals_are_not_trained_twice(tmp_path):
+def test_repeated_proposals_are_not_trained_twice(tmp_path, new_storage):
+    store_w = new_storage()
     # Three distinct points but ten draws: random sampling repeats itself and then gives up.
     path = write_sweep(
         tmp_path / "d.py",
@@ -135,7 +167,7 @@ def test_repeated_proposals_are_not_trained_twice(tmp_path):
         sampler="random",
         n_trials=10,
     )
-    sweep_dir, summary = run_inprocess(path, tmp_path / "w")
+    sweep_dir, summary = run_inprocess(path, tmp_path / "w", storage=store_w)
     assert summary.runs == {"complete": 3}
     skipped = read_jsonl(sweep_dir.skipped)
     assert skipped and all(s["kind"] == "duplicate" for s in skipped)
@@ -147,7 +179,8 @@ def test_repeated_proposals_are_not_trained_twice(tmp_path):
     assert status(sweep_dir)["counts"]["pending"] == 0
 
 
-def test_sampling_stops_when_every_proposal_is_rejected(tmp_path):
+def test_sampling_stops_when_every_proposal_is_rejected(tmp_path, new_storage):
+    store_w = new_storage()
     path = write_sweep(
         tmp_path / "x.py",
         space={"model.squeeze_ratio": uniform(0.5, 1.0)},
@@ -155,7 +188,9 @@ def test_sampling_stops_when_every_proposal_is_rejected(tmp_path):
         n_trials=5,
         constraints={"max_params": 1000},
     )
-    sweep_dir, summary = run_inprocess(path, tmp_path / "w", max_consecutive_skips=10)
+    sweep_dir, summary = run_inprocess(
+        path, tmp_path / "w", max_consecutive_skips=10, storage=store_w
+    )
     assert summary.runs == {}
     assert len(read_jsonl(sweep_dir.skipped)) == 10
     assert sweep_dir.exhausted.exists()
@@ -163,14 +198,16 @@ def test_sampling_stops_when_every_proposal_is_rejected(tmp_path):
     assert st["sampling_exhausted"] and st["counts"]["pending"] == 0
 
 
-def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
+def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, new_storage):
+    store_w = new_storage()
+
     def flaky(config, workdir, *, on_eval=None):
         if config.model.squeeze_ratio == 0.5:
             raise FloatingPointError("non-finite loss at step 3")
         return run_fake_trial(config, workdir, on_eval=on_eval)
 
     path = write_sweep(tmp_path / "f.py", space=sr_space(0.125, 0.5, 1.0), seeds=2)
-    sweep_dir, summary = run_inprocess(path, tmp_path / "w", runner=flaky)
+    sweep_dir, summary = run_inprocess(path, tmp_path / "w", runner=flaky, storage=store_w)
     assert summary.runs == {"complete": 4, "failed": 2}
     failed = [r for r in collect_runs(sweep_dir) if r.state == sd.FAILED]
     assert {r.params["model.squeeze_ratio"] for r in failed} == {0.5}
@@ -179,12 +216,13 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
     trial = next(t for t in study_of(sweep_dir).get_trials() if t.state == S.FAIL)
     assert "failed" in trial.user_attrs["fail_reason"]
     # Rerunning does not retry them (a failure is a result) and does nothing else either.
-    _, again = run_inprocess(path, tmp_path / "w", runner=flaky)
+    _, again = run_inprocess(path, tmp_path / "w", runner=flaky, storage=store_w)
     assert again.runs == {}
     assert status(sweep_dir)["counts"]["failed"] == 2
 
 
-def test_median_early_stop_ends_hopeless_runs_and_skips_their_other_seeds(tmp_path):
+def test_median_early_stop_ends_hopeless_runs_and_skips_their_other_seeds(tmp_path, new_storage):
+    store_w = new_storage()
     # Seed 38 orders the grid 0.75, 1.0, 0.5, 0.125, 0.25: two points finish first, then the
     # smaller (less accurate, in the fake runner) models fall below their median and stop.
     path = write_sweep(
@@ -195,7 +233,7 @@ def test_median_early_stop_ends_hopeless_runs_and_skips_their_other_seeds(tmp_pa
         early_stop=EarlyStop("median", n_startup_points=2, n_warmup_evals=1),
         seed=38,
     )
-    sweep_dir, summary = run_inprocess(path, tmp_path / "w")
+    sweep_dir, summary = run_inprocess(path, tmp_path / "w", storage=store_w)
     runs = collect_runs(sweep_dir)
     by_sr = {}
     for r in runs:
@@ -214,7 +252,8 @@ def test_median_early_stop_ends_hopeless_runs_and_skips_their_other_seeds(tmp_pa
     assert c["pending"] == 0 and c["running"] == 0 and c["stopped"] == 3 and c["skipped"] == 3
 
 
-def test_on_eval_is_only_passed_to_runners_that_take_it(tmp_path):
+def test_on_eval_is_only_passed_to_runners_that_take_it(tmp_path, new_storage):
+    store_w = new_storage()
     seen = []
 
     def plain(config, workdir):  # a runner without on_eval
@@ -226,16 +265,18 @@ def test_on_eval_is_only_passed_to_runners_that_take_it(tmp_path):
         space=sr_space(0.25, 0.5),
         early_stop=EarlyStop("median", n_startup_points=1, n_warmup_evals=0),
     )
-    _, summary = run_inprocess(path, tmp_path / "w", runner=plain)
+    _, summary = run_inprocess(path, tmp_path / "w", runner=plain, storage=store_w)
     assert len(seen) == 2 and summary.runs == {"complete": 2}
 
 
-def test_a_runner_that_only_returns_its_result_gets_result_json(tmp_path):
+def test_a_runner_that_only_returns_its_result_gets_result_json(tmp_path, new_storage):
+    store_w = new_storage()
+
     def returns_only(config, workdir, on_eval=None):
         return {"status": "complete", "final": {"top1": 0.5}, "complexity": {"params": 10}}
 
     path = write_sweep(tmp_path / "r.py", space=sr_space(0.25))
-    sweep_dir, summary = run_inprocess(path, tmp_path / "w", runner=returns_only)
+    sweep_dir, summary = run_inprocess(path, tmp_path / "w", runner=returns_only, storage=store_w)
     assert summary.runs == {"complete": 1}
     (run,) = collect_runs(sweep_dir)
     assert run.state == sd.COMPLETE and run.result["final"]["top1"] == 0.5
@@ -306,8 +347,9 @@ def test_trial_config_carries_design_seed_and_wandb_grouping():
     )
 
 
-def test_each_run_gets_its_whole_config_at_registration(tmp_path):
+def test_each_run_gets_its_whole_config_at_registration(tmp_path, new_storage):
     """trial.json holds the run's full config, and the runner is given exactly that config."""
+    store_w = new_storage()
     seen = {}
 
     def recording(config, workdir, *, on_eval=None):
@@ -324,7 +366,7 @@ def test_each_run_gets_its_whole_config_at_registration(tmp_path):
         },
         seeds=[3, 5],
     )
-    sweep_dir, summary = run_inprocess(path, tmp_path / "w", runner=recording)
+    sweep_dir, summary = run_inprocess(path, tmp_path / "w", runner=recording, storage=store_w)
     assert summary.runs == {"complete": 8}
     for tid in sweep_dir.trial_ids():
         record = json.loads((sweep_dir.trial_dir(tid) / sd.TRIAL_FILE).read_text())
@@ -340,3 +382,101 @@ def test_each_run_gets_its_whole_config_at_registration(tmp_path):
             section, field = key.split(".")
             assert config[section][field] == value
         assert config["num_steps"] == 8  # the sweep's fixed overrides
+
+
+# ------------------------------------------------------------------------------ operations
+def engine_on(tmp_path, new_storage, space, seeds) -> tuple[sd.SweepDir, SweepEngine]:
+    path = write_sweep(tmp_path / "ops.py", space=space, seeds=seeds)
+    sweep_dir = make_sweep_dir(path, tmp_path / "w", storage=new_storage())
+    return sweep_dir, SweepEngine(sweep_dir, worker="a")
+
+
+def test_claim_batch_takes_the_free_runs_of_one_point(tmp_path, new_storage):
+    """claim_batch / claim_more_runs: up to n unclaimed runs of one design point, seed order;
+    has_free_runs; a run handed back is pending again."""
+    sweep_dir, engine = engine_on(tmp_path, new_storage, sr_space(0.125, 0.25), 3)
+    first = engine.next_run()
+    assert first.seed == 0 and engine.has_free_runs(first.point)
+    batch = engine.claim_more_runs(first, 5)
+    assert [t.seed for t in batch] == [1, 2] and {t.point for t in batch} == {first.point}
+    assert engine.claim_batch(first.point, 5) == [] and engine.claim_more_runs(first, 0) == []
+    assert not engine.has_free_runs(first.point)
+    other = SweepEngine(sweep_dir, worker="b").next_run()
+    assert other.point != first.point  # the next worker gets the other point
+    for t in [first, *batch]:
+        engine.finish_run(t, RunOutcome("interrupted"))
+    assert [t.seed for t in engine.claim_batch(first.point, 2)] == [0, 1]
+
+
+def test_claim_width_runs_registers_and_claims_other_points(tmp_path, new_storage):
+    """claim_width_runs: runs of other points that `accept` takes, registering new points while
+    too few are pending; a refused run stays pending for anyone; points another worker runs
+    are left to it; the budget stays exact."""
+    space = sr_space(0.125, 0.25, 0.5, 0.75)
+    sweep_dir, engine = engine_on(tmp_path, new_storage, space, 2)
+    first = engine.next_run()
+    seen = []
+
+    def accept(record):
+        seen.append(record["point"])
+        return record["seed"] == 0  # one seed of each other point
+
+    claimed = engine.claim_width_runs(first, 2, accept)
+    assert len(claimed) == 2 and all(t.seed == 0 for t in claimed)
+    assert len({first.point, *(t.point for t in claimed)}) == 3
+    assert first.point not in seen
+    # The refused seeds 1 stay pending: another worker gets one of them.
+    b = SweepEngine(sweep_dir, worker="b")
+    other = b.next_run()
+    assert other.point != first.point and other.seed in (0, 1)
+    # Nothing more to register than the grid: at most the 4th point, then the budget is spent.
+    more = engine.claim_width_runs(first, 8, lambda r: True)
+    assert {t.point for t in more} <= {t.point for t in claimed} | {
+        p for p in {r.point for r in collect_runs(sweep_dir)}
+    }
+    assert other.point not in {t.point for t in more}  # b is running it
+    assert len(study_of(sweep_dir).get_trials()) == 4
+    for t in [first, *claimed, *more]:
+        run_fake_trial(ml_collections.ConfigDict(t.record()["config"]), str(t.workdir))
+        engine.finish_run(t, RunOutcome("complete"))
+    run_fake_trial(ml_collections.ConfigDict(other.record()["config"]), str(other.workdir))
+    b.finish_run(other, RunOutcome("complete"))
+    while (t := engine.next_run()) not in (DONE, WAIT):
+        run_fake_trial(ml_collections.ConfigDict(t.record()["config"]), str(t.workdir))
+        engine.finish_run(t, RunOutcome("complete"))
+    assert engine.next_run() == DONE
+    runs = collect_runs(sweep_dir)
+    assert len(runs) == 8 and all(r.state == sd.COMPLETE for r in runs)
+    assert [t.state for t in study_of(sweep_dir).get_trials()] == [S.COMPLETE] * 4
+
+
+CLAIM_AND_EXIT = """
+import sys
+from sqzexplore.sweep.engine import SweepEngine
+from sqzexplore.sweep.sweepdir import SweepDir
+ticket = SweepEngine(SweepDir(sys.argv[1]), worker="gone").next_run()
+print(ticket.trial_id)
+"""
+
+
+def test_a_dead_worker_s_run_is_taken_over_and_nothing_else_is(tmp_path, new_storage):
+    """Stale takeover: a process that claimed a run and exited (same host: its pid is gone)
+    leaves the run to the next worker, which WAITs while a live worker holds the last run and
+    is DONE once every point is told."""
+    sweep_dir, engine = engine_on(tmp_path, new_storage, sr_space(0.125, 0.25), 1)
+    gone = subprocess.run(
+        [sys.executable, "-c", CLAIM_AND_EXIT, str(sweep_dir.root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    taken = engine.next_run()
+    assert taken.trial_id == gone  # the dead process's claim is stale: taken over (in order)
+    mine = engine.next_run()
+    assert mine.trial_id != gone and mine.point != taken.point
+    assert SweepEngine(sweep_dir, worker="b").next_run() == WAIT  # both runs held, live
+    for t in (mine, taken):
+        run_fake_trial(ml_collections.ConfigDict(t.record()["config"]), str(t.workdir))
+        engine.finish_run(t, RunOutcome("complete"))
+    assert SweepEngine(sweep_dir, worker="b").next_run() == DONE
+    assert [t.state for t in study_of(sweep_dir).get_trials()] == [S.COMPLETE] * 2

@@ -2,8 +2,9 @@
 
 Each kill test runs `sqz sweep run` in a subprocess with a hook that SIGKILLs the process at one
 exact moment of registering a design point or claiming a run, reruns the sweep, and checks that
-every grid point was trained exactly once. The bad-input tests check that a mistake is a clear
-error that names the argument and leaves nothing on disk.
+every grid point was trained exactly once: on the journal store, and on a real PostgreSQL server
+(tests/postgres_server.py; skipped where it cannot start, failing under CI=true). The bad-input
+tests check that a mistake is a clear error that names the argument and leaves nothing on disk.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 
 import pytest
 from fake_runner import run_fake_trial
+from postgres_server import new_database, required_server
 from test_sweep_support import (
     DIGITS,
     FAKE_RUNNER,
@@ -61,14 +63,21 @@ def hook(owner, name, *, before=False, when=lambda *a, **k: True):
     setattr(owner, name, wrapped)
 
 import optuna
+from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalStorage
+from sqzexplore.sweep.dbclaims import DbRuns
 
+Storage = RDBStorage if os.environ.get("KILL_STORAGE") == "postgres" else JournalStorage
 if moment == "enqueued":  # the grid point's intent is stored; nothing asked yet
     hook(optuna.study.Study, "enqueue_trial")
 elif moment == "trial-created":  # the Optuna trial exists, its parameters are not stored
-    hook(JournalStorage, "set_trial_param", before=True)
+    hook(Storage, "set_trial_param", before=True)
 elif moment == "dirs-written":  # trial directories written, the trial not marked registered
-    hook(JournalStorage, "set_trial_user_attr", before=True, when=lambda s, t, k, v: k == "point")
+    hook(Storage, "set_trial_user_attr", before=True, when=lambda s, t, k, v: k == "point")
+elif moment == "rows-added":  # database: the run rows are there, the trial not marked registered
+    hook(DbRuns, "add_runs")
+elif moment == "row-claimed":  # database: a run's row is claimed, its run not started
+    hook(DbRuns, "try_claim", when=lambda *a, **k: True)
 elif moment == "claim-appears":  # the instant a claim file exists, before its run starts
     hook(os, "open", when=lambda *a, **k: str(a[0]).endswith(".claim"))  # created, then written
     hook(os, "link", when=lambda *a, **k: str(a[1]).endswith(".claim"))  # appears whole
@@ -80,38 +89,53 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def run_with_kill(tmp_path, moment: str, nth: int, args: list[str]):
+def run_with_kill(tmp_path, moment: str, nth: int, args: list[str], storage: str = "journal"):
     script = tmp_path / "kill_hook.py"
     script.write_text(HOOK)
+    env = {"KILL_AT": f"{moment}:{nth}", "KILL_STORAGE": storage, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, str(script), str(TESTS), *args],
         cwd=REPO,
-        env={**os.environ, "KILL_AT": f"{moment}:{nth}", "PYTHONPATH": str(REPO)},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    with required_server() as url:
+        yield url
+
+
 @pytest.mark.parametrize(
-    "moment, nth",
+    "storage, moment, nth",
     [
-        ("enqueued", 1),
-        ("enqueued", 3),
-        ("trial-created", 1),  # issue 10 item 4: this lost a grid point for good
-        ("trial-created", 2),
-        ("dirs-written", 2),
-        ("claim-appears", 1),
-        ("claim-appears", 2),
+        ("journal", "enqueued", 1),
+        ("journal", "enqueued", 3),
+        ("journal", "trial-created", 1),  # issue 10 item 4: this lost a grid point for good
+        ("journal", "trial-created", 2),
+        ("journal", "dirs-written", 2),
+        ("journal", "claim-appears", 1),
+        ("journal", "claim-appears", 2),
+        ("postgres", "enqueued", 3),
+        ("postgres", "rows-added", 2),
+        ("postgres", "dirs-written", 2),
+        ("postgres", "row-claimed", 2),
     ],
 )
-def test_a_kill_while_registering_or_claiming_loses_and_repeats_nothing(tmp_path, moment, nth):
+def test_a_kill_while_registering_or_claiming_loses_and_repeats_nothing(
+    tmp_path, request, storage, moment, nth
+):
     values = (0.125, 0.25, 0.5, 0.75)
     path = write_sweep(tmp_path / "k.py", space=sr_space(*values), fixed={"num_steps": 4})
     workdir = tmp_path / "w"
     args = ["run", str(path), "--workdir", str(workdir), "--runner", FAKE_RUNNER]
     args += ["--progress", "off", "--heartbeat-s", "0.2", "--poll-s", "0.1"]
-    killed = run_with_kill(tmp_path, moment, nth, args)
+    if storage == "postgres":  # the same windows of the database store (store_db.py)
+        args += ["--storage", new_database(request.getfixturevalue("postgres"))]
+    killed = run_with_kill(tmp_path, moment, nth, args, storage)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
     rerun = sweep_cli(*args)

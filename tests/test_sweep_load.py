@@ -26,11 +26,11 @@ import time
 import optuna
 import pytest
 import sqlalchemy as sa
-from postgres_server import create_database, missing_reason, postgres_server
+from postgres_server import create_database, required_server
 from test_sweep_support import FAKE_RUNNER, TESTS, make_sweep_dir, sweep_cli, write_sweep
 
 from sqzexplore.rundir import read_jsonl
-from sqzexplore.sweep import engine as engine_module
+from sqzexplore.sweep import store_files
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
 from sqzexplore.sweep.claims import LockUnsupportedError, node_local_flock
@@ -38,8 +38,8 @@ from sqzexplore.sweep.dbclaims import RUNS
 from sqzexplore.sweep.engine import SweepEngine
 from sqzexplore.sweep.params import categorical
 
-# Only the load tests need a server (the refusals need none).
-needs_postgres = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+# Only the load tests need a server (the refusals need none): where it cannot start they skip,
+# saying why, and under CI=true they fail (tests/required_service.py), from the fixture.
 
 WORKERS = 16
 KILLS = 4
@@ -50,7 +50,7 @@ STEPS = 20  # x 5-25 ms (a random step time per worker): 0.1-0.5 s per run
 
 @pytest.fixture(scope="module")
 def postgres():
-    with postgres_server() as url:
+    with required_server() as url:
         yield url
 
 
@@ -178,7 +178,6 @@ def report_rate(label: str, sweep_dir: sd.SweepDir, claims: int, wall: float) ->
 
 
 @pytest.mark.slow
-@needs_postgres
 def test_sixteen_workers_on_postgres_with_no_file_locks_and_sigkills(tmp_path, postgres):
     storage = create_database(postgres, "load_one_host")
     sweep_dir, killed, mid_run, wall = run_load(
@@ -192,7 +191,6 @@ def test_sixteen_workers_on_postgres_with_no_file_locks_and_sigkills(tmp_path, p
 
 
 @pytest.mark.slow
-@needs_postgres
 def test_stale_claims_are_recovered_across_hosts(tmp_path, postgres):
     storage = create_database(postgres, "load_hosts")
     sweep_dir, killed, mid_run, wall = run_load(
@@ -242,7 +240,7 @@ def test_node_local_flock_is_read_from_the_mount_options(tmp_path, line, reason)
 
 def test_a_journal_sweep_used_from_two_hosts_on_node_local_flock_is_refused(tmp_path, monkeypatch):
     sweep_dir = make_sweep_dir(load_sweep(tmp_path), tmp_path / "w")
-    monkeypatch.setattr(engine_module, "node_local_flock", lambda p: "/w is Lustre (localflock)")
+    monkeypatch.setattr(store_files, "node_local_flock", lambda p: "/w is Lustre (localflock)")
     SweepEngine(sweep_dir, worker="a")  # one host so far: node-local flock serves it
     state = json.loads(sweep_dir.sweep_json.read_text())
     sweep_dir.sweep_json.write_text(json.dumps({**state, "created_on": "login01"}))

@@ -1,10 +1,13 @@
 """Many workers on a real PostgreSQL server: three `sqz sweep run` processes share one sweep
 through `--storage postgresql://...`, one is SIGKILLed mid-run, a rerun finishes the sweep, and
 nothing is lost or trained twice; the results equal the journal-file engine's for the same sweep.
+The row protocol itself, and a populations sweep with the real trainer (`--population 3`, 1 and 2
+workers) that trains every run. The engine's other operations run on both stores in
+tests/test_sweep_engine.py, test_sweep_schedule.py and test_sweep_kills.py.
 
 Starts a throwaway local server (tests/postgres_server.py; Debian's `postgresql` package). Where
 its binaries are absent it skips, saying why, except under CI=true, where it fails
-(tests/required_service.py). The fake runner keeps it to seconds.
+(tests/required_service.py). The fake runner keeps most tests to seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from postgres_server import create_database, missing_reason, postgres_server
 from required_service import import_or_require, require
 from test_sweep_support import (
     FAKE_RUNNER,
+    TESTS,
     run_inprocess,
     sr_space,
     sweep_cli,
@@ -30,9 +34,7 @@ from sqzexplore.rundir import read_jsonl
 from sqzexplore.sweep import dbclaims
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import collect_runs
-from sqzexplore.sweep.engine import RunOutcome, SweepEngine
-from sqzexplore.sweep.sweepdir import init_sweep_dir, open_storage
-from sqzexplore.sweep.sweepfile import load_base_config, load_sweep
+from sqzexplore.sweep.sweepdir import open_storage
 
 pytestmark = require(missing_reason())
 psycopg = import_or_require("psycopg", "psycopg (requirements.txt) is not installed")
@@ -175,26 +177,50 @@ def test_database_claims_one_winner_stale_takeover_and_a_lost_owner(tmp_path, po
     runs.close()
 
 
-@pytest.mark.parametrize("storage", ["journal", "postgres"])
-def test_claim_batch_takes_the_free_runs_of_one_point(tmp_path, request, storage):
-    """engine.claim_batch(point, n): up to n unclaimed runs of one design point, seed order."""
-    path = write_sweep(tmp_path / "b.py", space=sr_space(0.125, 0.25), seeds=3)
-    url = None
-    if storage == "postgres":
-        url = create_database(request.getfixturevalue("postgres"), "claim_batch")
-    defn = load_sweep(str(path), None)
-    sweep_dir, _ = init_sweep_dir(
-        tmp_path / "w", defn, load_base_config(defn), sweep_file=str(path), arg=None, storage=url
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_populations_on_postgres_train_every_run(tmp_path, postgres, workers, capsys):
+    """`--population 3` on PostgreSQL: 3 squeeze-ratio points x 2 seeds of the tiny digits
+    experiment with the real trainer. A worker claims a point's seeds and fills its third slot
+    through `claim_width_runs` (which registers new points under the database's proposal
+    lock); every run trains once and completes, with 1 worker and with 2. (On main before the
+    run store, the database engine had no `lock` for claim_width_runs: 0 of 6 runs.)"""
+    from sqzexplore.sweep import cli as sweep_cli_main
+    from sqzexplore.sweep.space import Experiment
+
+    storage = create_database(postgres, f"populations_{workers}")
+    path = write_sweep(
+        tmp_path / "pop.py",
+        doc="Three squeeze ratios of the tiny digits point, two seeds each, as populations.",
+        name="pgpop",
+        base=Experiment(str(TESTS / "data" / "tiny_digits.py"), {}),
+        fixed={"num_steps": 4, "eval_every_epochs": 0.1, "log_every_steps": 2},
+        space=sr_space(0.125, 0.25, 0.5),
+        seeds=2,
     )
-    engine = SweepEngine(sweep_dir, worker="a")
-    first = engine.next_run()
-    assert first.seed == 0
-    batch = engine.claim_batch(first.point, 5)
-    assert [t.seed for t in batch] == [1, 2] and {t.point for t in batch} == {first.point}
-    assert engine.claim_batch(first.point, 5) == []  # all claimed now
-    assert not engine.has_free_runs(first.point)
-    other = SweepEngine(sweep_dir, worker="b").next_run()
-    assert other.point != first.point  # the next worker gets the other point
-    for t in [first, *batch]:
-        engine.finish_run(t, RunOutcome("interrupted"))
-    assert [t.seed for t in engine.claim_batch(first.point, 2)] == [0, 1]
+    workdir = tmp_path / "w"
+    argv = ["run", str(path), "--workdir", str(workdir), "--progress", "off"]
+    argv += ["--population", "3", "--storage", storage, "--workers", str(workers)]
+    argv += ["--compile-ahead", "off"]  # CI's 2 cores: no compile beside the training one
+    assert sweep_cli_main.main(argv) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "6 done, 0 running, 0 failed" in out, out
+    sweep_dir = sd.SweepDir(workdir)
+    runs = collect_runs(sweep_dir)
+    assert len(runs) == 6 and all(r.state == sd.COMPLETE for r in runs), runs
+    assert all(r.result["steps"] == 4 for r in runs)
+    trials = optuna.load_study(
+        study_name=sweep_dir.state()["study_name"], storage=storage
+    ).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    engine = sa.create_engine(storage)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(dbclaims.RUNS)).all()
+    engine.dispose()
+    # Every run handed out once (nothing trained twice), every row done and complete.
+    assert sorted((r.state, r.outcome, r.handed_out) for r in rows) == [("done", "complete", 1)] * 6
+    assert not (workdir / "sweep.lock").exists()  # the database decided: no file lock
+    logs = out + "".join(p.read_text() for p in sweep_dir.logs.glob("*")) if workers > 1 else out
+    assert "as one population" in logs or "one width-padded population" in logs, logs
+    # claim_width_runs ran: other points were weighed for the group's free slot.
+    assert "not padded:" in logs or "padded into its program" in logs, logs

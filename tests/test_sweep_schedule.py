@@ -1,6 +1,8 @@
 """Scheduling that shares compiles (engine.next_run, the worker's compile-ahead), with the fake
 runner: a point another worker is running is not taken while other work exists, a worker keeps to
-the points it holds programs for, and compile-ahead claims and prepares the next point."""
+the points it holds programs for, and compile-ahead claims and prepares the next point. Each
+runs on both run stores (the journal file and a real PostgreSQL server, as tests/
+test_sweep_engine.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import threading
 
 import pytest
 from fake_runner import run_fake_trial
+from postgres_server import new_database, required_server
 from test_sweep_support import make_sweep_dir, run_inprocess, sr_space, write_sweep
 
 from sqzexplore.sweep import sweepdir as sd
@@ -22,6 +25,20 @@ from sqzexplore.sweep.workers import (
 )
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    with required_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["journal", "postgres"])
+def storage(request):
+    """The storage of the test's sweep: None (the journal file) or a new PostgreSQL database."""
+    if request.param == "journal":
+        return None
+    return new_database(request.getfixturevalue("postgres"))
+
+
 def run(engine: SweepEngine, ticket: RunTicket) -> None:
     """Train a claimed run with the fake runner and record it, as a worker does."""
     import ml_collections
@@ -31,9 +48,9 @@ def run(engine: SweepEngine, ticket: RunTicket) -> None:
     engine.finish_run(ticket, RunOutcome("complete"))
 
 
-def test_workers_take_other_points_while_one_compiles_then_keep_their_own(tmp_path):
+def test_workers_take_other_points_while_one_compiles_then_keep_their_own(tmp_path, storage):
     path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25, 0.5), seeds=3)
-    sweep_dir = make_sweep_dir(path, tmp_path / "w")
+    sweep_dir = make_sweep_dir(path, tmp_path / "w", storage=storage)
     a, b = SweepEngine(sweep_dir, worker="a"), SweepEngine(sweep_dir, worker="b")
     a1 = a.next_run()
     b1 = b.next_run()  # a is compiling a1's point: b starts another point, not its seed 1
@@ -69,9 +86,9 @@ def test_workers_take_other_points_while_one_compiles_then_keep_their_own(tmp_pa
     assert a.next_run() == DONE and b.next_run() == DONE
 
 
-def test_preferred_points_come_first_among_free_ones(tmp_path):
+def test_preferred_points_come_first_among_free_ones(tmp_path, storage):
     path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25), seeds=2)
-    sweep_dir = make_sweep_dir(path, tmp_path / "w")
+    sweep_dir = make_sweep_dir(path, tmp_path / "w", storage=storage)
     a, b = SweepEngine(sweep_dir, worker="a"), SweepEngine(sweep_dir, worker="b")
     first, second = a.next_run(), b.next_run()
     run(a, first)
@@ -81,9 +98,9 @@ def test_preferred_points_come_first_among_free_ones(tmp_path):
     assert a.next_run(prefer=["unknown", first.point]).point == first.point
 
 
-def test_one_worker_trains_each_point_s_seeds_back_to_back(tmp_path):
+def test_one_worker_trains_each_point_s_seeds_back_to_back(tmp_path, storage):
     path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25, 0.5, 0.75), seeds=3)
-    _, summary = run_inprocess(path, tmp_path / "w")
+    _, summary = run_inprocess(path, tmp_path / "w", storage=storage)
     points = [t.rsplit("-s", 1)[0] for t in summary.trial_ids]
     assert summary.runs == {"complete": 12}
     assert points == [p for k in range(0, 12, 3) for p in [points[k]] * 3]
@@ -99,9 +116,11 @@ def test_the_runner_carries_its_compile_ahead_hook():
     assert prepare_hook(run_fake_trial) is None
 
 
-def test_compile_ahead_claims_the_next_point_and_prepares_it_during_the_last_seed(tmp_path):
+def test_compile_ahead_claims_the_next_point_and_prepares_it_during_the_last_seed(
+    tmp_path, storage
+):
     path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25, 0.5), seeds=2)
-    sweep_dir = make_sweep_dir(path, tmp_path / "w")
+    sweep_dir = make_sweep_dir(path, tmp_path / "w", storage=storage)
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
 
@@ -135,9 +154,9 @@ def test_compile_ahead_claims_the_next_point_and_prepares_it_during_the_last_see
     assert not list(sweep_dir.claims.glob("*.claim"))  # every claim released
 
 
-def test_compile_ahead_hands_back_its_claim_when_the_worker_stops(tmp_path):
+def test_compile_ahead_hands_back_its_claim_when_the_worker_stops(tmp_path, storage):
     path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25), seeds=1)
-    sweep_dir = make_sweep_dir(path, tmp_path / "w")
+    sweep_dir = make_sweep_dir(path, tmp_path / "w", storage=storage)
 
     def runner(config, workdir):
         return run_fake_trial(config, workdir)

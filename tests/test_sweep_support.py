@@ -41,19 +41,22 @@ def sr_space(*values: float) -> dict:
     return {"model.squeeze_ratio": categorical(*values)}
 
 
-def make_sweep_dir(sweep_file: Path, workdir: Path, arg=None) -> SweepDir:
+def make_sweep_dir(sweep_file: Path, workdir: Path, arg=None, storage=None) -> SweepDir:
+    """Create (or reuse) a sweep directory; `storage` None is the journal file."""
     defn = load_sweep(str(sweep_file), arg)
     base = load_base_config(defn)
     check_against_config(defn, base)
     sweep_dir, _ = init_sweep_dir(
-        workdir, defn, base, sweep_file=str(sweep_file), arg=arg, storage=None
+        workdir, defn, base, sweep_file=str(sweep_file), arg=arg, storage=storage
     )
     return sweep_dir
 
 
-def run_inprocess(sweep_file: Path, workdir: Path, arg=None, runner=run_fake_trial, **kw):
+def run_inprocess(
+    sweep_file: Path, workdir: Path, arg=None, runner=run_fake_trial, storage=None, **kw
+):
     """Create (or reuse) the sweep directory and run one worker in this process."""
-    sweep_dir = make_sweep_dir(sweep_file, workdir, arg)
+    sweep_dir = make_sweep_dir(sweep_file, workdir, arg, storage)
     kw.setdefault("heartbeat_s", 0.5)
     kw.setdefault("log", lambda s: None)
     summary = run_worker(sweep_dir, runner=runner, worker="test", **kw)

@@ -12,17 +12,19 @@ A design point is a dict {dotted config key: value} from the sweep file's builde
 config; its only other form is Optuna's (params.py encodes it at the Optuna boundary).
 
 Modules: params (search parameters), space (the definition), sweepfile (loading sweep files and
-their base experiment), design (SqueezeNet pooling ladders shared by sweep files), engine
-(Optuna + scheduling + registration), claims (flock, claim files, heartbeats), dbclaims (the
-same in a server database), sweepdir (layout and
-run states), workers (the worker loop), early_stop (the median rule), launch (local processes,
-GPUs, progress bar), slurm, wandb_export, analyze, figures, report, metric_table, cli.
+their base experiment), design (SqueezeNet pooling ladders shared by sweep files), points (the
+Optuna study: ask, register, tell), engine (scheduling, written once against the run store),
+store (the run-store interface) with its two stores, store_files (the journal: flock and claim
+files, claims) and store_db (a server database: run rows, dbclaims), sweepdir (layout and run
+states), workers (the worker loop), execute (training claimed runs and classifying their ends),
+grouping (width-padded groups), early_stop (the median rule), launch (local processes, GPUs,
+progress bar), slurm, wandb_export, analyze, figures, report, metric_table, cli.
 
 The trial runner is injectable (`--runner module:function`); the default is the real trainer,
 `sqzexplore.train.train_and_evaluate(config, workdir, *, on_eval=None)`.
 
 Stop and restart: kill `sqz sweep run` at any moment (even SIGKILL) and run it again (see
-engine.py for the registration steps a kill can split). Finished
+points.py for the registration steps a kill can split). Finished
 trials are recognised by their result.json and never rerun; a trial whose worker died (its claim's
 process is gone, or on another host its heartbeat is older than --stale-after-s) is handed out
 again and resumes from its own checkpoints; the Optuna study is told each design point once. A

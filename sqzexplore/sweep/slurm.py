@@ -14,8 +14,8 @@ devices stops with an error saying so). The script checks both paths, and that t
 imports sqzexplore, on the node before starting, and stops with an error naming the flag to fix.
 
 Each array task runs one worker (`--workers 1`) that sees the task's GPUs and trains data-parallel
-over them; the tasks share the work through the sweep's coordination (flock or database, see
-engine.py), so no trial runs twice and the budget is exact. DIR must be on a filesystem every node
+over them; the tasks share the work through the sweep's run store (flock or database, see
+store.py), so no trial runs twice and the budget is exact. DIR must be on a filesystem every node
 mounts (see `sqzexplore.sweep` for the shared-filesystem and database setups). Array tasks exit
 when nothing is left to hand out (`--no-wait`).
 
@@ -213,7 +213,12 @@ def sbatch_script(
     srun = f'srun "$PYTHON" {args} --worker-name "slurm-{task}"'
     if not requeue:
         return "\n".join([*lines, srun, ""])
-    lines += [
+    return "\n".join([*lines, *_requeue_lines(srun, task)])
+
+
+def _requeue_lines(srun: str, task: str) -> list[str]:
+    """The end of a requeueing script: the worker in the background, SIGUSR1 requeues."""
+    return [
         "",
         "# Near the time limit (SIGUSR1, --signal) this task requeues itself and the worker",
         "# checkpoints and stops (SIGTERM); on preemption SLURM sends SIGTERM itself. The",
@@ -234,7 +239,6 @@ def sbatch_script(
         'exit "$status"',
         "",
     ]
-    return "\n".join(lines)
 
 
 def check_sbatch() -> None:
