@@ -15,6 +15,8 @@ on, on whatever devices exist, and writes rows that name the machine:
     sqz bench population     N seeds of one point as one vmapped program vs one after another:
                              members x img/s and trials per hour (--members 1,2,4,8)
     sqz bench all            all of the above but population
+    sqz bench latency        batch-1 inference latency of exported models (ONNX Runtime, JAX):
+                             median and p90, threads 1 and all (benchmarks/latency.py)
 
 Without --preset/--batch/--dtype each command uses a plan for the platform (benchmarks/plan.py).
 `--smoke` shrinks everything to seconds (for tests). `--json PATH` writes machine-readable
@@ -199,6 +201,10 @@ def main(argv: list[str], *, benchmarks_dir: Path) -> int:
         from benchmarks.torch_compare import worker_main
 
         return worker_main(argv[1])
+    if argv[:1] == ["latency"]:  # its own options (benchmarks/latency.py)
+        from benchmarks.latency import main as latency_main
+
+        return latency_main(argv[1:])
     args = parser().parse_args(argv)
     import jax
 
