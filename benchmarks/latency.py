@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
         for runtime in runtimes:
             for t in threads:
                 if runtime == "jax" and t is not None:
-                    report.note(f"{name} jax threads {t} skipped: XLA's CPU threads are set at start")
+                    report.note(f"{name} jax threads {t} skipped: XLA sets its threads at start")
                     continue
                 row = latency.measure_latency(
                     weights, runtime, t, warmup=args.warmup, repeats=args.repeats,

@@ -50,9 +50,7 @@ FORMATS = {
     "onnx": Format(
         "onnx", "model.onnx", ("onnx", "onnxruntime"), "onnxruntime", "ONNX (ONNX Runtime)"
     ),
-    "stablehlo": Format(
-        "stablehlo", "model.stablehlo", ("jax",), "jax", "StableHLO (jax.export)"
-    ),
+    "stablehlo": Format("stablehlo", "model.stablehlo", ("jax",), "jax", "StableHLO (jax.export)"),
 }
 
 

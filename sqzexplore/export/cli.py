@@ -95,9 +95,8 @@ def format_manifest(manifest: dict) -> str:
         ]
         for name, a in manifest["artifacts"].items()
     ]
-    table = tabulate(
-        rows, headers=["format", "file", "bytes", "MiB", "runtime", "max |dlogit|"], disable_numparse=True
-    )
+    headers = ["format", "file", "bytes", "MiB", "runtime", "max |dlogit|"]
+    table = tabulate(rows, headers=headers, disable_numparse=True)
     size = manifest["paper_size"]
     line = (
         f"paper-style size: {size['params']:,} params x 4 B = {size['fp32_bytes']:,} B "
