@@ -7,9 +7,10 @@
 Each target (a preset or spec at random init, a finished run, a .sqz model) is exported for
 the runtime in memory (`sqzexplore.export`) and timed by `sqzexplore.export.latency.
 measure_latency`, the function sweeps reuse: median and p90 of `--repeats` single calls after
-`--warmup` untimed ones, with 1 intra-op thread and with all (ONNX Runtime; JAX runs with the
-threads XLA starts with, 'all'). With two or more presets, a ratio row sets each one's latency
-against the first's beside their MACs ratio (v1.1 claims 2.4x fewer MACs than v1.0).
+`--warmup` untimed ones, with 1 intra-op thread and with all (JAX with a thread count runs in a
+child process started with XLA's thread flags and pinned to that many cores). With two or more
+models, a ratio row sets each one's latency against the first's beside their MACs ratio (v1.1
+claims 2.4x fewer MACs than v1.0).
 Defaults: v1.0 and v1.1, ONNX Runtime, threads 1 and all.
 """
 
@@ -171,9 +172,6 @@ def main(argv: list[str]) -> int:
         cost = complexity(weights.spec)
         for runtime in runtimes:
             for t in threads:
-                if runtime == "jax" and t is not None:
-                    report.note(f"{name} jax threads {t} skipped: XLA sets its threads at start")
-                    continue
                 row = latency.measure_latency(
                     weights, runtime, t, warmup=args.warmup, repeats=args.repeats,
                     layout=args.layout,

@@ -83,13 +83,15 @@ def _check_export(weights: Weights, tmp_path, batch: int, layout: str, formats=N
     return manifest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["v1.0", "v1.1"])
 def test_presets_export_with_equal_logits(name, tmp_path):
     manifest = _check_export(source.from_preset(name), tmp_path, batch=1, layout="nhwc")
     size = manifest["paper_size"]
-    # The artifacts hold fp32 weights: their size on disk is the paper-style size plus a little.
+    # The artifacts hold fp32 weights: their size on disk is about the paper-style size (the
+    # StableHLO module stores an all-zero bias as one splat constant, so it may be a bit less).
     for row in manifest["artifacts"].values():
-        assert size["fp32_bytes"] <= row["bytes"] < 1.02 * size["fp32_bytes"]
+        assert 0.98 * size["fp32_bytes"] < row["bytes"] < 1.02 * size["fp32_bytes"]
     assert size["params"] == {"v1.0": 1_248_424, "v1.1": 1_235_496}[name]
 
 
@@ -147,6 +149,11 @@ def digits_sqz(digits_run, tmp_path_factory) -> str:
     return out
 
 
+# The tests of the `digits_run` / `digits_sqz` fixtures on one xdist worker (built once).
+DIGITS = pytest.mark.xdist_group("export_digits")
+
+
+@DIGITS
 @pytest.mark.slow
 def test_digits_run_exports_from_the_command_line(digits_run, tmp_path, capsys):
     out = str(tmp_path / "final")
@@ -174,6 +181,7 @@ def test_digits_run_exports_from_the_command_line(digits_run, tmp_path, capsys):
     assert best["artifacts"]["onnx"]["within_tolerance"]
 
 
+@DIGITS
 @pytest.mark.slow
 def test_compressed_digits_run_exports_its_decoded_weights(
     digits_run, digits_sqz, tmp_path, capsys

@@ -32,7 +32,7 @@ def test_summarize_median_and_nearest_rank_p90():
 
 
 @pytest.mark.parametrize(
-    "runtime, threads", [("onnxruntime", 1), ("onnxruntime", None), ("jax", None)]
+    "runtime, threads", [("onnxruntime", 1), ("onnxruntime", None), ("jax", None), ("jax", 1)]
 )
 def test_measure_latency_names_runtime_threads_and_host(runtime, threads):
     weights = source.from_spec(preset("digits", **TINY))
@@ -48,7 +48,7 @@ def test_measure_latency_names_runtime_threads_and_host(runtime, threads):
     "kwargs, message",
     [
         (dict(runtime="tflite"), "runtime: must be one of onnxruntime, jax"),
-        (dict(runtime="jax", threads=1), "threads: the jax runtime uses the threads XLA"),
+        (dict(threads=True), "threads: must be an integer >= 1"),
         (dict(threads=0), "threads: must be an integer >= 1"),
         (dict(repeats=0), r"repeats: must be an integer in \[1, 100000\]"),
         (dict(warmup=-1), r"warmup: must be an integer in \[0, 100000\]"),

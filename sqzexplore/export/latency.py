@@ -101,24 +101,24 @@ def measure_latency(
 ) -> dict[str, Any]:
     """Batch-1 latency of `weights` exported for `runtime`, with `threads` intra-op threads
     (None: all, the runtime's default). JAX's CPU threads are fixed at process start, so the
-    jax runtime accepts only None."""
+    jax runtime with a thread count runs in a child process (`_jax_times_in_child`)."""
     from sqzexplore.export.artifact import build, load, runtime_version, sample_inputs
     from sqzexplore.export.source import fold_batch_norm
 
     fmt = check_runtime(runtime)
     warmup, repeats = check_counts(warmup, repeats)
-    if runtime == "jax" and threads is not None:
-        raise ExportError(
-            "threads",
-            "the jax runtime uses the threads XLA was started with; measure it with threads "
-            "'all' (or start the process with XLA_FLAGS limiting them)",
-        )
-    if threads is not None and (isinstance(threads, bool) or not 1 <= int(threads) <= 4096):
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096
+    ):
         raise ExportError("threads", f"must be an integer >= 1 or None (all), got {threads!r}")
     spec, folded = fold_batch_norm(weights)
-    call = load(fmt, build(fmt, spec, folded, 1, layout), threads)
-    images = sample_inputs(spec, 1, layout)
-    times = time_calls(lambda: call(images), warmup, repeats)
+    data = build(fmt, spec, folded, 1, layout)
+    if runtime == "jax" and threads is not None:
+        times = _jax_times_in_child(data, threads, warmup, repeats, layout, spec)
+    else:
+        call = load(fmt, data, threads)
+        images = sample_inputs(spec, 1, layout)
+        times = time_calls(lambda: call(images), warmup, repeats)
     return {
         "spec": weights.spec.name,
         "runtime": runtime_version(fmt),
@@ -130,6 +130,57 @@ def measure_latency(
         **summarize(times),
         "host": host_info(),
     }
+
+
+# XLA:CPU sizes its thread pools when the process starts: a thread count other than the
+# process's own is measured in a child started with these flags and pinned to that many cores.
+_XLA_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={n}"
+
+
+def _jax_times_in_child(
+    data: bytes, threads: int, warmup: int, repeats: int, layout: str, spec
+) -> list[float]:
+    import subprocess
+    import sys
+    import tempfile
+
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    if len(cores) < threads:
+        raise ExportError("threads", f"{threads} threads need {threads} cores; {len(cores)} here")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.stablehlo")
+        with open(path, "wb") as f:
+            f.write(data)
+        from sqzexplore.export.artifact import sample_inputs
+
+        shape = list(sample_inputs(spec, 1, layout).shape)
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_XLA_THREAD_FLAGS.format(n=threads)}"
+        job = {"path": path, "shape": shape, "warmup": warmup, "repeats": repeats, "cores": cores}
+        done = subprocess.run(
+            [sys.executable, "-m", "sqzexplore.export.latency", json.dumps(job)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"the jax latency child failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _child_main(job: str) -> None:
+    """In the child: pin to the cores, load a StableHLO artifact (importing jax only now, so
+    XLA sizes its pools for them), time it, print the seconds as JSON."""
+    job = json.loads(job)
+    os.sched_setaffinity(0, job["cores"])
+    from sqzexplore.export.stablehlo import load_stablehlo
+
+    with open(job["path"], "rb") as f:
+        call = load_stablehlo(f.read())
+    images = np.random.default_rng(0).standard_normal(job["shape"]).astype(np.float32)
+    times = time_calls(lambda: np.asarray(call(images)), job["warmup"], job["repeats"])
+    print(json.dumps(times), flush=True)
 
 
 def spec_key(spec) -> str:
@@ -181,3 +232,9 @@ def cached_latency(
     os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
     rundir.write_json(cache_path, cache)
     return {**row, "cached": False}
+
+
+if __name__ == "__main__":
+    import sys
+
+    _child_main(sys.argv[1])
