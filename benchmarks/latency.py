@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", action="append", help="a spec.json (random init); repeatable")
     p.add_argument("--workdir", action="append", help="a finished run (final); repeatable")
     p.add_argument("--sqz", action="append", help="a .sqz model; repeatable")
-    p.add_argument("--runtime", default="onnxruntime", help="onnxruntime and/or jax (comma list)")
+    p.add_argument("--runtime", default="onnxruntime", help="onnxruntime, jax, litert (comma list)")
     p.add_argument("--threads", default="1,all", help="intra-op threads: e.g. 1,all (default)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (default 10)")
     p.add_argument("--repeats", type=int, default=50, help="timed calls (default 50)")

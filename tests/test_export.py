@@ -43,6 +43,15 @@ def _outside_logits(out_dir: str, images: np.ndarray) -> dict[str, np.ndarray]:
     if os.path.exists(onnx_path):
         session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
         found["onnx"] = session.run(None, {session.get_inputs()[0].name: images})[0]
+    tflite_path = os.path.join(out_dir, "model.tflite")
+    if os.path.exists(tflite_path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=tflite_path)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+        interpreter.invoke()
+        found["tflite"] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     hlo_path = os.path.join(out_dir, "model.stablehlo")
     if os.path.exists(hlo_path):
         with open(hlo_path, "rb") as f:
@@ -111,6 +120,15 @@ def test_design_points_export_with_equal_logits(overrides, layout, tmp_path):
     manifest = _check_export(weights, tmp_path, batch=3, layout=layout)
     assert manifest["batch_norm_folded"] == spec.batch_norm
     assert manifest["input_shape"] == ([3, 16, 16, 1] if layout == "nhwc" else [3, 1, 16, 16])
+
+
+def test_litert_artifact_of_a_grouped_complex_bypass_point(tmp_path):
+    # TFLite's CONV_2D with groups, the 1x1 bypass convs, folded BatchNorm, NCHW transposed.
+    spec = preset("digits", **SMALL, expand3x3_groups=2, bypass="complex", batch_norm=True)
+    weights = _perturbed(source.from_spec(spec, seed=4))
+    formats = [artifact.FORMATS["tflite"]]
+    manifest = _check_export(weights, tmp_path, batch=2, layout="nchw", formats=formats)
+    assert manifest["artifacts"]["tflite"]["runtime"].startswith("ai-edge-litert ")
 
 
 def test_folding_removes_every_batch_norm_and_keeps_the_logits():
@@ -222,7 +240,7 @@ def test_compressed_digits_run_exports_its_decoded_weights(
         (["--preset=v1.1", "--batch=two"], "--batch: must be an integer >= 1, got 'two'"),
         (["--preset=v1.1", "--batch=100000"], r"--batch: must be in [1, 65536], got 100000"),
         (["--preset=v1.1", "--layout=chwn"], "--layout: must be one of nhwc, nchw, got 'chwn'"),
-        (["--preset=v1.1", "--format=tflite"], "--format: must be among onnx, stablehlo"),
+        (["--preset=v1.1", "--format=coreml"], "--format: must be among onnx, stablehlo, tflite"),
         (["--preset=v9"], "--preset: unknown preset 'v9'"),
         (["--preset=v1.1", "--checkpoint=best"], "--checkpoint: best applies to --workdir"),
         (["--workdir={tmp}/missing"], "does not exist"),

@@ -32,7 +32,8 @@ def test_summarize_median_and_nearest_rank_p90():
 
 
 @pytest.mark.parametrize(
-    "runtime, threads", [("onnxruntime", 1), ("onnxruntime", None), ("jax", None), ("jax", 1)]
+    "runtime, threads",
+    [("onnxruntime", 1), ("onnxruntime", None), ("jax", None), ("jax", 1), ("litert", 1)],
 )
 def test_measure_latency_names_runtime_threads_and_host(runtime, threads):
     weights = source.from_spec(preset("digits", **TINY))
@@ -47,7 +48,7 @@ def test_measure_latency_names_runtime_threads_and_host(runtime, threads):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(runtime="tflite"), "runtime: must be one of onnxruntime, jax"),
+        (dict(runtime="tflite"), "runtime: must be one of onnxruntime, jax, litert"),
         (dict(threads=True), "threads: must be an integer >= 1"),
         (dict(threads=0), "threads: must be an integer >= 1"),
         (dict(repeats=0), r"repeats: must be an integer in \[1, 100000\]"),
@@ -113,7 +114,7 @@ def test_bench_latency_end_to_end_writes_rows_naming_machine_and_runtime(tmp_pat
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--runtime=tflite"], "--runtime: must be one of onnxruntime, jax"),
+        (["--runtime=tflite"], "--runtime: must be one of onnxruntime, jax, litert"),
         (["--threads=0"], "--threads: must be integers >= 1 or 'all', got '0'"),
         (["--repeats=0"], r"--repeats: must be an integer in [1, 100000]"),
         (["--layout=hwc"], "--layout: must be one of nhwc, nchw"),

@@ -4,14 +4,14 @@ Formats (`FORMATS`):
 
     onnx       model.onnx, run by ONNX Runtime (CPU here; ONNX Runtime Mobile on a phone)
     stablehlo  model.stablehlo, JAX's serialised export (`jax.export`), run by any JAX
+    tflite     model.tflite, run by LiteRT (ai-edge-litert, XNNPACK; Android and iOS)
 
-Why ONNX rather than LiteRT/TFLite: TensorFlow is installed, but JAX reaches TFLite only through
-`jax2tf`, whose graph-op path (`enable_xla=False`) is deprecated and gone, leaving native
-serialisation, an `XlaCallModule` op the TFLite converter has no builtin kernel for; and the
-TFLite interpreter in TensorFlow is itself deprecated in favour of a separate `ai-edge-litert`
-package. ONNX Runtime ships Python 3.11 wheels for Linux, macOS and Windows, is released
-monthly, and runs the same file on phones (ONNX Runtime Mobile) and in browsers; the graph is
-built from the layer plan with the `onnx` package, so no converter sits in between.
+ONNX is the default deployment format: ONNX Runtime ships Python 3.11 wheels for Linux, macOS and
+Windows, is released monthly, and runs the same file on phones (ONNX Runtime Mobile); the graph is
+built op by op from the layer plan with the `onnx` package, so no converter sits in between.
+LiteRT/TFLite (`--format tflite`, opt-in: it imports TensorFlow, ~20 s) goes through `jax2tf`,
+which here always serialises natively (its other modes are deprecated and ignored), and the
+TFLite converter, which legalises that StableHLO to builtin ops (tflite_format.py).
 
 Every export is checked before it is reported: the artifacts' logits on seeded random inputs
 of the exported batch must equal the (unfolded) Flax model's within `TOLERANCE` of the largest
@@ -51,15 +51,23 @@ FORMATS = {
         "onnx", "model.onnx", ("onnx", "onnxruntime"), "onnxruntime", "ONNX (ONNX Runtime)"
     ),
     "stablehlo": Format("stablehlo", "model.stablehlo", ("jax",), "jax", "StableHLO (jax.export)"),
+    "tflite": Format(
+        "tflite", "model.tflite", ("tensorflow",), "ai-edge-litert", "LiteRT / TFLite"
+    ),
 }
 
 
 def runtime_version(fmt: Format) -> str:
     """'onnxruntime 1.32.0'."""
+    runtime = fmt.runtime
+    if fmt.name == "tflite":
+        from sqzexplore.export.tflite_format import tflite_runtime
+
+        runtime = tflite_runtime()
     try:
-        return f"{fmt.runtime} {importlib.metadata.version(fmt.runtime)}"
+        return f"{runtime} {importlib.metadata.version(runtime)}"
     except importlib.metadata.PackageNotFoundError:
-        return f"{fmt.runtime} (not installed)"
+        return f"{runtime} (not installed)"
 
 
 def check_formats(names: str | list[str]) -> list[Format]:
@@ -120,6 +128,10 @@ def build(fmt: Format, spec, params, batch: int, layout: str) -> bytes:
         from sqzexplore.export.onnx_format import build_onnx
 
         return build_onnx(spec, params, batch, layout)
+    if fmt.name == "tflite":
+        from sqzexplore.export.tflite_format import build_tflite
+
+        return build_tflite(spec, params, batch, layout)
     from sqzexplore.export.stablehlo import build_stablehlo
 
     return build_stablehlo(spec, params, batch, layout)
@@ -127,7 +139,8 @@ def build(fmt: Format, spec, params, batch: int, layout: str) -> bytes:
 
 def load(fmt: Format, data: bytes | str, threads: int | None = None):
     """A callable `images -> logits` (NumPy) running the artifact `data` (bytes or a path).
-    `threads` applies to ONNX Runtime; JAX's CPU threads are fixed when the process starts."""
+    `threads` applies to ONNX Runtime and LiteRT; JAX's CPU threads are fixed when the process
+    starts."""
     if isinstance(data, str):
         with open(data, "rb") as f:
             data = f.read()
@@ -136,6 +149,10 @@ def load(fmt: Format, data: bytes | str, threads: int | None = None):
 
         session = onnx_session(data, threads)
         return lambda images: run_onnx(session, images)
+    if fmt.name == "tflite":
+        from sqzexplore.export.tflite_format import load_tflite
+
+        return load_tflite(data, threads)
     from sqzexplore.export.stablehlo import load_stablehlo, run_stablehlo
 
     call = load_stablehlo(data)

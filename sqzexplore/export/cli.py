@@ -5,11 +5,13 @@
     sqz export --preset v1.1 [--seed 0] --out DIR        (random init: for latency)
     sqz export --spec spec.json --out DIR
 
-    options: --format onnx,stablehlo (default both)  --batch 1  --layout nhwc|nchw  --json
+    options: --format onnx,stablehlo[,tflite] (default onnx,stablehlo)  --batch 1
+             --layout nhwc|nchw  --json
 
-Writes DIR/model.onnx, DIR/model.stablehlo and DIR/export.json (the source, the spec, the
-batch and layout, each artifact's size on disk, runtime and measured logit difference, and the
-paper-style size: parameters x 4 bytes, and the .sqz file's size for a compressed model).
+Writes DIR/model.onnx, DIR/model.stablehlo (DIR/model.tflite) and DIR/export.json (the source,
+the spec, the batch and layout, each artifact's size on disk, runtime and measured logit
+difference, and the paper-style size: parameters x 4 bytes, and the .sqz file's size for a
+compressed model).
 Every option is checked before anything is loaded or built; bad input exits 2 with one line.
 """
 
@@ -34,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--spec", help="a spec.json, random init")
     p.add_argument("--checkpoint", default="final", help="final (default) or best (a run only)")
     p.add_argument("--seed", type=int, default=0, help="init seed for --preset/--spec (0)")
-    p.add_argument("--format", default="onnx,stablehlo", help="onnx, stablehlo or both (default)")
+    p.add_argument(
+        "--format",
+        default="onnx,stablehlo",
+        help="comma list of onnx, stablehlo, tflite (default onnx,stablehlo)",
+    )
     p.add_argument("--batch", default="1", help="batch size the artifacts take (default 1)")
     p.add_argument("--layout", default="nhwc", help="input layout: nhwc (default) or nchw")
     p.add_argument("--out", required=True, help="directory for the artifacts (created)")

@@ -27,8 +27,8 @@ import numpy as np
 
 from sqzexplore.export.source import ExportError, Weights
 
-RUNTIMES = ("onnxruntime", "jax")
-RUNTIME_FORMAT = {"onnxruntime": "onnx", "jax": "stablehlo"}
+RUNTIMES = ("onnxruntime", "jax", "litert")
+RUNTIME_FORMAT = {"onnxruntime": "onnx", "jax": "stablehlo", "litert": "tflite"}
 CACHE_VERSION = 1
 
 
