@@ -10,7 +10,7 @@ import os
 import pytest
 
 from sqzexplore import cli as sqz_cli
-from sqzexplore.export import latency, source
+from sqzexplore.export import artifact, latency, source
 from sqzexplore.export.source import ExportError
 from sqzexplore.models.spec import preset
 
@@ -38,7 +38,8 @@ def test_summarize_median_and_nearest_rank_p90():
 def test_measure_latency_names_runtime_threads_and_host(runtime, threads):
     weights = source.from_spec(preset("digits", **TINY))
     row = latency.measure_latency(weights, runtime, threads, warmup=1, repeats=3)
-    assert row["runtime"].startswith(f"{runtime} ") and row["runtime"][-1].isdigit()
+    fmt = artifact.FORMATS[latency.RUNTIME_FORMAT[runtime]]
+    assert row["runtime"] == artifact.runtime_version(fmt) and row["runtime"][-1].isdigit()
     assert row["threads"] == ("all" if threads is None else 1)
     assert row["batch"] == 1 and row["repeats"] == 3
     assert 0 < row["min_ms"] <= row["median_ms"] <= row["p90_ms"]
