@@ -4,8 +4,9 @@ same file runs on Android and iOS).
 
 Checked here (TF 2.21, jax 0.10.2): `jax2tf.convert` now always serialises natively (its
 `enable_xla` and `native_serialization` options are deprecated and ignored), and the converter
-legalises that StableHLO to builtin TFLite ops (CONV_2D with fused bias and ReLU, MAX_POOL_2D,
-CONCATENATION, ADD, MEAN): no Flex (TensorFlow) ops. `tf.lite.Interpreter` is deprecated for
+legalises that StableHLO to builtin TFLite ops (CONV_2D, MAX_POOL_2D, CONCATENATION, ...); the
+converter is held to builtins (`TFLITE_BUILTINS`), so a layer it could not lower fails the export
+rather than pulling in Flex (TensorFlow) ops. `tf.lite.Interpreter` is deprecated for
 the `ai-edge-litert` package, which runs it when installed; TensorFlow's own is the fallback.
 """
 
