@@ -245,14 +245,20 @@ def test_compressed_digits_run_exports_its_decoded_weights(
         (["--preset=v1.1", "--checkpoint=best"], "--checkpoint: best applies to --workdir"),
         (["--workdir={tmp}/missing"], "does not exist"),
         (["--workdir={tmp}/unfinished"], "holds no finished run (no result.json)"),
+        (["--workdir={tmp}/stopped"], "status 'preempted', not 'complete'; only a run trained to"
+                                      " the end can be exported"),
         (["--sqz={tmp}/unfinished/config.json"], "--sqz:"),
     ],
     ids=["batch-0", "batch-word", "batch-huge", "layout", "format", "preset", "best-preset",
-         "missing-run", "unfinished-run", "not-sqz"],
+         "missing-run", "unfinished-run", "stopped-run", "not-sqz"],
 )  # fmt: skip
 def test_bad_input_is_one_line_before_anything_is_built(argv, message, tmp_path, capsys):
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "config.json").write_text("{}")
+    (tmp_path / "stopped").mkdir()  # a run that ended early (its result says so)
+    (tmp_path / "stopped" / "config.json").write_text("{}")
+    (tmp_path / "stopped" / "spec.json").write_text(preset("digits").to_json())
+    (tmp_path / "stopped" / "result.json").write_text('{"status": "preempted"}')
     out = tmp_path / "out"
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert sqz_cli.main(["export", *argv, f"--out={out}"]) == 2

@@ -15,7 +15,9 @@ TFLite converter, which legalises that StableHLO to builtin ops (tflite_format.p
 
 Every export is checked before it is reported: the artifacts' logits on seeded random inputs
 of the exported batch must equal the (unfolded) Flax model's within `TOLERANCE` of the largest
-logit's magnitude (float32; the difference is summation order in convs, typically 1e-6).
+logit's magnitude (float32; the difference is summation order in convs, typically 1e-6). The
+artifacts compute in float32 whatever the spec's compute dtype: a bfloat16 design point is
+exported, and compared, as its float32 twin.
 """
 
 from __future__ import annotations

@@ -113,7 +113,8 @@ def format_manifest(manifest: dict) -> str:
     tol = manifest["tolerance"]
     head = (
         f"batch {manifest['batch']}, layout {manifest['layout']}, input "
-        f"{manifest['input_shape']}, BatchNorm folded: {manifest['batch_norm_folded']}"
+        f"{manifest['input_shape']}, BatchNorm: "
+        f"{'folded into the convs' if manifest['batch_norm_folded'] else 'none in this model'}"
     )
     check = (
         f"logits equal the Flax model's within {tol['bound']:.2g} "

@@ -115,7 +115,8 @@ def from_run(workdir: str, checkpoint: str = "final") -> Weights:
     try:
         run = check_finished_run(workdir)
     except CompressError as err:
-        raise ExportError("workdir", err.message) from None
+        message = err.message.replace("can be compressed", "can be exported")
+        raise ExportError("workdir", message) from None
     if checkpoint == "final":
         from sqzexplore import checkpoint as ckpt
 
