@@ -4,7 +4,7 @@
     sqz train --config=EXP.py[:arg] --workdir=D  train one design point (resumable)
     sqz sweep run|status|report|export-wandb ... map a frontier
     sqz compress --workdir=RUN --bits=6          Deep Compression of a finished run
-    sqz export --workdir=RUN --out=DIR           ONNX / StableHLO inference artifacts
+    sqz export --workdir=RUN --out=DIR           ONNX / StableHLO / TFLite inference artifacts
     sqz bench ...                                throughput / compile-time benchmarks
 
 Each is also `python -m sqzexplore.<module>`, except `sqz bench`: the benchmarks are not part of
@@ -30,7 +30,7 @@ COMMANDS = {
     "train": ("sqzexplore.train.cli", "train and evaluate one design point in a workdir"),
     "sweep": ("sqzexplore.sweep.cli", "run, watch and report design-space sweeps"),
     "compress": ("sqzexplore.compress.cli", "prune, quantize and encode a finished run (.sqz)"),
-    "export": ("sqzexplore.export.cli", "a run, .sqz or spec as ONNX / StableHLO artifacts"),
+    "export": ("sqzexplore.export.cli", "a run, .sqz or spec as ONNX, StableHLO or TFLite files"),
     "bench": (None, "train-step throughput, compile time and memory benchmarks (a checkout)"),
 }
 BENCHMARKS_ENV = "SQZ_BENCHMARKS_DIR"

@@ -73,7 +73,10 @@ def tflite_runtime() -> str:
 
 
 def load_tflite(data: bytes, threads: int | None = None):
-    """A callable `images -> logits` running the flatbuffer with `threads` CPU threads."""
+    """A callable `images -> logits` running the flatbuffer with `threads` CPU threads (None:
+    one per core this process may use; LiteRT's own default leaves the choice to XNNPACK)."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         interpreter = _interpreter_class()(model_content=data, num_threads=threads)
