@@ -17,6 +17,8 @@ on, on whatever devices exist, and writes rows that name the machine:
     sqz bench data           the streamed loader alone for an experiment, from the original files
                              and a prepared copy: img/s, img per CPU-s, host cores for a step rate
     sqz bench all            all of the above but population and data
+    sqz bench latency        batch-1 inference latency of exported models (ONNX Runtime, JAX):
+                             median and p90, threads 1 and all (benchmarks/latency.py)
 
 Without --preset/--batch/--dtype each command uses a plan for the platform (benchmarks/plan.py).
 `--smoke` shrinks everything to seconds (for tests). `--json PATH` writes machine-readable
@@ -214,6 +216,10 @@ def main(argv: list[str], *, benchmarks_dir: Path) -> int:
         from benchmarks.torch_compare import worker_main
 
         return worker_main(argv[1])
+    if argv[:1] == ["latency"]:  # its own options (benchmarks/latency.py)
+        from benchmarks.latency import main as latency_main
+
+        return latency_main(argv[1:])
     args = parser().parse_args(argv)
     import jax
 

@@ -5,6 +5,7 @@
     sqz sweep run|status|report|export-wandb ... map a frontier
     sqz compress --workdir=RUN --bits=6          Deep Compression of a finished run
     sqz data prepare --config=EXP.py --out=D     a dataset copy at the recipe's image size
+    sqz export --workdir=RUN --out=DIR           ONNX / StableHLO / TFLite inference artifacts
     sqz bench ...                                throughput / compile-time benchmarks
 
 Each is also `python -m sqzexplore.<module>`, except `sqz bench`: the benchmarks are not part of
@@ -31,6 +32,7 @@ COMMANDS = {
     "sweep": ("sqzexplore.sweep.cli", "run, watch and report design-space sweeps"),
     "compress": ("sqzexplore.compress.cli", "prune, quantize and encode a finished run (.sqz)"),
     "data": ("sqzexplore.data.cli", "prepare a dataset copy at an experiment's image size"),
+    "export": ("sqzexplore.export.cli", "a run, .sqz or spec as ONNX, StableHLO or TFLite files"),
     "bench": (None, "train-step throughput, compile time and memory benchmarks (a checkout)"),
 }
 BENCHMARKS_ENV = "SQZ_BENCHMARKS_DIR"

@@ -291,8 +291,18 @@ BAD_INPUT: list[tuple] = [
         ["compress", "--decode={w}/none.sqz", "--workdir={w}/run"],
         ["none.sqz", "does not exist"],
     ),
+    # ---------------------------------------------------------------- export
+    ("export-no-run", ["export", "--workdir={w}/nosuch", "--out={w}/x"], ["--workdir", "nosuch"]),
+    (
+        "export-sqz-truncated",
+        ["export", "--sqz={w}/truncated.sqz", "--out={w}/x"],
+        ["--sqz", "truncated.sqz", "truncated"],
+    ),
+    ("export-batch", ["export", "--preset=v1.1", "--batch=0", "--out={w}/x"], ["--batch", "0"]),
+    ("export-layout", ["export", "--preset=v1.1", "--layout=hwcn", "--out={w}/x"], ["nhwc"]),
     # ---------------------------------------------------------------- bench
     ("bench-command", ["bench", "sprint"], ["sprint", "step"]),
+    ("bench-latency-threads", ["bench", "latency", "--threads", "0"], ["--threads", "'0'"]),
     ("bench-batch", ["bench", "step", "--batch", "-4"], ["--batch", "-4"]),
     ("bench-batch-text", ["bench", "step", "--batch", "many"], ["--batch", "many"]),
     ("bench-dtype", ["bench", "step", "--dtype", "int3"], ["--dtype", "int3", "float32"]),

@@ -1,0 +1,58 @@
+"""The StableHLO artifact: JAX's own serialised export (`jax.export`) of the folded model's
+forward pass, weights embedded as constants, for a fixed batch and layout.
+
+`jax.export.deserialize(open(path, 'rb').read()).call(images)` runs it in any JAX (no
+sqzexplore, no Flax) on CPU; the serialisation is versioned by JAX and stays loadable by later
+JAX releases for the compatibility window JAX documents (six months at least).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sqzexplore.models.spec import SqueezeNetSpec
+
+
+def build_stablehlo(
+    spec: SqueezeNetSpec,
+    params: dict[str, Any],
+    batch: int,
+    layout: str,
+    platforms: tuple[str, ...] = ("cpu",),
+) -> bytes:
+    """Serialized `jax.export` of the folded `spec`/`params` model for `batch` images in
+    `layout`, lowered for `platforms`."""
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    from sqzexplore.export.source import flax_model
+
+    model = flax_model(spec, params)
+
+    def forward(images):
+        if layout == "nchw":
+            images = jnp.transpose(images, (0, 2, 3, 1))
+        return model(images)
+
+    size, channels = spec.image_size, spec.in_channels
+    shape = (batch, size, size, channels) if layout == "nhwc" else (batch, channels, size, size)
+    exported = export.export(jax.jit(forward), platforms=platforms)(
+        jax.ShapeDtypeStruct(shape, jnp.float32)
+    )
+    return bytes(exported.serialize())
+
+
+def load_stablehlo(data: bytes):
+    """A callable `images -> logits` (jitted) of a serialized export."""
+    import jax
+    from jax import export
+
+    exported = export.deserialize(bytearray(data))
+    return jax.jit(exported.call)
+
+
+def run_stablehlo(call, images: np.ndarray) -> np.ndarray:
+    return np.asarray(call(np.asarray(images, np.float32)))
