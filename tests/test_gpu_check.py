@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import site
 import subprocess
 import sys
@@ -71,8 +72,7 @@ def test_plan_core_stages_fit_the_budget():
     plan = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr
     lines = plan.stdout.splitlines()
-    budget = int(lines[0].split()[1].rstrip("s"))
-    core_total = int(lines[0].split()[3].rstrip("s"))
+    budget, core_total, _ = (int(x) for x in re.findall(r"(\d+)s", lines[0]))
     stages = [line.split() for line in lines[1:]]
     core = [int(limit) for kind, _, limit in stages if kind == "core"]
     assert core_total >= sum(core) and core_total <= budget <= DEVICE_CALL_S
