@@ -136,13 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     stages = load_stages(args.scratch)
     rows_path = os.path.join(args.scratch, "rows.tsv")
-    rows = [line.split("\t") for line in open(rows_path).read().splitlines() if line]
+    with open(rows_path) as f:
+        rows = [line.split("\t") for line in f.read().splitlines() if line]
     with open(os.path.join(args.out, "stages.json"), "w") as f:
         json.dump(stages, f, indent=1)
     lines = render(rows, stages, args.total, args.budget, args.smoke, args.not_selected.split())
     results = os.path.join(args.scratch, "results.md")
     if os.path.exists(results):
-        lines += ["## Markdown from the bench commands", "", open(results).read()]
+        with open(results) as f:
+            lines += ["## Markdown from the bench commands", "", f.read()]
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

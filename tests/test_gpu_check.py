@@ -107,8 +107,10 @@ def test_every_stage_runs_in_the_image_environment(tmp_path):
     out = tmp_path / "out"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = stage_rows(out)
-    expected = {"compile_cold", "sweep", "population", "e2e", "sweep_warm", "compile_cached",
-                "compile_next_point", "compile_autotune0", "torch", "compile_parallel", "widths"}  # fmt: skip
+    expected = {
+        "compile_cold", "sweep", "population", "e2e", "sweep_warm", "compile_cached",
+        "compile_next_point", "compile_autotune0", "torch", "compile_parallel", "widths",
+    }  # fmt: skip
     assert set(rows) == expected
     failed = {k: v for k, v in rows.items() if v != "0" and k != "torch"}
     assert not failed, (out / "log.txt").read_text()[-5000:]

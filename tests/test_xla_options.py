@@ -263,8 +263,10 @@ from sqzexplore.train import xla_options
 events = {{"/jax/compilation_cache/cache_hits": "hits",
           "/jax/compilation_cache/cache_misses": "writes"}}
 counts = {{"hits": 0, "writes": 0}}
-jax.monitoring.register_event_listener(
-    lambda event, **kw: event in events and counts.__setitem__(events[event], counts[events[event]] + 1))
+def listener(event, **kwargs):
+    if event in events:
+        counts[events[event]] += 1
+jax.monitoring.register_event_listener(listener)
 xla_options.configure(small_config({cache!r}), "gpu")
 while time.time() < {start}:  # both processes compile at once
     time.sleep(0.01)
