@@ -359,3 +359,19 @@ def test_gpu_precision_is_stated(restore_jax_config):
     assert xla_options.member_tolerance("cpu") == 1e-5  # what tests/test_population.py holds
     assert xla_options.member_tolerance("gpu", "bfloat16") == 5e-2
     assert "precision" not in xla_options.configure(small_config(""), "cpu")
+
+
+def test_a_cache_written_without_a_size_limit_still_takes_new_entries(tmp_path):
+    """Entries from before the size limit (no access-time file) would make every later write
+    fail when JAX's LRU cache makes room: configure gives them one first."""
+    cache = tmp_path / "xla"
+    cache.mkdir()
+    (cache / "jit_old-0123-cache").write_bytes(b"old entry")
+    assert xla_options.backfill_access_times(str(cache)) == 1
+    assert (cache / "jit_old-0123-atime").stat().st_size == 8
+    assert xla_options.backfill_access_times(str(cache)) == 0  # idempotent
+    (cache / "jit_older-4567-cache").write_bytes(b"older entry")
+    third = _shared_result(_shared_child(str(cache), 0))  # configures, then writes its programs
+    assert third["writes"] >= 6 and third["hits"] == 0
+    entries = {n for n in os.listdir(cache) if n.endswith("-cache")}
+    assert len(entries) == 2 + third["writes"], sorted(os.listdir(cache))

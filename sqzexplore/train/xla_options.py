@@ -37,8 +37,10 @@ per-platform tolerance of a population member against its lone trial.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from typing import Any
 
 import jax
@@ -116,6 +118,7 @@ def _configure(config: ml_collections.ConfigDict, platform: str) -> str:
         path = os.path.abspath(os.path.expanduser(path))
         os.makedirs(path, exist_ok=True)
         settings = cache_settings(path, platform)
+        backfill_access_times(path)
         missing = [name for name in settings if name not in jax.config.values]
         for name, value in settings.items():
             if name not in missing:
@@ -182,8 +185,28 @@ def active_cache_dir() -> str | None:
 #   it the compile. `autotune_tmpdir` points TEST_TMPDIR (read by XLA's C++ only; Python's
 #   tempfile ignores it) at a folder inside the cache when the first of those is elsewhere.
 CACHE_MAX_BYTES = 32 * 2**30
+CACHE_SUFFIX, ATIME_SUFFIX = "-cache", "-atime"  # JAX's LRU cache's file names (jax/_src/lru_cache)
 TMP_ENV = ("TEST_TMPDIR", "TMPDIR", "TMP")
 AUTOTUNE_TMP = "tmp"
+
+
+def backfill_access_times(cache_dir: str) -> int:
+    """Give every entry written without a size limit (before this module set one, or by a jax
+    without it) the access-time file JAX's LRU cache reads for each entry when it makes room:
+    without it every later write fails (FileNotFoundError, a warning, the program uncached).
+    Returns how many were added."""
+    added = 0
+    now = time.time_ns().to_bytes(8, "little")  # JAX's format: nanoseconds, little-endian
+    with contextlib.suppress(OSError):
+        for name in os.listdir(cache_dir):
+            if not name.endswith(CACHE_SUFFIX):
+                continue
+            atime = os.path.join(cache_dir, name[: -len(CACHE_SUFFIX)] + ATIME_SUFFIX)
+            if not os.path.exists(atime):
+                with contextlib.suppress(OSError), open(atime, "wb") as f:
+                    f.write(now)
+                    added += 1
+    return added
 
 
 def _device_of(path: str) -> int | None:
