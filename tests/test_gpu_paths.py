@@ -7,6 +7,7 @@ there too; memory shares without nvidia-smi: tests/test_gpu_memory.py.)
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -30,7 +31,8 @@ def _config(seed: int, lowering: str = "auto", k: int = 1):
 
 def _first_loss(workdir) -> float:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return next(r for r in map(__import__("json").loads, f) if r.get("split") == "train")["loss"]
+        records = [json.loads(line) for line in f]
+    return next(r for r in records if r.get("split") == "train")["loss"]
 
 
 def test_vmapped_population_in_blocks_matches_its_lone_trials(tmp_path, capsys):
