@@ -41,6 +41,7 @@
 # the markdown the bench commands wrote: ready to paste into benchmarks/RESULTS.md) and
 # stages.json (every stage's full JSON). The summary is benchmarks/gpu_check_summary.py.
 
+{  # bash reads the whole group before running it: editing this file mid-run cannot break it
 set -u
 OUT=${OUT:-benchmarks/out}
 SMOKE=${GPU_CHECK_SMOKE:-}
@@ -217,6 +218,18 @@ timed_sweep() {  # timed_sweep NAME HOME_DIR: the README main job, wall time mea
   return $rc
 }
 
+# The stage table, the targets, what did not fit and one JSON block per stage; also when the
+# script itself is stopped (a device call's limit), so that what was measured comes back.
+summarize() {
+  trap - TERM INT
+  $PY -m benchmarks.gpu_check_summary --scratch "$SCRATCH" --out "$OUT" --total "$SECONDS" \
+    --budget "$BUDGET" ${SMOKE:+--smoke} --not-selected "$(for s in $ALL; do
+      case "$STAGES" in *" $s "*) ;; *) printf '%s ' "$s" ;; esac; done)"
+  echo "total ${SECONDS}s; results in $OUT (summary.md, stages.json)" | tee -a "$LOG"
+  rm -rf "$SCRATCH"
+}
+trap 'echo "=== stopped by a signal" | tee -a "$LOG"; summarize; exit 143' TERM INT
+
 mkdir -p "$SCRATCH/home"
 run compile_cold compile_time compile_cold --config "$DIGITS" --cache "$SCRATCH/cache"
 run sweep timed_sweep sweep "$SCRATCH/home"  # a fresh HOME: a first sweep on a new machine
@@ -244,9 +257,6 @@ run compile_parallel env \
 run widths $SQZ bench population --widths "$WIDTHS" --config "$BENCH_DIGITS" $BENCH_SMOKE \
   --json "$SCRATCH/widths.json" --results "$SCRATCH/results.md"
 
-# The stage table, the targets, what did not fit and one JSON block per stage.
-$PY -m benchmarks.gpu_check_summary --scratch "$SCRATCH" --out "$OUT" --total "$SECONDS" \
-  --budget "$BUDGET" ${SMOKE:+--smoke} --not-selected "$(for s in $ALL; do
-    case "$STAGES" in *" $s "*) ;; *) printf '%s ' "$s" ;; esac; done)"
-echo "total ${SECONDS}s; results in $OUT (summary.md, stages.json)" | tee -a "$LOG"
-rm -rf "$SCRATCH"
+summarize
+exit 0
+}
