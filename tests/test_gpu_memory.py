@@ -10,7 +10,6 @@ counted, more than one worker is refused in one line before any worker starts.
 from __future__ import annotations
 
 import pytest
-from fake_runner import run_fake_trial  # noqa: F401  (the tests' stand-in runner module)
 from test_sweep_support import sr_space, write_sweep
 
 from sqzexplore.sweep import cli, launch
