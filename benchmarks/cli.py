@@ -240,6 +240,15 @@ def main(argv: list[str], *, benchmarks_dir: Path) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # Before anything compiles, as in every process that compiles: the GPU compile options and
+    # the precision line; the benchmarks measure cold compiles, so the persistent cache is
+    # JAX's own setting (off unless JAX_COMPILATION_CACHE_DIR is set, as gpu_check.sh does).
+    from sqzexplore.config import base_config
+    from sqzexplore.train import xla_options
+
+    settings = base_config()
+    settings.compilation_cache_dir = ""
+    machine["xla"] = xla_options.configure(settings)
     sections = report_sections()
     report = Report("sqz bench " + shlex.join(argv), args.json, sections, machine)
     previous = None

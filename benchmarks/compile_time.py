@@ -120,8 +120,15 @@ def measure(config_arg: str, cache: str = "", autotune_level: int | None = None)
 
 
 def _run_in(checkout: str, config_arg: str, extra: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))
-    cmd = [sys.executable, os.path.abspath(__file__), "--one", "--config", config_arg, *extra]
+    # The checkout first, then the inherited path: where the dependencies come from PYTHONPATH
+    # (the GPU image: no virtualenv, carried wheels in a target directory) they must stay.
+    inherited = os.environ.get("PYTHONPATH", "")
+    path = os.pathsep.join(p for p in (os.path.abspath(checkout), inherited) if p)
+    env = dict(os.environ, PYTHONPATH=path)
+    # -P: not benchmarks/ first on sys.path, where profile.py would shadow the standard library's
+    # module of that name (jax imports it).
+    cmd = [sys.executable, "-P", os.path.abspath(__file__), "--one", "--config", config_arg]
+    cmd += extra
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=checkout)
     if proc.returncode != 0:
         raise SystemExit(f"run in {checkout} failed:\n{proc.stdout}{proc.stderr}")

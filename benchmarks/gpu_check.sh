@@ -1,49 +1,80 @@
 #!/usr/bin/env bash
-# Issue 16's GPU measurements in one prepared run of at most 8 minutes: a stage starts only if
-# its limit fits in GPU_CHECK_BUDGET=460 s from the script's start (install and environment
-# check included), and a stopped stage gets 10 s more to exit.
+# The GPU measurements of issues 16 and 25 in one prepared run of at most 8 minutes, run as the GPU
+# image runs it: the interpreter's own python (no virtualenv), the project's dependencies on
+# PYTHONPATH (the carried wheels installed into a target directory), the checkout first.
 #
-# For a session with a GPU machine (one H200: Python 3.12, jax 0.11.2 CUDA 13, flax, optax,
-# torch, torchvision, scikit-learn preinstalled, no TensorFlow, no network). Run from the
-# repository root, with the wheels of benchmarks/fetch_gpu_wheels.sh in .whl/ (name `.whl` in
-# the device run's carry):
+# For a session with a GPU machine (one H100 or H200: Python 3.12, jax CUDA, flax, optax, torch,
+# torchvision, scikit-learn preinstalled, no TensorFlow, no network). Run from the repository
+# root, with the wheels of benchmarks/fetch_gpu_wheels.sh in .whl/ (name `.whl` in the device
+# run's carry):
 #
 #     OUT=/some/dir bash benchmarks/gpu_check.sh
-#     STAGES="compile sweep" OUT=/some/dir bash benchmarks/gpu_check.sh   # only some stages
+#     STAGES="compile_cold sweep" OUT=/some/dir bash benchmarks/gpu_check.sh  # only some stages
+#     GPU_CHECK_PLAN=1 bash benchmarks/gpu_check.sh     # the plan: stages, limits, budget; no run
 #     GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh    # the script itself, tiny sizes, any machine
 #
-# Stages, in order of importance; each runs under its own `timeout` sized with its compiles
-# included (20-45 s per program on an H200), and a stage starts only if its limit still fits in
-# the budget, so the script ends in time whatever the stages take:
-#   compile     a digits trial's programs (init, step, eval; benchmarks/compile_time.py): cold
-#               (fresh persistent cache) and again from that cache, in fresh processes; targets
-#               <= 10 s cold, <= 1 s cached. Cache hits and writes are counted, not timed.
-#   e2e         `sqz bench e2e` on digits at batch 64: loop img/s / step img/s (target >= 0.9)
-#   population  `sqz bench population --members 1,2,4,8`: img/s per member count (target >= 2x
-#               at 8)
-#   sweep       the README main job, `sqz sweep run sweeps/squeeze_ratio.py --workers 2`, with a
-#               fresh HOME (cold ~/.cache/sqzexplore/xla), wall time (target <= 45 s)
-#   variants    compile of another design point (sr=0.25) into the cache the cold run filled
-#               (what XLA's per-fusion autotune cache saves a sweep's next point), and a cold
-#               compile at config.xla_gpu_autotune_level=0 (autotuning's share, and its step ms)
-#   torch       `sqz bench torch --preset v1.1 --batch 256`, short windows
-#   parallel    a cold compile with XLA_FLAGS=--xla_gpu_enable_llvm_module_compilation_parallelism
-#   sweep_warm  the same sweep again into a new directory, its compiles from the warm cache
-#   widths      `sqz bench population --widths 0.125,0.5,1.0` on digits: three squeeze ratios as
-#               one width-padded program vs one program per point, cold compiles, trials/h
-#               (issue 19; last, so that it never starves the stages above)
+# Stages, in order of value (the targets they check in brackets). Each runs under its own
+# `timeout`, its limit sized with its compiles on the slowest GPU measured so far (one H200:
+# 15-45 s per program, the README sweep 110 s cold; docs/gpu.md). The first five
+# are the core: their limits plus ENV_S add up to at most the budget, so they always run. The
+# others start only if their limit still fits what is left, and the summary names those that did
+# not (rerun them in a later device call with STAGES=...):
+#   compile_cold       a digits trial's programs (init, step, eval; benchmarks/compile_time.py),
+#                      cold, in a fresh process  [cold digits programs <= 10 s]
+#   sweep              the README main job, `sqz sweep run sweeps/squeeze_ratio.py --workers 2`,
+#                      fresh HOME (every cache cold)  [README sweep <= 30 s at >= 0.8 efficiency]
+#   population         `sqz bench population --members 8`  [8 members >= 2x one member's img/s]
+#   e2e                `sqz bench e2e` on digits at batch 64  [loop/step >= 0.9]
+#   sweep_warm         the sweep again (same HOME): every program from the persistent cache
+#   compile_cached     compile_cold's programs again, from its cache (hits counted)
+#   compile_next_point another design point (sr=0.25) into that cache: what XLA's per-fusion
+#                      autotune cache saves a sweep's next point
+#   compile_autotune0  a cold compile at config.xla_gpu_autotune_level=0, and its step ms
+#   torch              `sqz bench torch --preset v1.1 --batch 256`, short windows
+#   compile_parallel   a cold compile with parallel LLVM module compilation
+#   widths             `sqz bench population --widths 0.125,0.5,1.0` (issue 19): three squeeze
+#                      ratios as one width-padded program vs one program per point
 # TensorFlow is never imported (digits and synthetic data only).
 #
-# $OUT gets at most 8 files (what a device run brings back): env.txt, log.txt, summary.md (the
-# per-stage table, the targets and the markdown the bench commands wrote), compile.json,
-# e2e.json, population.json, sweep.json, torch.json.
+# $OUT gets 4 files (a device run brings back at most 8): env.txt, log.txt, summary.md (the stage
+# table, the targets with their measured values, what did not fit, one JSON block per stage and
+# the markdown the bench commands wrote: ready to paste into benchmarks/RESULTS.md) and
+# stages.json (every stage's full JSON). The summary is benchmarks/gpu_check_summary.py.
 
+{  # bash reads the whole group before running it: editing this file mid-run cannot break it
 set -u
 OUT=${OUT:-benchmarks/out}
 SMOKE=${GPU_CHECK_SMOKE:-}
-STAGES=${STAGES:-compile e2e population sweep variants torch parallel sweep_warm widths}
-BUDGET=${GPU_CHECK_BUDGET:-460}
+BUDGET=${GPU_CHECK_BUDGET:-470}  # seconds from the script's start; 8 minutes less a margin
+ENV_S=20                          # reserved for installing the wheels and the environment check
 PY=${PYTHON:-python3}
+
+# name:limit in order of value; CORE's limits + ENV_S must fit BUDGET (checked below).
+CORE="compile_cold:75 sweep:150 population:100 e2e:80 sweep_warm:45"
+EXTRA="compile_cached:30 compile_next_point:60 compile_autotune0:75 torch:75 compile_parallel:75
+       widths:180"
+ALL=$(for s in $CORE $EXTRA; do printf '%s ' "${s%%:*}"; done)
+STAGES=${STAGES:-$ALL}
+STAGES=" $(echo $STAGES | sed -e 's/\bcompile\b/compile_cold compile_cached/' \
+  -e 's/\bvariants\b/compile_next_point compile_autotune0/' -e 's/\bparallel\b/compile_parallel/') "
+for s in $STAGES; do
+  case " $ALL " in *" $s "*) ;; *) echo "STAGES: unknown stage '$s'; stages: $ALL" >&2; exit 2 ;; esac
+done
+core_sum=$ENV_S
+for s in $CORE; do core_sum=$((core_sum + ${s##*:})); done
+if [ "$core_sum" -gt "$BUDGET" ]; then
+  echo "the core stages' limits ($core_sum s with ${ENV_S} s for the environment) exceed the" \
+    "${BUDGET} s budget: shorten them" >&2
+  exit 2
+fi
+if [ -n "${GPU_CHECK_PLAN:-}" ]; then
+  echo "budget ${BUDGET}s; core ${core_sum}s (environment ${ENV_S}s)"
+  for s in $CORE; do echo "core ${s%%:*} ${s##*:}"; done
+  for s in $EXTRA; do echo "extra ${s%%:*} ${s##*:}"; done
+  exit 0
+fi
+limit_of() { for s in $CORE $EXTRA; do [ "${s%%:*}" = "$1" ] && echo "${s##*:}"; done; }
+
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 SCRATCH=$(mktemp -d /tmp/sqz-gpu-check.XXXXXX)
@@ -64,6 +95,7 @@ then
     echo "installing .whl/*.whl failed (log.txt)" | tee -a "$LOG"
   fi
 fi
+# The checkout first; every child process (compile_time's too) keeps the rest of the path.
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 SQZ="$PY -m sqzexplore.cli"
 
@@ -71,8 +103,9 @@ SQZ="$PY -m sqzexplore.cli"
 if [ -n "$SMOKE" ]; then
   DIGITS=tests/data/tiny_digits.py
   NEXT_POINT=$DIGITS:batch_norm=true  # another program of the same net
-  BENCH_SMOKE=--smoke
-  MEMBERS=1,2
+  BENCH_SMOKE=--smoke  # runs experiments/digits/squeezenet.py with its `runlocal` argument
+  MEMBERS=2
+  WIDTHS=0.5,1.0
   SWEEP_ARG="--arg runlocal"
   TORCH_ARGS="--smoke"
   BUDGET=100000
@@ -80,28 +113,31 @@ else
   DIGITS=experiments/digits/squeezenet.py
   NEXT_POINT=$DIGITS:sr=0.25  # the README sweep's second design point
   BENCH_SMOKE=
-  MEMBERS=1,2,4,8
+  MEMBERS=8
+  WIDTHS=0.125,0.5,1.0
   SWEEP_ARG=
   TORCH_ARGS="--preset v1.1 --batch 256 --steps 20 --windows 2"
 fi
+BENCH_DIGITS=experiments/digits/squeezenet.py  # the bench commands' --smoke needs `runlocal`
 export PY SQZ SCRATCH SWEEP_ARG  # the stage functions run in a child shell (under timeout)
 
 {
   date -u
-  echo "smoke: ${SMOKE:-no}; stages: $STAGES; budget ${BUDGET}s"
+  echo "smoke: ${SMOKE:-no}; stages:$STAGES; budget ${BUDGET}s"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv \
     || echo "nvidia-smi: none"
   nproc
+  echo "PYTHONPATH=$PYTHONPATH"
+  # Versions from the installed metadata (importing TensorFlow or torch here would cost seconds).
   $PY - <<'PYEOF'
-import importlib, sys
-print("python", sys.version.split()[0])
-for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "ml_collections", "optuna",
-             "sqlalchemy", "tabulate", "sklearn", "torch", "torchvision", "tensorflow"):
+import importlib.metadata as md, sys
+print("python", sys.version.split()[0], sys.executable, "venv" if sys.prefix != sys.base_prefix else "no venv")
+for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml_collections", "optuna",
+             "sqlalchemy", "tabulate", "scikit-learn", "torch", "torchvision", "tensorflow"):
     try:
-        module = importlib.import_module(name)
-        print(name, getattr(module, "__version__", "?"))
-    except Exception as e:
-        print(name, "MISSING:", type(e).__name__, e)
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, "MISSING")
 import jax
 print("devices", jax.devices())
 PYEOF
@@ -114,17 +150,18 @@ if ! $PY -c "import ml_collections, flax, optax, orbax.checkpoint, sklearn, optu
   exit 2
 fi
 
-wanted() { case " $STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
-
-# run NAME LIMIT COMMAND...: one measurement under `timeout LIMIT`, its output in log.txt, a row
-# (name, limit, seconds, exit status) in the summary; skipped if LIMIT no longer fits the budget.
+# run NAME COMMAND...: one stage under `timeout` (its limit from CORE/EXTRA), its output in
+# log.txt, a row (name, limit, seconds, exit status) in the summary; not started if it is not in
+# STAGES or its limit no longer fits the budget.
 run() {
-  local name=$1 limit=$2
-  shift 2
+  local name=$1 limit
+  limit=$(limit_of "$name")
+  shift
+  case "$STAGES" in *" $name "*) ;; *) return 0 ;; esac
   if [ -z "$SMOKE" ] && [ $((SECONDS + limit)) -gt "$BUDGET" ]; then
-    echo "=== $name skipped: ${limit}s limit does not fit (${SECONDS}s of ${BUDGET}s used)" \
+    echo "=== $name not started: its ${limit}s limit does not fit (${SECONDS}s of ${BUDGET}s used)" \
       | tee -a "$LOG"
-    printf '%s\t%s\t-\tskipped (budget)\n' "$name" "$limit" >>"$SUMMARY_ROWS"
+    printf '%s\t%s\t-\tnot run (budget)\n' "$name" "$limit" >>"$SUMMARY_ROWS"
     return 0
   fi
   [ -n "$SMOKE" ] && limit=1800
@@ -145,7 +182,7 @@ run() {
   return 0
 }
 
-compile_time() {  # compile_time JSON_NAME ARGS...: one fresh-process run of benchmarks.compile_time
+compile_time() {  # compile_time NAME ARGS...: one fresh-process run of benchmarks.compile_time
   local name=$1
   shift
   $PY -m benchmarks.compile_time --runs 1 --json "$SCRATCH/compile_$name.json" "$@"
@@ -181,97 +218,45 @@ timed_sweep() {  # timed_sweep NAME HOME_DIR: the README main job, wall time mea
   return $rc
 }
 
-mkdir -p "$SCRATCH/home"
-if wanted compile; then
-  run compile_cold 60 compile_time cold --config "$DIGITS" --cache "$SCRATCH/cache"
-  run compile_cached 30 compile_time cached --config "$DIGITS" --cache "$SCRATCH/cache"
-fi
-# The stages below that compile share one warm cache, as a user's machine has after the first
-# run (JAX's own variables: the bench commands set config.compilation_cache_dir='').
-export JAX_COMPILATION_CACHE_DIR=$SCRATCH/cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
-if wanted e2e; then
-  run e2e 90 $SQZ bench e2e --preset digits --batch 64 --dtype float32 $BENCH_SMOKE \
-    --json "$OUT/e2e.json" --results "$SCRATCH/results.md"
-fi
-if wanted population; then  # `sqz bench population` comes with populations (branch pop)
-  # (its --smoke runs the experiment with its `runlocal` argument, which tiny_digits lacks)
-  run population 90 $SQZ bench population --members "$MEMBERS" \
-    --config experiments/digits/squeezenet.py $BENCH_SMOKE \
-    --json "$OUT/population.json" --results "$SCRATCH/results.md"
-fi
-unset JAX_COMPILATION_CACHE_DIR JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS
-if wanted sweep; then  # a fresh HOME: a first sweep on a new machine, every cache cold
-  run sweep 90 timed_sweep sweep "$SCRATCH/home"
-fi
-if wanted variants; then
-  run compile_next_point 45 compile_time next_point --config "$NEXT_POINT" \
-    --cache "$SCRATCH/cache"
-  run compile_autotune0 45 compile_time autotune0 --config "$DIGITS" --autotune-level 0 \
-    --cache "$SCRATCH/cache_autotune0"
-fi
-if wanted torch; then
-  run torch 75 $SQZ bench torch $TORCH_ARGS --json "$OUT/torch.json" \
-    --results "$SCRATCH/results.md"
-fi
-if wanted parallel; then
-  run compile_parallel 45 env \
-    XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_llvm_module_compilation_parallelism=true" \
-    $PY -m benchmarks.compile_time --runs 1 --json "$SCRATCH/compile_parallel.json" \
-    --config "$DIGITS" --cache "$SCRATCH/cache_parallel"
-fi
-if wanted sweep_warm; then  # the same HOME: every program of the first sweep is cached
-  run sweep_warm 60 timed_sweep sweep_warm "$SCRATCH/home"
-fi
-if wanted widths; then  # cold compiles (no persistent cache): what a new sweep pays
-  run widths 150 $SQZ bench population --widths 0.125,0.5,1.0 --config "$DIGITS" $BENCH_SMOKE \
-    --json "$SCRATCH/widths.json" --results "$SCRATCH/results.md"
-fi
+# The stage table, the targets, what did not fit and one JSON block per stage; also when the
+# script itself is stopped (a device call's limit), so that what was measured comes back.
+summarize() {
+  trap - TERM INT
+  $PY -m benchmarks.gpu_check_summary --scratch "$SCRATCH" --out "$OUT" --total "$SECONDS" \
+    --budget "$BUDGET" ${SMOKE:+--smoke} --not-selected "$(for s in $ALL; do
+      case "$STAGES" in *" $s "*) ;; *) printf '%s ' "$s" ;; esac; done)"
+  echo "total ${SECONDS}s; results in $OUT (summary.md, stages.json)" | tee -a "$LOG"
+  rm -rf "$SCRATCH"
+}
+trap 'echo "=== stopped by a signal" | tee -a "$LOG"; summarize; exit 143' TERM INT
 
-# One file per stage group (a device run brings back 8 files), then the summary.
-$PY - "$SCRATCH" "$OUT" "$SUMMARY_ROWS" "$SECONDS" "${SMOKE:-}" <<'PYEOF'
-import glob, json, os, sys
-scratch, out, rows_path, total, smoke = sys.argv[1:6]
-def merged(pattern, key):
-    found = {}
-    for path in sorted(glob.glob(os.path.join(scratch, pattern))):
-        with open(path) as f:
-            found[os.path.basename(path)[len(key) + 1 : -len(".json")]] = json.load(f)
-    return found
-compile_runs, sweeps = merged("compile_*.json", "compile"), merged("sweep_*.json", "sweep")
-for name, data in (("compile", compile_runs), ("sweep", sweeps)):
-    if data:
-        with open(os.path.join(out, f"{name}.json"), "w") as f:
-            json.dump(data, f, indent=1)
-lines = [f"# gpu_check.sh{' (SMOKE: tiny sizes, not a measurement)' if smoke else ''}", "",
-         f"total {total} s", "", "| stage | limit s | took s | exit |", "|---|---|---|---|"]
-for row in open(rows_path).read().splitlines():
-    lines.append("| " + " | ".join(row.split("\t")) + " |")
-lines += ["", "## compile (s; cache hits / writes; step ms)", "",
-          "| run | init | step | eval | all | hits | writes | autotune files | step ms |",
-          "|---|---|---|---|---|---|---|---|---|"]
-for name, data in compile_runs.items():
-    r = data["runs"]["this"][0]
-    lines.append(
-        f"| {name} | {r['init']:.2f} | {r['step']:.2f} | {r['eval']:.2f} | {r['all']:.2f} | "
-        f"{r.get('hits', '-')} | {r.get('writes', '-')} | {r.get('autotune_cache_files', '-')} | "
-        f"{r['step_ms']:.2f} |")
-lines.append("")
-for name, data in compile_runs.items():
-    lines.append(f"- {name} settings: {data['runs']['this'][0].get('settings', '?')}")
-lines += ["", "## sweeps", ""]
-for name, s in sweeps.items():
-    compiles = [t["compile_time_s"] for t in s["trials"] if t["compile_time_s"] is not None]
-    lines.append(f"- {name}: {len(s['trials'])} trials, wall {s['wall_s']:.1f} s, efficiency "
-                 f"{s['efficiency'] or float('nan'):.2f} (sum of train time / wall), compile "
-                 f"per trial {min(compiles, default=0):.1f}-{max(compiles, default=0):.1f} s")
-lines += ["", "Targets (issue 16): compile cold <= 10 s, cached <= 1 s; e2e loop/step >= 0.9; "
-          "population of 8 >= 2x one member's img/s; README sweep <= 45 s."]
-results = os.path.join(scratch, "results.md")
-if os.path.exists(results):
-    lines += ["", "## markdown from the bench commands", "", open(results).read()]
-with open(os.path.join(out, "summary.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-print("\n".join(lines))
-PYEOF
-echo "total ${SECONDS}s; results in $OUT (summary.md)" | tee -a "$LOG"
-rm -rf "$SCRATCH"
+mkdir -p "$SCRATCH/home"
+run compile_cold compile_time compile_cold --config "$DIGITS" --cache "$SCRATCH/cache"
+run sweep timed_sweep sweep "$SCRATCH/home"  # a fresh HOME: a first sweep on a new machine
+# The bench stages share compile_cold's cache, as a user's machine has after a first run (JAX's
+# own variables: the bench commands set config.compilation_cache_dir='').
+export JAX_COMPILATION_CACHE_DIR=$SCRATCH/cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+run population $SQZ bench population --members "$MEMBERS" --config "$BENCH_DIGITS" \
+  $BENCH_SMOKE --json "$SCRATCH/population.json" --results "$SCRATCH/results.md"
+run e2e $SQZ bench e2e --preset digits --batch 64 --dtype float32 $BENCH_SMOKE \
+  --json "$SCRATCH/e2e.json" --results "$SCRATCH/results.md"
+unset JAX_COMPILATION_CACHE_DIR JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS
+run sweep_warm timed_sweep sweep_warm "$SCRATCH/home"  # the same HOME: every program cached
+run compile_cached compile_time compile_cached --config "$DIGITS" --cache "$SCRATCH/cache"
+run compile_next_point compile_time compile_next_point --config "$NEXT_POINT" \
+  --cache "$SCRATCH/cache"
+run compile_autotune0 compile_time compile_autotune0 --config "$DIGITS" --autotune-level 0 \
+  --cache "$SCRATCH/cache_autotune0"
+run torch $SQZ bench torch $TORCH_ARGS --json "$SCRATCH/torch.json" \
+  --results "$SCRATCH/results.md"
+run compile_parallel env \
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_llvm_module_compilation_parallelism=true" \
+  $PY -m benchmarks.compile_time --runs 1 --json "$SCRATCH/compile_compile_parallel.json" \
+  --config "$DIGITS" --cache "$SCRATCH/cache_parallel"
+# Cold compiles (no persistent cache): what a new sweep pays.
+run widths $SQZ bench population --widths "$WIDTHS" --config "$BENCH_DIGITS" $BENCH_SMOKE \
+  --json "$SCRATCH/widths.json" --results "$SCRATCH/results.md"
+
+summarize
+exit 0
+}

@@ -115,6 +115,9 @@ def test_step_smoke_writes_json_and_markdown_without_tensorflow(tmp_path):
     machine = data["machine"]
     assert machine["device_count"] == jax.device_count()
     assert machine["platform"] == "cpu" and machine["host_cores"] >= 1
+    # xla_options.configure ran before anything compiled: its line is printed and recorded.
+    assert "persistent compilation cache: JAX's setting" in machine["xla"]
+    assert done.stdout.splitlines()[1] == machine["xla"]
     (row,) = data["step"]
     assert row["preset"] == "digits" and row["batch"] == 8 and row["data"] == "fixed"
     for key in ("img_s", "ms_per_step", "lower_s", "compile_s", "step_bytes", "flops"):

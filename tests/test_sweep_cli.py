@@ -358,7 +358,12 @@ def test_progress_bar_counts_trials_on_stderr(tmp_path, capsys):
 
 
 def test_workers_default_to_one_per_visible_gpu(monkeypatch):
-    from sqzexplore.sweep.launch import default_workers, visible_gpus, worker_envs
+    from sqzexplore.sweep.launch import (
+        default_workers,
+        mem_fraction_var,
+        visible_gpus,
+        worker_envs,
+    )
 
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert visible_gpus() == [] and default_workers([]) == 1
@@ -373,7 +378,7 @@ def test_workers_default_to_one_per_visible_gpu(monkeypatch):
     ]
     shared = worker_envs(8, gpus)  # two workers per GPU, each capped to its share of memory
     assert [e["CUDA_VISIBLE_DEVICES"] for e in shared] == gpus * 2
-    assert {e["XLA_PYTHON_CLIENT_MEM_FRACTION"] for e in shared} == {"0.45"}
+    assert {e[mem_fraction_var()] for e in shared} == {"0.45"}  # the spelling jaxlib reads
     assert worker_envs(3, []) == [{}, {}, {}]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []

@@ -109,10 +109,11 @@ def test_one_worker_trains_each_point_s_seeds_back_to_back(tmp_path, storage):
 
 def test_the_runner_carries_its_compile_ahead_hook():
     """The hook is the runner's own `prepare` attribute (no runner recognised by its name): the
-    default trainer carries the program cache's prepare, a runner without one has none."""
-    from sqzexplore.train import programs
+    default trainer carries the program cache's prepare (after xla_options.configure), a runner
+    without one has none."""
+    from sqzexplore.train import runner
 
-    assert prepare_hook(load_runner(DEFAULT_RUNNER)) is programs.prepare
+    assert prepare_hook(load_runner(DEFAULT_RUNNER)) is runner.prepare
     assert prepare_hook(run_fake_trial) is None
 
 

@@ -4,9 +4,13 @@ Default worker count: one per visible GPU (each worker sees one GPU through
 CUDA_VISIBLE_DEVICES, and its trials train on it), else one worker on the CPU, whose trials use
 all (fake or real) CPU devices. GPUs are counted without importing jax in this process (jax would
 reserve GPU memory in the parent): JAX_PLATFORMS=cpu means none, else CUDA_VISIBLE_DEVICES, else
-`nvidia-smi`. With --workers N on G GPUs: N <= G splits the GPUs into N groups (each trial is
-data-parallel over its group); N > G shares GPUs round-robin and caps each worker's share of GPU
-memory (XLA_PYTHON_CLIENT_MEM_FRACTION).
+`nvidia-smi`, else (no nvidia-smi, as in some container images) jax's own device count in a child
+process that allocates nothing, when a GPU build of jax is installed. With --workers N on G GPUs:
+N <= G splits the GPUs into N groups (each trial is data-parallel over its group); N > G shares
+GPUs round-robin and caps each worker's share of GPU memory in the spelling its jaxlib reads
+(XLA_CLIENT_MEM_FRACTION, or the older XLA_PYTHON_CLIENT_MEM_FRACTION; `mem_fraction_var`): 0.9
+of the GPU, or of the fraction the user set in either, split between the workers that share it.
+Where the GPUs cannot be counted, more than one local worker is refused, naming the fix.
 
 Children die with the parent (PR_SET_PDEATHSIG on Linux): killing `sqz sweep run`, even with
 SIGKILL, stops its workers, and a rerun resumes their trials.
@@ -27,10 +31,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sqzexplore.sweep import sweepdir as sd
+from sqzexplore.sweep.space import SweepError
 
 
-def visible_gpus() -> list[str]:
-    """Ids of the GPUs trials could use, found without initialising jax."""
+def visible_gpus() -> list[str] | None:
+    """Ids of the GPUs trials could use, found without initialising jax in this process; None
+    when a GPU build of jax is installed but the GPUs could not be counted."""
     platforms = (
         os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME") or ""
     ).lower()
@@ -48,22 +54,119 @@ def visible_gpus() -> list[str]:
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
+        if not gpu_jax_installed():
+            return []
+        count = jax_gpu_count()  # no nvidia-smi: ask jax itself, in a child process
+        return None if count is None else [str(i) for i in range(count)]
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def default_workers(gpus: Sequence[str]) -> int:
-    return max(1, len(gpus))
+def gpu_jax_installed() -> bool:
+    """Whether a CUDA or ROCm build of jax is installed (a plugin, or a jaxlib built with it)."""
+    import importlib.metadata as md
+    import re
+
+    for dist in md.distributions():
+        name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
+        if re.fullmatch(r"jax-(cuda|rocm)\d*-(plugin|pjrt)", name):
+            return True
+    try:
+        return any(tag in md.version("jaxlib") for tag in ("cuda", "rocm"))
+    except md.PackageNotFoundError:
+        return False
+
+
+# Counts jax's GPUs without taking their memory (no preallocation, no array made).
+_PROBE = """
+import jax
+try:
+    n = len(jax.devices("gpu"))
+except RuntimeError:
+    n = 0
+print("SQZ_GPUS", n)
+"""
+
+
+def jax_gpu_count(timeout_s: float = 120) -> int | None:
+    """GPUs jax's own backend sees, from a child process (None if the probe fails)."""
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s,
+            env=env,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.startswith("SQZ_GPUS "):
+            return int(line.split()[1])
+    return None
+
+
+def default_workers(gpus: Sequence[str] | None) -> int:
+    return max(1, len(gpus or []))
 
 
 # `sqz sweep run --workers N` tells each local worker N (see workers.auto_compile_ahead).
 LOCAL_WORKERS_ENV = "SQZ_LOCAL_WORKERS"
 
 
-def worker_envs(n_workers: int, gpus: Sequence[str]) -> list[dict[str, str]]:
-    """Environment additions of each of `n_workers` local workers."""
+# JAX's variable for the share of GPU memory a process takes, in its two spellings: newer jaxlib
+# reads XLA_CLIENT_MEM_FRACTION, and the older XLA_PYTHON_CLIENT_MEM_FRACTION only when that is
+# unset (both set is an error there); older jaxlib reads only the older one. A worker gets the
+# one its jaxlib reads, and the other set empty (which both read as unset).
+MEM_FRACTION_VARS = ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_CLIENT_MEM_FRACTION")
+DEFAULT_MEM_TOTAL = 0.9  # of a shared GPU, split between its workers
+
+
+def mem_fraction_var() -> str:
+    """The spelling the installed jaxlib reads (from its source, without importing it)."""
+    import importlib.util
+
+    with contextlib.suppress(Exception):
+        spec = importlib.util.find_spec("jaxlib")
+        if spec is not None and spec.origin:
+            source = Path(spec.origin).with_name("xla_client.py").read_text(errors="replace")
+            if "XLA_CLIENT_MEM_FRACTION" in source:
+                return "XLA_CLIENT_MEM_FRACTION"
+    return "XLA_PYTHON_CLIENT_MEM_FRACTION"
+
+
+def memory_total(environ: dict | None = None) -> float:
+    """The share of each GPU the sweep's workers split: the user's fraction (either spelling;
+    the smaller if both), else DEFAULT_MEM_TOTAL. A SweepError for a value outside (0, 1]."""
+    env = os.environ if environ is None else environ
+    values = []
+    for name in MEM_FRACTION_VARS:
+        text = env.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 1:
+            raise SweepError(f"{name} must be a fraction in (0, 1], got {text!r}")
+        values.append(value)
+    return min(values, default=DEFAULT_MEM_TOTAL)
+
+
+def worker_envs(
+    n_workers: int, gpus: Sequence[str] | None, environ: dict | None = None
+) -> list[dict[str, str]]:
+    """Environment additions of each of `n_workers` local workers (`gpus` None: a GPU build of
+    jax whose GPUs could not be counted; then only one worker, which needs no share)."""
     if n_workers < 1:
         raise ValueError(f"--workers must be >= 1, got {n_workers}")
+    if gpus is None:
+        if n_workers > 1:
+            raise SweepError(
+                f"--workers {n_workers}: cannot count the GPUs (no nvidia-smi, no "
+                "CUDA_VISIBLE_DEVICES, and jax's device count failed), so the workers' shares "
+                "of GPU memory are unknown; set CUDA_VISIBLE_DEVICES to the GPUs to use (e.g. "
+                "CUDA_VISIBLE_DEVICES=0), or JAX_PLATFORMS=cpu"
+            )
+        return [{}]
     if not gpus:
         return [{} for _ in range(n_workers)]
     if n_workers <= len(gpus):
@@ -72,14 +175,9 @@ def worker_envs(n_workers: int, gpus: Sequence[str]) -> list[dict[str, str]]:
         groups = [gpus[bounds[i] : bounds[i + 1]] for i in range(n_workers)]
         return [{"CUDA_VISIBLE_DEVICES": ",".join(g)} for g in groups]
     share = math.ceil(n_workers / len(gpus))
-    fraction = f"{0.9 / share:.2f}"
-    return [
-        {
-            "CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)],
-            "XLA_PYTHON_CLIENT_MEM_FRACTION": fraction,
-        }
-        for k in range(n_workers)
-    ]
+    fraction = f"{math.floor(100 * memory_total(environ) / share) / 100:.2f}"
+    memory = {**dict.fromkeys(MEM_FRACTION_VARS, ""), mem_fraction_var(): fraction}
+    return [{"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)], **memory} for k in range(n_workers)]
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -221,8 +221,8 @@ def _run(members: list[_Member], on_eval, stop: PreemptionFlag, t_start: float) 
     except padding.PaddingError as e:  # a sweep worker then trains them one by one
         raise PopulationError(str(e)) from None
     for m in members:
-        if m.active:  # devices, platform, batch split, memory (of one padded member), workdir
-            preflight.check(layout.config, layout.spec, mesh, m.workdir)
+        if m.active:  # devices, platform, batch split, memory (all n padded members), workdir
+            preflight.check(layout.config, layout.spec, mesh, m.workdir, members=n)
     if is_main and layout.describe():
         print(f"population of {n}: {layout.describe()}", flush=True)
     progs = layout.programs

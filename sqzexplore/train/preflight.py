@@ -9,7 +9,8 @@ sweep trial run it):
   both stop with an error naming the fix (the accelerator build of jax);
 - the global batches split evenly over the devices and processes;
 - one training step fits in memory: a lower bound on its activations (the analytic per-layer
-  output sizes of `models.complexity`, times the per-device batch) plus a device-resident dataset
+  output sizes of `models.complexity`, times the per-device batch) and parameters, times the
+  members of a population (`members`: N members train at once), plus a device-resident dataset
   must not exceed the memory there is (a GPU/TPU's own, or the host's available RAM for CPU
   devices), so `image_size=100000` is an error naming the limit, not an allocation that runs
   the machine out of memory;
@@ -49,15 +50,17 @@ class PlatformError(ConfigError):
     """The run asked for (or was granted) an accelerator that JAX does not see."""
 
 
-def check(config: Any, spec: SqueezeNetSpec, mesh: Mesh, workdir: str) -> None:
-    """All the checks above, in order; prints the device line on the main process."""
+def check(config: Any, spec: SqueezeNetSpec, mesh: Mesh, workdir: str, members: int = 1) -> None:
+    """All the checks above, in order; prints the device line on the main process. `members`:
+    the population's size (its members train at once, each with its own state and activations
+    on every device)."""
     devices = list(mesh.devices.flat)
     if jax.process_index() == 0:
         print(f"devices: {describe_devices(devices)}", flush=True)
     check_platform(config.get("platform", "auto"), devices)
     sharding.check_divisible(config.batch_size, "config.batch_size", mesh)
     sharding.check_divisible(config.eval_batch_size, "config.eval_batch_size", mesh)
-    check_memory(config, spec, devices)
+    check_memory(config, spec, devices, members)
     rundir.check_writable_dir(workdir)
 
 
@@ -140,12 +143,16 @@ def _gib(n: float) -> str:
     return f"{n / 2**40:.1f} TiB" if n >= 2**40 else f"{n / 2**30:.2f} GiB"
 
 
-def step_memory_bytes(config: Any, spec: SqueezeNetSpec, n_devices: int) -> dict[str, int]:
+def step_memory_bytes(
+    config: Any, spec: SqueezeNetSpec, n_devices: int, members: int = 1
+) -> dict[str, int]:
     """Lower bounds (bytes, per device) of what one train step and the dataset hold.
 
     `activations`: every layer's output for the per-device train batch (the backward pass keeps
-    them), in the compute dtype; `dataset`: a digits / synthetic dataset held on every device
-    (uint8); `host`: what building that dataset takes on the host.
+    them), in the compute dtype, for each of a population's `members`; `state`: the members'
+    float32 parameters and gradients; `dataset`: a digits / synthetic dataset held on every
+    device (uint8, one copy the members share); `host`: what building that dataset takes on the
+    host.
     """
     from sqzexplore.models.complexity import complexity
 
@@ -164,13 +171,19 @@ def step_memory_bytes(config: Any, spec: SqueezeNetSpec, n_devices: int) -> dict
         images = int(config.data.synthetic_train_size) + int(config.data.synthetic_eval_size)
     per_pixel = _DIGITS_HOST_BYTES_PER_PIXEL if name == "digits" else 0
     host = images * (spec.image_size**2 * per_pixel + pixels)
-    return {"activations": activations * itemsize, "dataset": images * pixels, "host": host}
+    return {
+        "activations": members * activations * itemsize,
+        "state": members * 2 * 4 * cx.params,
+        "dataset": images * pixels,
+        "host": host,
+    }
 
 
-def check_memory(config: Any, spec: SqueezeNetSpec, devices: list) -> None:
-    """Refuse a run whose step (and device-resident data) cannot fit; names the limit."""
-    need = step_memory_bytes(config, spec, len(devices))
-    per_device = need["activations"] + need["dataset"]
+def check_memory(config: Any, spec: SqueezeNetSpec, devices: list, members: int = 1) -> None:
+    """Refuse a run whose step (of `members` at once, a population) and device-resident data
+    cannot fit; names the limit."""
+    need = step_memory_bytes(config, spec, len(devices), members)
+    per_device = need["activations"] + need["state"] + need["dataset"]
     local = [d for d in devices if d.process_index == jax.process_index()] or devices
     host = host_memory_bytes()
     limit = device_memory_bytes(local[0])
@@ -187,10 +200,11 @@ def check_memory(config: Any, spec: SqueezeNetSpec, devices: list) -> None:
         where, available, needed = "available host RAM (MemAvailable)", host, host_needed
     if needed <= available:
         return
+    population = f" for a population of {members} members" if members > 1 else ""
     raise ConfigError(
         f"config.model.image_size={spec.image_size} with config.batch_size={config.batch_size} "
-        f"needs at least {_gib(needed)} (one step's activations"
+        f"needs at least {_gib(needed)}{population} (one step's activations"
         + (f" and the {config.data.name} images" if need["dataset"] else "")
         + f"), more than the {_gib(available)} of {where}; use a smaller image_size or "
-        "batch_size"
+        + ("batch_size, or fewer members (--population)" if members > 1 else "batch_size")
     )

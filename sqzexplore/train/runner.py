@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from sqzexplore.train import loop, population, programs
+from sqzexplore.train import loop, population, programs, xla_options
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> dict:
@@ -22,6 +22,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, **kwargs
     return loop.train_and_evaluate(config, workdir, **kwargs)
 
 
-train_and_evaluate.prepare = programs.prepare  # type: ignore[attr-defined]
+def prepare(config: ml_collections.ConfigDict, *, population: int = 1) -> Any:
+    """`programs.prepare` after `xla_options.configure(config)`: a worker's compile-ahead thread
+    can compile before its run has configured the process (the persistent cache, the GPU
+    compile options in the program key)."""
+    xla_options.configure(config)
+    return programs.prepare(config, population=population)
+
+
+train_and_evaluate.prepare = prepare  # type: ignore[attr-defined]
 train_and_evaluate.train_population = population.train_population  # type: ignore[attr-defined]
 train_and_evaluate.auto_population_size = population.auto_population_size  # type: ignore[attr-defined]
