@@ -14,7 +14,7 @@ config; its only other form is Optuna's (params.py encodes it at the Optuna boun
 Modules: params (search parameters), space (the definition), sweepfile (loading sweep files and
 their base experiment), design (SqueezeNet pooling ladders shared by sweep files), points (the
 Optuna study: ask, register, tell), engine (scheduling, written once against the run store),
-store (the run-store interface) with its two stores, store_files (the journal: flock and claim
+store (the run-store interface), store_open (which store a sweep uses) and its two stores, store_files (the journal: flock and claim
 files, claims) and store_db (a server database: run rows, dbclaims), sweepdir (layout and run
 states), workers (the worker loop), execute (training claimed runs and classifying their ends),
 grouping (width-padded groups), early_stop (the median rule), launch (local processes, GPUs,

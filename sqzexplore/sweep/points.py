@@ -43,7 +43,8 @@ from sqzexplore.sweep.metric_table import metric
 from sqzexplore.sweep.params import jsonable
 from sqzexplore.sweep.runconfig import analytic_complexity, trial_config
 from sqzexplore.sweep.space import constraint_violations, design_labels, point_key, trial_id
-from sqzexplore.sweep.store import RunStore, open_store
+from sqzexplore.sweep.store import RunStore
+from sqzexplore.sweep.store_open import open_store
 
 # Optuna user attributes of a design point.
 ATTR_POINT = "point"  # set last by registration: marks the trial registered (or skipped)

@@ -1,6 +1,6 @@
 """The one interface between the sweep engine and the place its runs are coordinated.
 
-A sweep's runs live in one of two stores, chosen by its storage (`open_store`):
+A sweep's runs live in one of two stores, chosen by its storage (`store_open.open_store`):
 
 - `FileStore` (store_files.py): the journal file, or SQLite. Every decision holds the sweep
   directory's flock; a run is claimed by a claim file (claims.py). One machine, or a filesystem
@@ -22,8 +22,6 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-
-from sqzexplore.sweep import sweepdir as sd
 
 # A registered design point: (Optuna trial number, point key).
 Point = tuple[int, str]
@@ -112,20 +110,3 @@ class RunStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
-
-
-def open_store(
-    sweep_dir: sd.SweepDir, state: dict[str, Any], seeds: Sequence[int], stale_after_s: float
-) -> RunStore:
-    """The store of the sweep in `sweep_dir` (its storage is in `state`, sweep.json; `seeds`
-    are its definition's)."""
-    from sqzexplore.sweep import dbclaims
-
-    url = state.get("storage")
-    if dbclaims.coordinates_in_db(url):
-        from sqzexplore.sweep.store_db import DbStore
-
-        return DbStore(sweep_dir, url, state["study_name"], stale_after_s)
-    from sqzexplore.sweep.store_files import FileStore
-
-    return FileStore(sweep_dir, state, seeds, stale_after_s)
