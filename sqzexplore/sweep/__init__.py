@@ -12,13 +12,16 @@ A design point is a dict {dotted config key: value} from the sweep file's builde
 config; its only other form is Optuna's (params.py encodes it at the Optuna boundary).
 
 Modules: params (search parameters), space (the definition), sweepfile (loading sweep files and
-their base experiment), design (SqueezeNet pooling ladders shared by sweep files), points (the
-Optuna study: ask, register, tell), engine (scheduling, written once against the run store),
-store (the run-store interface), store_open (which store a sweep uses) and its two stores, store_files (the journal: flock and claim
-files, claims) and store_db (a server database: run rows, dbclaims), sweepdir (layout and run
-states), workers (the worker loop), execute (training claimed runs and classifying their ends),
-grouping (width-padded groups), early_stop (the median rule), launch (local processes, GPUs,
-progress bar), slurm, wandb_export, analyze, figures, report, metric_table, cli.
+their base experiment), design (SqueezeNet pooling ladders shared by sweep files), preflight
+(what every trial needs, checked before any is registered), points (the Optuna study: ask,
+register, tell), study_view (the study in the dashboards' units), engine (scheduling, written
+once against the run store), store (the run-store interface), store_open (which store a sweep
+uses), store_files (the journal: flock and claim files, claims) and store_db (a server
+database: run rows, dbclaims), sweepdir (layout and run states), workers (the worker loop),
+execute (training claimed runs and classifying their ends), grouping (width-padded groups),
+early_stop (the median rule), launch (local processes, GPUs, progress bar), slurm, analyze,
+pareto, text_format, metric_table, figures, figure_axes, report, report_html, tensorboard,
+wandb_export, wandb_summary, cli and cli_args (the command line).
 
 The trial runner is injectable (`--runner module:function`); the default is the real trainer,
 `sqzexplore.train.train_and_evaluate(config, workdir, *, on_eval=None)`.
