@@ -22,10 +22,11 @@ from typing import Any
 
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import TIME_METRICS
+from sqzexplore.sweep.latency import wanted as latency_wanted
 from sqzexplore.sweep.metric_table import ACCURACY, SIZE_METRICS, metric
 from sqzexplore.sweep.paper_values import paper_figure
 from sqzexplore.sweep.params import Categorical
-from sqzexplore.sweep.pareto import FRONT_SIZES
+from sqzexplore.sweep.pareto import FRONT_SIZES, LATENCY, front_name
 from sqzexplore.sweep.text_format import accuracy_text, format_duration, interval_text
 
 _CSS = """
@@ -90,6 +91,8 @@ def point_columns(defn, *, with_state: bool, lead: Column | None = None) -> list
     ]
     for name, label in zip(SIZE_METRICS[:3], ("params", "MACs (M)", "fp32 MiB"), strict=True):
         cols.append((label, lambda r, n=name: metric(n).format(r.get(n))))
+    if latency_wanted(defn):
+        cols.append(("latency (ms)", lambda r: metric(LATENCY).format(r.get(LATENCY))))
     cols.append(("seeds done", lambda r: f"{r['seeds_complete']}/{r['seeds']}"))
     return cols + _time_columns()
 
@@ -298,11 +301,12 @@ def _front_section(defn, images, merged_front, where) -> list[str]:
     parts = [
         _figure(
             images,
-            f"accuracy_vs_{size.split('.')[-1]}",
+            f"accuracy_vs_{front_name(size)}",
             f"{defn.name}: {acc} on {where} vs {metric(size).label}; error bars and the "
             "front's band: ± 1 std over seeds",
         )
-        for size in FRONT_SIZES
+        for size in (*FRONT_SIZES, LATENCY)
+        if f"accuracy_vs_{front_name(size)}" in images  # latency: where the sweep measured it
     ]
     lead = ("front", lambda r: " + ".join(r["fronts"]))
     return [
@@ -312,8 +316,8 @@ def _front_section(defn, images, merged_front, where) -> list[str]:
             merged_front,
             point_columns(defn, with_state=False, lead=lead)
             + [("role", lambda r: ", ".join(r["roles"]))],
-            caption=f"{acc} on {where} vs parameters and vs MACs: every point on either "
-            "front, once (front: which)",
+            caption=f"{acc} on {where} vs parameters, vs MACs (and vs measured latency): "
+            "every point on any front, once (front: which)",
         ),
     ]
 
