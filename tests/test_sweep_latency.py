@@ -147,6 +147,7 @@ def test_runtime_that_cannot_import_refuses_the_sweep_in_one_line(tmp_path):
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_latency_sweep_end_to_end_through_the_cli(tmp_path, capsys):
     """A runlocal squeeze-ratio sweep with the real trainer, a latency objective, then its
     report: the accuracy-vs-latency front in frontier.csv, results.csv and the figures."""
