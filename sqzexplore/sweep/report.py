@@ -149,6 +149,12 @@ def build_report(
             f"accuracy vs {' and/or vs '.join(front_name(s) for s in sizes)})",
         )
     )
+    lat = next((r.latency for r in runs if r.latency), None)
+    if lat:  # what the latency numbers are only valid on
+        text += (
+            f"\n\nlatency: median of {lat['repeats']} timed batch-1 calls, {lat['runtime']}, "
+            f"{lat['threads']} thread(s), on {lat['host']} ({lat['cpu']}); sweep/latency.py"
+        )
     echo(text)
 
     page = render_html(
