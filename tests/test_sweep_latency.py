@@ -15,7 +15,17 @@ import sys
 import optuna
 import pytest
 from postgres_server import new_database, required_server
-from test_sweep_support import DIGITS, REPO, TESTS, run_inprocess, sr_space, study_of, write_sweep
+from test_sweep_support import (
+    DIGITS,
+    FAKE_RUNNER,
+    REPO,
+    TESTS,
+    run_inprocess,
+    sr_space,
+    study_of,
+    sweep_cli,
+    write_sweep,
+)
 
 from sqzexplore.rundir import read_json, read_jsonl
 from sqzexplore.sweep import cli
@@ -82,6 +92,24 @@ def test_latency_objective_is_measured_once_per_point_and_told(tmp_path, new_sto
     rows = point_rows(runs, sweep_dir.definition())
     assert {r["point"]: r["latency.ms"] for r in rows} == pytest.approx(by_point)
     assert "latency.ms" in result_columns(sweep_dir.definition())
+
+
+def test_two_local_workers_time_each_point_once_before_any_run_starts(tmp_path):
+    path = _latency_sweep(tmp_path / "lat.py", space=sr_space(0.125, 0.25, 0.5))
+    workdir = tmp_path / "w"
+    args = ["run", str(path), "--workdir", str(workdir), "--workers", "2", "--progress", "off"]
+    proc = sweep_cli(*args, "--runner", FAKE_RUNNER)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    sweep_dir = sd.SweepDir(workdir)
+    measured = _measured(sweep_dir)
+    assert len(measured) == 3  # the second worker waited on the lock and read the cache
+    starts = [
+        a["time"]
+        for r in collect_runs(sweep_dir)
+        for a in read_jsonl(sweep_dir.trial_dir(r.trial_id) / "fake_attempts.jsonl")
+    ]
+    assert len(starts) == 3 and max(m["t"] for m in measured) < min(starts)
 
 
 def test_max_latency_ms_skips_slow_points_before_training(tmp_path):
