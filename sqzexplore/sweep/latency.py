@@ -126,6 +126,7 @@ def measure_ahead(
         return True
     if defn.sampler != "grid":
         return False
+    from sqzexplore.export.source import ExportError
     from sqzexplore.models.spec import SpecError
     from sqzexplore.sweep.runconfig import analytic_complexity, trial_config
     from sqzexplore.sweep.space import constraint_violations
@@ -143,7 +144,10 @@ def measure_ahead(
                 continue
             if constraint_violations(totals, defn.constraints):
                 continue
-            row = _measure(sweep_dir, config)
+            try:
+                row = _measure(sweep_dir, config)
+            except (ExportError, RuntimeError):
+                continue  # registration retries it and skips the point with the reason
             fresh += not row["cached"]
             wanted_points += not violations(row, defn.constraints)  # a skip uses no budget
     if fresh:

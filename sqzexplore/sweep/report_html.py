@@ -250,7 +250,7 @@ def render_html(
     """The whole page, section by section."""
     parts = _head(defn, refresh_s)
     parts += _summary_section(sweep_dir, state, defn, st, times, runs, where, key_rows)
-    parts += _front_section(defn, images, merged_front, where)
+    parts += _front_section(defn, images, merged_front, where, _latency_note(runs))
     comparison = paper_tables(defn, rows, where)
     if comparison:
         parts += ["<h2>Against the paper</h2>", *comparison]
@@ -295,14 +295,26 @@ def _summary_section(sweep_dir, state, defn, st, times, runs, where, key_rows) -
     ]
 
 
-def _front_section(defn, images, merged_front, where) -> list[str]:
+def _latency_note(runs) -> str:
+    """Where the sweep's latency was measured (sweep/latency.py), for the latency figure."""
+    lat = next((r.latency for r in runs if r.latency), None)
+    if not lat:
+        return ""
+    return (
+        f" (median of {lat['repeats']} batch-1 calls, {lat['runtime']}, {lat['threads']} "
+        f"thread(s), on {lat['host']}, {lat['cpu']})"
+    )
+
+
+def _front_section(defn, images, merged_front, where, latency_note="") -> list[str]:
     """Accuracy against each size with the fronts, then the table of every front point."""
     acc = metric(ACCURACY).label
     parts = [
         _figure(
             images,
             f"accuracy_vs_{front_name(size)}",
-            f"{defn.name}: {acc} on {where} vs {metric(size).label}; error bars and the "
+            f"{defn.name}: {acc} on {where} vs {metric(size).label}"
+            f"{latency_note if size == LATENCY else ''}; error bars and the "
             "front's band: ± 1 std over seeds",
         )
         for size in (*FRONT_SIZES, LATENCY)
