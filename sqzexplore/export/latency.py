@@ -74,13 +74,26 @@ def summarize(times: list[float]) -> dict[str, float]:
 
 
 def check_runtime(runtime: str):
-    """The export format `runtime` runs, checked installed (ExportError otherwise)."""
+    """The export format `runtime` runs, checked installed and importable (ExportError
+    otherwise: a package found on the path that fails to import, e.g. a broken build or a
+    missing shared library, cannot measure anything either)."""
+    import importlib
+
     from sqzexplore.export.artifact import FORMATS, check_formats
 
     if runtime not in RUNTIMES:
         raise ExportError("runtime", f"must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     check_formats([RUNTIME_FORMAT[runtime]])
-    return FORMATS[RUNTIME_FORMAT[runtime]]
+    fmt = FORMATS[RUNTIME_FORMAT[runtime]]
+    for package in fmt.packages:
+        try:
+            importlib.import_module(package)
+        except ImportError as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ExportError(
+                "runtime", f"{runtime} is installed but {package} does not import here: {first}"
+            ) from None
+    return fmt
 
 
 def check_counts(warmup: Any, repeats: Any) -> tuple[int, int]:

@@ -16,10 +16,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqzexplore.rundir import METRICS_FILE, RESULT_FILE, read_json, read_jsonl, read_result
+from sqzexplore.sweep import latency as sweep_latency
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import RunClaims, record_is_live
 from sqzexplore.sweep.design import point_label
-from sqzexplore.sweep.metric_table import ACCURACY, RESULT_METRICS, SIZE_METRICS, metric
+from sqzexplore.sweep.metric_table import (
+    ACCURACY,
+    LATENCY_METRICS,
+    RESULT_METRICS,
+    SIZE_METRICS,
+    metric,
+)
 from sqzexplore.sweep.pareto import pareto_front, row_value
 from sqzexplore.sweep.space import SweepDefinition
 from sqzexplore.sweep.text_format import format_duration
@@ -47,6 +54,7 @@ class RunRecord:
     registered: float | None
     finished: float | None  # result.json time
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  # the run's config.data
+    latency: dict[str, Any] | None = None  # measured at registration (sweep/latency.py)
 
 
 def collect_runs(sweep_dir: sd.SweepDir, stale_after_s: float = 300.0) -> list[RunRecord]:
@@ -82,6 +90,7 @@ def collect_runs(sweep_dir: sd.SweepDir, stale_after_s: float = 300.0) -> list[R
                 registered=record.get("registered"),
                 finished=finished,
                 data=(record.get("config") or {}).get("data") or {},
+                latency=record.get("latency"),
             )
         )
     return runs
@@ -132,6 +141,8 @@ def point_rows(runs: Sequence[RunRecord], defn: SweepDefinition) -> list[dict[st
             value = metric(name).value({"complexity": first.complexity})
             integral = value is not None and name != "complexity.fp32_mib" and value.is_integer()
             row[name] = int(value) if integral else value
+        for name in LATENCY_METRICS:  # a property of the point too (None: not measured)
+            row[name] = metric(name).value({"latency": first.latency})
         for name in RESULT_METRICS:
             values = [v for v in (metric(name).value(r.result) for r in complete) if v is not None]
             row[f"{name}.mean"] = statistics.fmean(values) if values else None
@@ -211,7 +222,7 @@ TIME_METRICS = ("train_time_s", "compile_time_s", "overhead_s", "wall_time_s")
 
 def result_columns(defn: SweepDefinition) -> list[str]:
     cols = ["label", "point", "trial_number", "state", "seeds", "seeds_complete", *defn.keys]
-    cols += list(SIZE_METRICS)
+    cols += list(SIZE_METRICS) + latency_columns(defn)
     for name in RESULT_METRICS:
         cols += [f"{name}.mean", f"{name}.std"]
         if name in INTERVAL_METRICS:
@@ -234,8 +245,13 @@ def frontier_columns(defn: SweepDefinition) -> list[str]:
         "complexity.params",
         "complexity.macs",
         "complexity.fp32_mib",
+        *latency_columns(defn),
         "seeds_complete",
     ]
+
+
+def latency_columns(defn: SweepDefinition) -> list[str]:
+    return list(LATENCY_METRICS) if sweep_latency.wanted(defn) else []
 
 
 def error_samples(runs) -> list[dict[str, Any]]:

@@ -134,6 +134,7 @@ def cmd_run(args) -> int:
         workdir=workdir,
         default_runner=not args.runner,
         devices=not args.slurm,
+        defn=defn,
     )
     if args.slurm:
         from sqzexplore.sweep.slurm import run_array
@@ -268,6 +269,7 @@ def cmd_worker(args) -> int:
         storage=state.get("storage"),
         workdir=args.workdir,
         default_runner=not args.runner,
+        defn=sweep_dir.definition(),
     )
     _run_worker(args, sweep_dir, log=FailureLog(print))
     return 0

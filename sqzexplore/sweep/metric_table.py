@@ -104,6 +104,9 @@ _METRICS = [
         False,
         True,
     ),
+    # Measured on this host (sweep/latency.py): batch 1, ONNX Runtime, one thread; the median.
+    Metric("latency.ms", ("latency", "ms"), "latency (ms, batch 1)", "{:.3f}", 1.0, False, True),
+    Metric("latency.p90_ms", ("latency", "p90_ms"), "p90 latency (ms)", "{:.3f}", 1.0, False, True),
     Metric("train_time_s", ("train_time_s",), "train time (s)", "{:.1f}", 1.0, None),
     Metric("wall_time_s", ("wall_time_s",), "wall time (s)", "{:.1f}", 1.0, None),
     Metric("compile_time_s", ("compile_time_s",), "compile time (s)", "{:.1f}", 1.0, None),
@@ -134,6 +137,8 @@ SIZE_METRICS = (
     "complexity.fp32_mib",
     "complexity.activations",
 )
+# Measured latency: a property of the design point on the sweep's host, when it measured it.
+LATENCY_METRICS = ("latency.ms", "latency.p90_ms")
 # The accuracy metric the reports, frontiers and pruning use.
 ACCURACY = "final.top1"
 

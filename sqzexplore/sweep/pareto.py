@@ -80,27 +80,42 @@ def knee_row(front: Sequence[dict[str, Any]], size_metric: str, accuracy_metric:
 
 
 FRONT_SIZES = ("complexity.params", "complexity.macs")
+LATENCY = "latency.ms"  # a third front where the sweep measured latency (sweep/latency.py)
+
+
+def front_sizes(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The sizes the report draws fronts for: params and MACs, and latency when measured."""
+    measured = any(row_value(r, LATENCY) is not None for r in rows)
+    return (*FRONT_SIZES, LATENCY) if measured else FRONT_SIZES
+
+
+def front_name(size: str) -> str:
+    """'params', 'macs', 'latency': a front's name in tables and figure file names."""
+    return "latency" if size.startswith("latency.") else size.split(".")[-1]
 
 
 def key_size(defn: SweepDefinition) -> str:
-    """The size the sweep trades accuracy against: its first size objective, else params."""
+    """The size the sweep trades accuracy against: its first size (or latency) objective, else
+    params."""
     for o in defn.objectives:
-        if o.metric in FRONT_SIZES:
+        if o.metric in (*FRONT_SIZES, LATENCY):
             return o.metric
     return FRONT_SIZES[0]
 
 
-def fronts(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def fronts(
+    rows: Sequence[dict[str, Any]], sizes: Sequence[str] = FRONT_SIZES
+) -> dict[str, list[dict[str, Any]]]:
     """Size metric -> its Pareto front rows (with 'front', 'rank' and 'role' added)."""
     out = {}
-    for size in FRONT_SIZES:
+    for size in sizes:
         front = frontier_rows(rows, size)
         best = max(front, key=lambda r: row_value(r, ACCURACY)) if front else None
         knee = knee_row(front, size)
         out[size] = [
             {
                 **r,
-                "front": size.split(".")[-1],
+                "front": front_name(size),
                 "rank": i + 1,
                 "role": " ".join(
                     name for name, pick in (("best", best), ("knee", knee)) if pick is r
@@ -117,7 +132,7 @@ def merged_front(front_by_size: dict[str, list[dict]]) -> list[dict[str, Any]]:
     for size, front in front_by_size.items():
         for r in front:
             row = by_point.setdefault(r["point"], {**r, "fronts": [], "roles": []})
-            row["fronts"].append(size.split(".")[-1])
+            row["fronts"].append(front_name(size))
             row["roles"] += [f"{role} ({r['front']})" for role in r["role"].split()]
     return sorted(by_point.values(), key=lambda r: (r["complexity.params"], r["complexity.macs"]))
 

@@ -5,8 +5,10 @@ are runs, each a normal training workdir `trials/<point>-s<seed>/` whose full co
 once, when the point is registered, and written to its trial.json; a worker only reads it. The
 Optuna trial is told once all its runs have finished: the objectives are the means over seeds
 (stopped early: PRUNED; any run failed: FAIL). Design points that break the sweep's analytic
-constraints, or are not a valid SqueezeNetSpec, or repeat an earlier point, are told FAIL right
-away with the reason (also in skipped.jsonl) and never train; they do not use the budget.
+constraints (or its measured latency limit, sweep/latency.py), or are not a valid
+SqueezeNetSpec, or repeat an earlier point, are told FAIL right away with the reason (also in
+skipped.jsonl) and never train; they do not use the budget. A sweep that uses latency stores
+each point's measured row in its runs' trial.json, where the objectives read it.
 Samplers are deterministic: the grid order is the definition's seeded shuffle, and random /
 NSGA-II draws are seeded by (sweep seed, trial number), so a sweep asks the same points
 whichever worker asks.
@@ -36,7 +38,8 @@ from typing import Any
 import optuna
 
 from sqzexplore.models.spec import SpecError
-from sqzexplore.rundir import append_jsonl, read_result, write_json
+from sqzexplore.rundir import append_jsonl, read_json, read_result, write_json
+from sqzexplore.sweep import latency as sweep_latency
 from sqzexplore.sweep import study_view
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.metric_table import metric
@@ -49,6 +52,7 @@ from sqzexplore.sweep.store_open import open_store
 # Optuna user attributes of a design point.
 ATTR_POINT = "point"  # set last by registration: marks the trial registered (or skipped)
 ATTR_COMPLEXITY = "complexity"
+ATTR_LATENCY = "latency_ms"  # the measured latency (sweep/latency.py), when the sweep uses it
 ATTR_SKIPPED = "skipped"  # reason a point was not trained
 ATTR_SKIP_KIND = "skip_kind"  # constraint | invalid | duplicate | interrupted
 # Optuna's own system attribute holding an enqueued trial's parameters (Study.enqueue_trial).
@@ -244,6 +248,9 @@ class DesignPoints:
         if violations:
             self._skip(number, key, point, "constraint", "; ".join(violations), totals=totals)
             return None
+        latency = self._latency(number, key, point, configs[d.seeds[0]], totals)
+        if latency is False:
+            return None
         for seed, config in configs.items():
             workdir = self.dir.trial_dir(trial_id(key, seed))
             if (workdir / sd.TRIAL_FILE).exists():
@@ -261,14 +268,37 @@ class DesignPoints:
                 "registered": time.time(),
                 "config": config,
             }
+            if latency is not None:
+                record["latency"] = latency
             write_json(workdir / sd.TRIAL_FILE, record)
         self.store.add_runs(number, key, d.seeds)
         storage_id = self._storage_id(number)
         self.storage.set_trial_user_attr(storage_id, ATTR_COMPLEXITY, totals)
         for name, value in study_view.size_attrs(totals).items():  # numbers for the dashboard
             self.storage.set_trial_user_attr(storage_id, name, value)
+        if latency is not None:
+            self.storage.set_trial_user_attr(storage_id, ATTR_LATENCY, latency["ms"])
         self.storage.set_trial_user_attr(storage_id, ATTR_POINT, key)  # last: registered
         return key
+
+    def _latency(self, number, key, point, config, totals) -> dict | None | bool:
+        """The point's measured latency row when the sweep uses latency (None when it does
+        not; False when the point was skipped: over max_latency_ms, or not measurable)."""
+        if not sweep_latency.wanted(self.defn):
+            return None
+        from sqzexplore.export.source import ExportError
+
+        try:
+            latency = sweep_latency.point_latency(self.dir, config)
+        except (ExportError, RuntimeError) as e:
+            reason = f"latency not measurable: {str(e).splitlines()[0]}"
+            self._skip(number, key, point, "invalid", reason, totals=totals)
+            return False
+        over = sweep_latency.violations(latency, self.defn.constraints)
+        if over:
+            self._skip(number, key, point, "constraint", "; ".join(over), totals=totals)
+            return False
+        return latency
 
     def _skip(self, number, point, params, kind, reason, *, values=None, totals=None) -> None:
         params = {k: jsonable(v) for k, v in params.items()}
@@ -288,6 +318,8 @@ class DesignPoints:
         if state != sd.COMPLETE:
             return None
         result = read_result(workdir) or {}
+        if sweep_latency.wanted(self.defn):  # measured at registration, kept in trial.json
+            result["latency"] = (read_json(workdir / sd.TRIAL_FILE) or {}).get("latency")
         values = [metric(o.metric).value(result) for o in self.defn.objectives]
         return [v if v is not None and math.isfinite(v) else None for v in values]
 

@@ -10,7 +10,10 @@ failing each the same way:
 - the devices: a `platform` the base config asks for (gpu/tpu) must be what JAX sees, and a job
   granted GPUs must not silently train on the CPU (`train.preflight.check_platform`);
 - the storage: an Optuna database URL must open; the sweep directory's journal must be
-  writable where it will be created.
+  writable where it will be created;
+- latency: a sweep whose objectives or constraints use measured latency needs its runtime
+  (ONNX Runtime) installed and importable here (`sweep.latency.check_available`), whatever the
+  runner: the latency is measured by the worker, not by the trainer.
 
 The dataset and device checks apply to the default trainer; a custom `--runner` decides for
 itself what it needs.
@@ -84,9 +87,15 @@ def check(
     workdir: str,
     default_runner: bool,
     devices: bool = True,
+    defn=None,
 ) -> None:
-    """Every check above for a sweep whose base config (as a dict) is `config`. `devices`: off
-    where the trials run elsewhere (a SLURM submission; each array task's worker checks)."""
+    """Every check above for a sweep whose base config (as a dict) is `config` and whose
+    definition is `defn` (None: no latency check). `devices`: off where the trials run
+    elsewhere (a SLURM submission; each array task's worker checks)."""
+    if defn is not None:
+        from sqzexplore.sweep.latency import check_available
+
+        check_available(defn)
     check_storage(storage, workdir)
     if default_runner:
         check_dataset(config.get("data") or {})

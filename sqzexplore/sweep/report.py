@@ -4,8 +4,9 @@ Writes to DIR/report/ (or --out):
     results.csv   one row per design point: design fields, params, MACs, MiB, each metric's mean
                   and std over seeds (std empty for one seed), n and a 95% interval for the
                   accuracies, per-trial train / compile / overhead times
-    frontier.csv  the Pareto-optimal points for accuracy vs params and accuracy vs MACs (one row
-                  per point and front, with its rank)
+    frontier.csv  the Pareto-optimal points for accuracy vs params and accuracy vs MACs, and vs
+                  measured latency when the sweep measured it (one row per point and front,
+                  with its rank; sweep/latency.py)
     *.png, *.svg, *.pdf  accuracy vs size (Pareto front with its +- 1 std band, best point and
                   knee), per-field curves (paper Fig. 3 layout, the paper's values beside them
                   where the paper ablates the field), error EDFs per design choice (pycls),
@@ -45,7 +46,15 @@ from sqzexplore.sweep.analyze import (
 )
 from sqzexplore.sweep.dashboards import effective_mode, read_settings
 from sqzexplore.sweep.metric_table import ACCURACY, metric
-from sqzexplore.sweep.pareto import FRONT_SIZES, fronts, key_points, key_size, merged_front
+from sqzexplore.sweep.pareto import (
+    FRONT_SIZES,
+    front_name,
+    front_sizes,
+    fronts,
+    key_points,
+    key_size,
+    merged_front,
+)
 from sqzexplore.sweep.report_html import render_html
 from sqzexplore.sweep.space import SweepDefinition
 from sqzexplore.sweep.tensorboard import write_tensorboard
@@ -71,6 +80,8 @@ def frontier_text(defn: SweepDefinition, rows: Sequence[dict[str, Any]], title: 
         ("MACs (M)", lambda r: metric("complexity.macs").format(r["complexity.macs"])),
         ("MiB", lambda r: metric("complexity.fp32_mib").format(r["complexity.fp32_mib"])),
     ]
+    if any(r.get("latency.ms") is not None for r in rows):
+        columns.append(("latency (ms)", lambda r: metric("latency.ms").format(r["latency.ms"])))
     if not rows:
         return f"{title}\n(no complete design points yet)"
     return f"{title}\n{format_table(rows, columns)}"
@@ -78,8 +89,8 @@ def frontier_text(defn: SweepDefinition, rows: Sequence[dict[str, Any]], title: 
 
 def _figures(rows, defn, runs, where: str, curves) -> dict[str, dict[str, bytes]]:
     out = {}
-    for size in FRONT_SIZES:
-        out[f"accuracy_vs_{size.split('.')[-1]}"] = figures.render(
+    for size in front_sizes(rows):
+        out[f"accuracy_vs_{front_name(size)}"] = figures.render(
             figures.frontier_scatter(rows, defn, size, where)
         )
     for key in defn.keys:
@@ -109,16 +120,17 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     runs = collect_runs(sweep_dir)
     rows = point_rows(runs, defn)
-    front_by_size = fronts(rows)
+    sizes = front_sizes(rows)
+    front_by_size = fronts(rows, sizes)
     merged = merged_front(front_by_size)
-    size = key_size(defn)
+    size = key_size(defn) if key_size(defn) in sizes else FRONT_SIZES[0]
     keys = key_points(rows, front_by_size, size)
     st = status(sweep_dir)
     finished = not (st["counts"][sd.PENDING] or st["counts"][sd.RUNNING])
     where = evaluated_on(state, runs)
 
     write_csv(out / "results.csv", rows, result_columns(defn))
-    front_rows = [r for s in FRONT_SIZES for r in front_by_size[s]]
+    front_rows = [r for s in sizes for r in front_by_size[s]]
     write_csv(out / "frontier.csv", front_rows, frontier_columns(defn))
 
     images = _figures(rows, defn, runs, where, point_curves(sweep_dir, runs))
@@ -134,9 +146,15 @@ def build_report(
             defn,
             [{**r, "role": ", ".join(r["fronts"])} for r in merged],
             f"Pareto front ({len(merged)} points; first column: the fronts it is on, "
-            "accuracy vs params and/or vs MACs)",
+            f"accuracy vs {' and/or vs '.join(front_name(s) for s in sizes)})",
         )
     )
+    lat = next((r.latency for r in runs if r.latency), None)
+    if lat:  # what the latency numbers are only valid on
+        text += (
+            f"\n\nlatency: median of {lat['repeats']} timed batch-1 calls, {lat['runtime']}, "
+            f"{lat['threads']} thread(s), on {lat['host']} ({lat['cpu']}); sweep/latency.py"
+        )
     echo(text)
 
     page = render_html(

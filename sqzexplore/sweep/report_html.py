@@ -22,10 +22,11 @@ from typing import Any
 
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.analyze import TIME_METRICS
+from sqzexplore.sweep.latency import wanted as latency_wanted
 from sqzexplore.sweep.metric_table import ACCURACY, SIZE_METRICS, metric
 from sqzexplore.sweep.paper_values import paper_figure
 from sqzexplore.sweep.params import Categorical
-from sqzexplore.sweep.pareto import FRONT_SIZES
+from sqzexplore.sweep.pareto import FRONT_SIZES, LATENCY, front_name
 from sqzexplore.sweep.text_format import accuracy_text, format_duration, interval_text
 
 _CSS = """
@@ -90,6 +91,8 @@ def point_columns(defn, *, with_state: bool, lead: Column | None = None) -> list
     ]
     for name, label in zip(SIZE_METRICS[:3], ("params", "MACs (M)", "fp32 MiB"), strict=True):
         cols.append((label, lambda r, n=name: metric(n).format(r.get(n))))
+    if latency_wanted(defn):
+        cols.append(("latency (ms)", lambda r: metric(LATENCY).format(r.get(LATENCY))))
     cols.append(("seeds done", lambda r: f"{r['seeds_complete']}/{r['seeds']}"))
     return cols + _time_columns()
 
@@ -247,7 +250,7 @@ def render_html(
     """The whole page, section by section."""
     parts = _head(defn, refresh_s)
     parts += _summary_section(sweep_dir, state, defn, st, times, runs, where, key_rows)
-    parts += _front_section(defn, images, merged_front, where)
+    parts += _front_section(defn, images, merged_front, where, _latency_note(runs))
     comparison = paper_tables(defn, rows, where)
     if comparison:
         parts += ["<h2>Against the paper</h2>", *comparison]
@@ -292,17 +295,30 @@ def _summary_section(sweep_dir, state, defn, st, times, runs, where, key_rows) -
     ]
 
 
-def _front_section(defn, images, merged_front, where) -> list[str]:
+def _latency_note(runs) -> str:
+    """Where the sweep's latency was measured (sweep/latency.py), for the latency figure."""
+    lat = next((r.latency for r in runs if r.latency), None)
+    if not lat:
+        return ""
+    return (
+        f" (median of {lat['repeats']} batch-1 calls, {lat['runtime']}, {lat['threads']} "
+        f"thread(s), on {lat['host']}, {lat['cpu']})"
+    )
+
+
+def _front_section(defn, images, merged_front, where, latency_note="") -> list[str]:
     """Accuracy against each size with the fronts, then the table of every front point."""
     acc = metric(ACCURACY).label
     parts = [
         _figure(
             images,
-            f"accuracy_vs_{size.split('.')[-1]}",
-            f"{defn.name}: {acc} on {where} vs {metric(size).label}; error bars and the "
+            f"accuracy_vs_{front_name(size)}",
+            f"{defn.name}: {acc} on {where} vs {metric(size).label}"
+            f"{latency_note if size == LATENCY else ''}; error bars and the "
             "front's band: ± 1 std over seeds",
         )
-        for size in FRONT_SIZES
+        for size in (*FRONT_SIZES, LATENCY)
+        if f"accuracy_vs_{front_name(size)}" in images  # latency: where the sweep measured it
     ]
     lead = ("front", lambda r: " + ".join(r["fronts"]))
     return [
@@ -312,8 +328,8 @@ def _front_section(defn, images, merged_front, where) -> list[str]:
             merged_front,
             point_columns(defn, with_state=False, lead=lead)
             + [("role", lambda r: ", ".join(r["roles"]))],
-            caption=f"{acc} on {where} vs parameters and vs MACs: every point on either "
-            "front, once (front: which)",
+            caption=f"{acc} on {where} vs parameters, vs MACs (and vs measured latency): "
+            "every point on any front, once (front: which)",
         ),
     ]
 

@@ -17,7 +17,8 @@ A sweep file (`sweeps/<name>.py`) has a docstring saying what question the sweep
     sampler      'grid' (every point once, in an order seeded by `seed`) | 'random' | 'nsga2'
     n_trials     design points to train (grid: 0 = the whole grid)
     seeds        trainings per design point: a count, or explicit config.seed values
-    constraints  {max_params | max_macs | max_mib: limit}, checked analytically before training
+    constraints  {max_params | max_macs | max_mib: limit}, checked analytically before training;
+                 max_latency_ms: measured (sweep/latency.py), also before training
     early_stop   EarlyStop('median', n_startup_points, n_warmup_evals): stop a run whose eval
                  top-1 is below the median of finished runs at the same step
     seed         the sampler's seed (grid order, random and NSGA-II draws)
@@ -65,7 +66,7 @@ from sqzexplore.sweep.params import (  # noqa: F401 - the builders sweep files i
 SAMPLERS = ("grid", "random", "nsga2")
 DIRECTIONS = ("maximize", "minimize")
 EARLY_STOP_RULES = ("none", "median")
-CONSTRAINTS = ("max_params", "max_macs", "max_mib")
+CONSTRAINTS = ("max_params", "max_macs", "max_mib", "max_latency_ms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,10 +376,13 @@ def _constraints(raw: Any) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------ constraints
 def constraint_violations(totals: dict[str, Any], constraints: dict[str, float]) -> list[str]:
-    """Human-readable reasons a design point breaks the sweep's size limits."""
+    """Human-readable reasons a design point breaks the sweep's size limits (the measured
+    latency limit is sweep/latency.py's)."""
     field = {"max_params": "params", "max_macs": "macs", "max_mib": "fp32_mib"}
     out = []
     for name, limit in constraints.items():
+        if name not in field:
+            continue
         value = totals[field[name]]
         if value > limit:
             out.append(f"{field[name]} {_number(value)} > {name} {_number(limit)}")

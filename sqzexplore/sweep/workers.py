@@ -47,6 +47,7 @@ import ml_collections
 
 from sqzexplore.rundir import RESULT_FILE, read_json, write_json
 from sqzexplore.sweep import grouping
+from sqzexplore.sweep import latency as sweep_latency
 from sqzexplore.sweep import sweepdir as sd
 from sqzexplore.sweep.claims import HOST, Heartbeat, owner_record, record_is_live
 from sqzexplore.sweep.engine import DONE, WAIT, RunOutcome, RunTicket, SweepEngine
@@ -137,7 +138,11 @@ def run_worker(
     ahead: _Ahead | None = None
     size = population_size(population, runner, log, worker)
     measured: grouping.Measured | None = None  # this worker's last run's costs (padding)
-    prepare = prepare_hook(runner, size) if compile_ahead is not False else None
+    # Measured latency (sweep/latency.py): timed here before any training, or, where the points
+    # are not known ahead, when registered in this thread: then no compile-ahead thread.
+    ahead_safe = sweep_latency.measure_ahead(sweep_dir, engine.defn, engine.base, log)
+    ahead_ok = compile_ahead is not False and ahead_safe
+    prepare = prepare_hook(runner, size) if ahead_ok else None
     try:
         while max_runs is None or sum(summary.runs.values()) < max_runs:
             if stop.requested:
