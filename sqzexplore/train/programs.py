@@ -16,7 +16,9 @@ while the previous run trains (`sqz sweep worker --compile-ahead`). `compile_sec
 every second a thread spends tracing, lowering and compiling (or waiting for a background thread
 that does), the initialiser included.
 
-Compile options: `xla_options` (the initialiser at backend optimisation level 1 everywhere,
+The programs' bodies (the masked block of steps, the population step over stacked members) and
+the dispatch plan (steps per dispatch, cadence) are dispatch.py's; their names are re-exported
+here. Compile options: `xla_options` (the initialiser at backend optimisation level 1 everywhere,
 bit-identical and less than half the compile time: digits 4.1 s vs 10.1 s of CPU; the step and
 eval at level 1 on CPU).
 """
