@@ -73,7 +73,7 @@ class Lone:
         size = int(self.config.batch_size) // jax.process_count()
         batches = ds.train_iter(start_step, size, self.config.seed)
         fetch = lambda: tuple(sharding.put_batch(b, mesh) for b in _image_label(next(batches)))
-        first = fetch()  # before compiling, as the stream's start-up overlaps nothing else
+        first = fetch()
         return lambda step: first if step == start_step else fetch()
 
     def block_name(self, k: int) -> str:
