@@ -124,3 +124,26 @@ def test_a_population_in_two_processes_matches_one_process_with_four_devices(tmp
     assert _first_record(tmp_path / "single" / "seed_0") != _first_record(
         tmp_path / "single" / "seed_1"
     )
+
+
+def test_checkpointers_of_different_workdirs_never_share_a_barrier(tmp_path):
+    """Orbax names a save's cross-process barriers after the step; a population's members save
+    the same step at once, one checkpointer each, so each checkpointer's barriers carry a prefix
+    of its own directory (the same on every process)."""
+    from sqzexplore import sharding
+    from sqzexplore.checkpoint import Checkpointer, barrier_prefix
+
+    mesh = sharding.make_mesh()
+    made = [
+        Checkpointer(str(tmp_path / d), keep=1, sharding=sharding.replicated(mesh))
+        for d in ("seed_0", "seed_1")
+    ]
+    try:
+        prefixes = [
+            c.manager._options.multiprocessing_options.barrier_sync_key_prefix for c in made
+        ]
+    finally:
+        for c in made:
+            c.close()
+    assert prefixes[0] != prefixes[1] and all(prefixes)
+    assert prefixes[0] == barrier_prefix(str(tmp_path / "seed_0" / "checkpoints"))

@@ -107,16 +107,6 @@ def next_boundary(step: int, steps: Any, log_every: int) -> int:
     return min(*(nxt(e) for e in every), steps.total_steps)
 
 
-def scan_steps(step_fn: Callable, length: int) -> Callable:
-    """`length` train steps as one function (`lax.scan`): `(state, images, labels) -> (state,
-    metrics)`, each metric with a leading step axis. The same step, the same order."""
-
-    def block(state, images, labels):
-        return jax.lax.scan(lambda s, _: step_fn(s, images, labels), state, None, length=length)
-
-    return block
-
-
 def masked_block(step_fn: Callable, length: int) -> Callable:
     """`length` steps of `step_fn(state, *args) -> (state, metrics)` as one function
     `(state, *args, n) -> (state, metrics)` that applies only the first `n` (a traced int32, 1 to

@@ -87,9 +87,6 @@ class Lone:
         block = self.progs.train_block(k)
         return lambda state, active, x, y, n: block(state, x, y, n=n)
 
-    def eval_name(self) -> str:
-        return "eval"
-
     def compile_eval_in_background(self):
         return self.progs.compile_eval_in_background()
 
@@ -168,12 +165,10 @@ class Population:
             return lambda state, active, x, y, n: step(state, active, x, y)
         return lambda state, active, x, y, n: step(state, active, x, y, n=n)
 
-    def eval_name(self) -> str:
-        return f"population_eval/{self.slots}/{self.lowering}"
-
     def compile_eval_in_background(self):
         build = lambda: self.progs.population_eval(self.slots, self.lowering)
-        return self.progs.compile_in_background(self.eval_name(), build)
+        name = f"population_eval/{self.slots}/{self.lowering}"
+        return self.progs.compile_in_background(name, build)
 
     def evaluate(self, state: Any) -> list[dict]:
         return self.progs.population_eval(self.slots, self.lowering)(state)
