@@ -72,11 +72,9 @@ class Member:
 
 
 def start(config: ml_collections.ConfigDict):
-    """Phase 1 up to the engine: join jax.distributed, make the mesh, set the XLA options."""
+    """Phase 1 up to the engine: join jax.distributed; the mesh of all devices."""
     sharding.maybe_initialize_distributed(config.distributed)
-    mesh = sharding.make_mesh()
-    xla_options.configure(config)  # persistent cache, GPU compile options; before any compile
-    return mesh
+    return sharding.make_mesh()
 
 
 def run(members: list[Member], engine, on_eval: OnEval | None, stop, t_start: float) -> list:
@@ -84,7 +82,9 @@ def run(members: list[Member], engine, on_eval: OnEval | None, stop, t_start: fl
     per member (a preempted one: {"status": "preempted", "step": N})."""
     is_main = jax.process_index() == 0
     compile_start = programs.compile_seconds()
-    engine.preflight(members)  # devices, platform, batch split, memory, workdir; the programs
+    engine.preflight(members)  # devices, platform, batch split, memory, workdir
+    xla_options.configure(engine.config)  # persistent cache, compile options; before any compile
+    engine.load(members)  # the dataset and the programs (cached, or built on first use)
     progs, steps = engine.progs, engine.progs.steps
     total, active = steps.total_steps, [m for m in members if m.active]
     _write_run_files(members, engine, is_main)

@@ -23,7 +23,7 @@ import numpy as np
 
 from sqzexplore import rundir, sharding
 from sqzexplore.checkpoint import MANIFEST_FILE, Best, Checkpointer
-from sqzexplore.config import ConfigError
+from sqzexplore.config import ConfigError, validate_config
 from sqzexplore.train import padding, preflight, programs
 
 
@@ -43,9 +43,10 @@ class Lone:
         self.what = "the train step"
 
     def preflight(self, members: list) -> None:
-        """The checks, then the dataset and the (cached or new) programs: a bad config or
-        workdir is refused before the data loads."""
         preflight.check(self.config, self.spec, self.mesh, members[0].workdir)
+
+    def load(self, members: list) -> None:
+        """The dataset and the (cached or new) programs."""
         self.progs = programs.for_run(self.config, self.spec, self.mesh, **self._bake)
 
     def spec_of(self, index: int):
@@ -113,8 +114,29 @@ class Population:
     def __init__(self, members: list, mesh):
         self.mesh, self.slots = mesh, len(members)
         self.config = members[0].config
+        self.lowering = programs.population_lowering(self.config)
+        how = "vmapped" if self.lowering == "vmap" else "members unrolled in turn"
+        self.what = f"the train step of a population of {self.slots} ({how})"
+        self.progs: programs.Programs | None = None
+
+    def preflight(self, members: list) -> None:
+        """The checks, for each unfinished member, of one member of the program's network (the
+        padded one where the members differ in widths)."""
+        specs = [validate_config(m.config) for m in members]
+        spec = specs[0]
+        if any(s.fires() != spec.fires() for s in specs):
+            try:
+                spec = padding.padded_spec(specs)
+            except padding.PaddingError as e:  # a sweep worker then trains them one by one
+                raise PopulationError(str(e)) from None
+        for m in members:
+            if m.active:  # devices, platform, batch split, memory, workdir
+                preflight.check(self.config, spec, self.mesh, m.workdir)
+
+    def load(self, members: list) -> None:
+        """The members' layout (padded to common widths or not) and its programs."""
         try:
-            self.layout = padding.layout([m.config for m in members], mesh)
+            self.layout = padding.layout([m.config for m in members], self.mesh)
         except padding.PaddingError as e:  # a sweep worker then trains them one by one
             raise PopulationError(str(e)) from None
         self.progs = self.layout.programs
@@ -124,15 +146,6 @@ class Population:
                 f"auto within the memory budget); {self.progs.ds.name} is streamed: train its "
                 "seeds one by one"
             )
-        self.lowering = programs.population_lowering(self.config)
-        how = "vmapped" if self.lowering == "vmap" else "members unrolled in turn"
-        self.what = f"the train step of a population of {self.slots} ({how})"
-
-    def preflight(self, members: list) -> None:
-        """The checks (the programs are the layout's, made with it)."""
-        for m in members:
-            if m.active:  # devices, platform, batch split, memory (of one padded member), workdir
-                preflight.check(self.layout.config, self.layout.spec, self.mesh, m.workdir)
         if jax.process_index() == 0 and self.layout.describe():
             print(f"population of {self.slots}: {self.layout.describe()}", flush=True)
 
