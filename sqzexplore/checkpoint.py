@@ -116,6 +116,15 @@ class Best:
         return Best(correct=correct, count=count, step=step)
 
 
+def barrier_prefix(directory: str) -> str:
+    """The prefix of this directory's orbax barriers across processes. Orbax names a save's
+    barriers after the step (`async_write_complete.44`), so two checkpointers saving the same
+    step at once (a population's members, one per workdir) would meet at one barrier and fail
+    ("Barrier ... is already ongoing"); a prefix per directory keeps them apart. The same on
+    every process: the workdir's path is the same there."""
+    return "sqz" + hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:16]
+
+
 class Checkpointer:
     """Saves and restores a run's checkpoints; see the module docstring.
 
@@ -142,6 +151,9 @@ class Checkpointer:
             create=True,
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=barrier_prefix(self.directory)
+            ),
         )
         self.manager = self._make_manager()
 

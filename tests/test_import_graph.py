@@ -133,7 +133,7 @@ def _path(graph: dict[str, set[str]], component: list[str]) -> str:
 def test_the_graph_is_read():
     """The walk sees the edges it must (so an empty graph cannot pass the test below)."""
     graph = import_graph()
-    assert "sqzexplore.checkpoint" in graph["sqzexplore.train.loop"]
+    assert "sqzexplore.checkpoint" in graph["sqzexplore.train.driver"]
     assert "sqzexplore.rundir" in graph["sqzexplore.checkpoint"]
     assert "benchmarks.profile" in graph["benchmarks.step"]
     assert "sqzexplore.checkpoint" in graph["sqzexplore.train"]  # lazy re-export of load_run

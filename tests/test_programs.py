@@ -280,3 +280,59 @@ def test_eval_compiles_in_a_background_thread_once():
     assert counts == {LOWERING: 0, BACKEND_COMPILE: 0}, counts
     assert programs.compile_seconds() == before
     assert 0.0 <= metrics["top1"] <= 1.0
+
+
+def _train_programs(progs) -> list[str]:
+    return [n for n in progs.built_names() if n.startswith(("train_step", "train_block"))]
+
+
+def test_blocks_of_steps_never_compile_a_second_program(tmp_path, monkeypatch):
+    """steps_per_dispatch 8 on a 20-step run (blocks of 8, 8, then a tail of 4) compiles one
+    block program; a run resumed at step 12 from a checkpoint written with one step per dispatch
+    (its first block: 4 steps) compiles nothing new: every block, a shorter one too, runs
+    through the one program of 8 (dispatch.masked_block). Before, each shorter block length was
+    a program of its own, compiled inside the timed training."""
+    import signal
+
+    from sqzexplore.train import events
+    from sqzexplore.train.loop import train_and_evaluate
+
+    def config(k: int):
+        c = small_config()
+        c.num_steps, c.log_every_steps, c.steps_per_dispatch = 20, 8, k
+        c.eval_every_epochs = c.checkpoint_every_epochs = 4.0  # 88 steps: only the end
+        return c
+
+    whole = train_and_evaluate(config(8), str(tmp_path / "whole"))
+    progs = programs.for_run(config(8), validate_config(config(8)), sharding.make_mesh())
+    assert _train_programs(progs) == ["train_block/8"]
+    records = [r for r in _records(tmp_path / "whole") if r["split"] == "train"]
+    assert [r["step"] for r in records] == [8, 16, 20] and whole["steps"] == 20
+
+    # Preempted at step 12 with one step per dispatch, resumed in blocks of 8 (4, then 8).
+    reached = events.reached
+    kill = lambda point, step: (
+        point == "step" and step == 12 and os.kill(os.getpid(), signal.SIGTERM)
+    )
+    monkeypatch.setattr(events, "reached", lambda p, s: kill(p, s) or reached(p, s))
+    first = train_and_evaluate(config(1), str(tmp_path / "resumed"))
+    assert first == {"status": "preempted", "step": 12}
+    monkeypatch.setattr(events, "reached", reached)
+    built = progs.built_names()
+    with count_compiles() as counts:
+        resumed = train_and_evaluate(config(8), str(tmp_path / "resumed"))
+    assert progs.built_names() == built, "the resumed run compiled another block program"
+    assert counts[LOWERING] == 0, counts
+    assert resumed["status"] == "complete" and resumed["steps"] == 20
+    # The masked steps changed nothing: the resumed run is the whole one up to float
+    # reassociation between one step per dispatch and blocks.
+    assert resumed["final"]["loss"] == pytest.approx(whole["final"]["loss"], rel=0.02)
+    again = [r for r in _records(tmp_path / "resumed") if r["split"] == "train"]
+    assert [r["step"] for r in again] == [8, 16, 20]
+    assert again[-1]["loss"] == pytest.approx(records[-1]["loss"], rel=0.02)
+
+
+def _records(workdir) -> list[dict]:
+    import json
+
+    return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]

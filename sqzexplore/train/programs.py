@@ -16,7 +16,9 @@ while the previous run trains (`sqz sweep worker --compile-ahead`). `compile_sec
 every second a thread spends tracing, lowering and compiling (or waiting for a background thread
 that does), the initialiser included.
 
-Compile options: `xla_options` (the initialiser at backend optimisation level 1 everywhere,
+The programs' bodies (the masked block of steps, the population step over stacked members) and
+the dispatch plan (steps per dispatch, cadence) are dispatch.py's; their names are re-exported
+here. Compile options: `xla_options` (the initialiser at backend optimisation level 1 everywhere,
 bit-identical and less than half the compile time: digits 4.1 s vs 10.1 s of CPU; the step and
 eval at level 1 on CPU).
 """
@@ -26,7 +28,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import math
 import threading
 import time
 import weakref
@@ -43,7 +44,18 @@ from sqzexplore import optim, rundir, sharding
 from sqzexplore.durations import Durations
 from sqzexplore.models.spec import SqueezeNetSpec
 from sqzexplore.train import xla_options
-from sqzexplore.train.evaluate import EvalRunner, eval_metrics
+from sqzexplore.train.dispatch import (  # noqa: F401 - re-exported: callers use programs.X
+    PopulationPrograms,
+    _needs_device_data,
+    cadence,
+    masked_block,
+    next_boundary,
+    over_members,
+    population_body,
+    population_lowering,
+    steps_per_dispatch,
+)
+from sqzexplore.train.evaluate import EvalRunner
 from sqzexplore.train.state import TrainState, init_state, model_graphdef
 from sqzexplore.train.step import make_train_step
 
@@ -113,103 +125,25 @@ def for_run(
 
 def prepare(config: ml_collections.ConfigDict, *, population: int = 1) -> Programs:
     """Compile the programs of a future run of `config` now (compile-ahead); cached: the init,
-    the eval and the first block of steps the run dispatches (`steps_per_dispatch`). With
+    the eval and the block of steps the run dispatches (`steps_per_dispatch`: every block of the
+    run, a shorter one included, goes through that one program). With
     `population` > 1, those of a population of that many members (population.py)."""
     from sqzexplore.config import validate_config
 
     spec = validate_config(config)
     programs = for_run(config, spec, sharding.make_mesh())
     k, _ = steps_per_dispatch(config, programs.steps, programs.ds.on_device)
-    first = min(k, next_boundary(0, programs.steps, config.log_every_steps))
     with programs._lock:
         if population > 1 and programs.ds.on_device:
             programs._compiled_init()
             lowering = population_lowering(config)
-            programs.population_step(population, first, lowering)
+            programs.population_step(population, k, lowering)
             programs.population_eval(population, lowering)
         else:
             programs._compiled_init()
-            programs.train_block(first)
+            programs.train_block(k)
             programs._compiled_eval(programs.abstract_state())
     return programs
-
-
-# Steps per dispatch when config.steps_per_dispatch is 0 (auto), per platform. CPU: 1. On
-# XLA:CPU the scanned block of the digits step compiled in 40.4 s against 16.8 s for one step and
-# ran at 3347 ms a step against 312 ms (K=10, 1 CPU device; /tmp script in docs/architecture.md,
-# 2-core AMD EPYC VM loaded by concurrent work): XLA:CPU runs a while loop's body far slower.
-# Accelerators: 8 (cut to divide the cadences), NOT yet measured on a GPU: one dispatch there
-# costs about as much as a small step; `sqz bench population --steps-per-dispatch 1,8` measures it.
-AUTO_STEPS_PER_DISPATCH = {"cpu": 1}
-AUTO_STEPS_PER_DISPATCH_ACCELERATOR = 8
-
-
-def population_lowering(config: Any, platform: str | None = None) -> str:
-    """How a population's program runs its members: "vmap" (one batched step: the convolutions
-    become grouped ones, which GPUs run well) or "unroll" (each member's own step, one after
-    another, unrolled in the one program: one compile and one dispatch, compile time growing
-    with the members). `config.population_lowering` auto: unroll on CPU, vmap elsewhere.
-    Measured on XLA:CPU (`sqz bench population --members 1,3 --lowering unroll,vmap --steps 20`,
-    1 device, digits, quiet 2-core EPYC VM, 2026-12-04): 3 members unrolled 1,142 img/s (1.20x
-    one member's 952; compile 21.6 s vs 6.8 s), vmapped 473 img/s (0.50x; compile 8.3 s); a
-    `lax.map` loop was slower still (a probe: 6.5x one member's step time per member)."""
-    wanted = (config.get("population_lowering", "auto") if config is not None else "") or "auto"
-    if wanted != "auto":
-        return wanted
-    return "unroll" if (platform or jax.default_backend()) == "cpu" else "vmap"
-
-
-def over_members(fn: Callable, lowering: str) -> Callable:
-    """`fn(state, *shared)` applied to every member of a state with a leading member axis (the
-    other arguments shared), outputs stacked on a leading member axis: `jax.vmap`, or each
-    member's own call unrolled (see `population_lowering`)."""
-    if lowering == "vmap":
-        return lambda state, *shared: jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(
-            state, *shared
-        )
-
-    def unrolled(state, *shared):
-        members = jax.tree.leaves(state)[0].shape[0]
-        outs = [fn(jax.tree.map(lambda a, i=i: a[i], state), *shared) for i in range(members)]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-
-    return unrolled
-
-
-def steps_per_dispatch(config: Any, steps: Any, on_device: bool) -> tuple[int, str]:
-    """(k, why): the train steps per host call. The largest divisor of the log, eval and
-    checkpoint cadences' greatest common divisor that is at most the wanted count, so that blocks
-    end exactly at those steps; 1 with streamed data (each step's batch comes from the host)."""
-    wanted = int(config.get("steps_per_dispatch", 0) or 0)
-    if not on_device:
-        return 1, "the batches are streamed from the host"
-    if wanted == 0:
-        platform = jax.default_backend()
-        wanted = AUTO_STEPS_PER_DISPATCH.get(platform, AUTO_STEPS_PER_DISPATCH_ACCELERATOR)
-        why = f"auto on {platform}"
-    else:
-        why = f"config.steps_per_dispatch={wanted}"
-    cadence = math.gcd(int(config.log_every_steps), steps.eval_every, steps.checkpoint_every)
-    k = max(d for d in range(1, min(wanted, cadence) + 1) if cadence % d == 0)
-    if k != wanted:
-        why += f", cut to {k} to divide the log/eval/checkpoint cadences ({cadence})"
-    return k, why
-
-
-def cadence(step: int, steps: Durations, log_every: int) -> tuple[bool, bool, bool]:
-    """(eval, checkpoint, log) due after `step`: eval and checkpoints at their intervals and at
-    the last step, and a log record at its interval and wherever either of them is."""
-    last = step == steps.total_steps
-    is_eval = step % steps.eval_every == 0 or last
-    is_ckpt = step % steps.checkpoint_every == 0 or last
-    return is_eval, is_ckpt, step % log_every == 0 or is_eval or is_ckpt
-
-
-def next_boundary(step: int, steps: Any, log_every: int) -> int:
-    """The first step after `step` that logs, evaluates, checkpoints or ends the run."""
-    nxt = lambda every: (step // every + 1) * every
-    every = (log_every, steps.eval_every, steps.checkpoint_every)
-    return min(*(nxt(e) for e in every), steps.total_steps)
 
 
 def _dataset(config: ml_collections.ConfigDict, spec: SqueezeNetSpec) -> Any:
@@ -242,25 +176,7 @@ def compile_seconds() -> float:
     return getattr(_spent, "seconds", 0.0)
 
 
-def scan_steps(step_fn: Callable, length: int) -> Callable:
-    """`length` train steps as one function (`lax.scan`): `(state, images, labels) -> (state,
-    metrics)`, each metric with a leading step axis. The same step, the same order."""
-
-    def block(state, images, labels):
-        return jax.lax.scan(lambda s, _: step_fn(s, images, labels), state, None, length=length)
-
-    return block
-
-
-def _needs_device_data(ds: Any, what: str) -> None:
-    if not ds.on_device:
-        raise ValueError(
-            f"{what} need a device-resident dataset (config.data.on_device true, or auto within "
-            f"the memory budget); {ds.name} is streamed"
-        )
-
-
-class Programs:
+class Programs(PopulationPrograms):
     """The dataset, optimiser, and compiled init / train step / eval of one design point.
 
     Each program is built on first use (or by `prepare()`), once, under a lock, so a run that
@@ -289,6 +205,7 @@ class Programs:
         self._lock = threading.RLock()
         self._eval_batch_size = config.eval_batch_size
         self._built: dict[str, Any] = {}
+        self._counts: dict[int, jax.Array] = {}  # a block's step counts, on the devices
         # Runs that trained with these programs (a program built before the first is one
         # compiled ahead, while another point's run trained).
         self.runs = 0
@@ -296,6 +213,11 @@ class Programs:
     def built(self, name: str) -> bool:
         """Whether program `name` ("init", "train_step", "eval") is built already."""
         return name in self._built
+
+    def built_names(self) -> list[str]:
+        """The programs built so far, e.g. ["init", "train_block/8", ...] (tests count compiles
+        with it)."""
+        return sorted(self._built)
 
     def _once(self, name: str, build: Callable[[], Any]) -> Any:
         """`build()`'s value, built by the first caller; timed into `compile_seconds()`."""
@@ -416,93 +338,38 @@ class Programs:
         return self._once("train_step", build)
 
     def train_block(self, length: int) -> Callable:
-        """The compiled block of `length` steps `(state, images, labels) -> (state, metrics)`:
-        one `lax.scan` over the train step (device-resident data only), metrics with a leading
-        step axis; `length` 1 is `train_step()`."""
+        """The compiled block of `length` steps `(state, images, labels, n=length) -> (state,
+        metrics)`: one `lax.scan` over the train step (device-resident data only) that applies
+        its first `n` steps (dispatch.masked_block: a shorter block runs through this same
+        program), metrics with a leading step axis of `length`; `length` 1 is `train_step()`."""
         if length == 1:
             return self.train_step()
         _needs_device_data(self.ds, "several steps per dispatch")
 
         def build():
-            block = scan_steps(self.step_fn(), length)
-            replicated = sharding.replicated(self.mesh)
-            jitted = jax.jit(block, donate_argnums=0, out_shardings=(replicated, replicated))
-            lowered = jitted.lower(self.abstract_state(), *self._example_batch())
-            return lowered.compile(xla_options.step_options())
+            return self._compile_block(
+                masked_block(self.step_fn(), length),
+                self.abstract_state(),
+                *self._example_batch(),
+                jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(self.mesh)),
+            )
 
-        return self._once(f"train_block/{length}", build)
+        return self._counted(self._once(f"train_block/{length}", build), length)
 
-    # ------------------------------------------------------------------ populations (population.py)
-    def abstract_population(self, members: int) -> TrainState:
-        """The state of `members` stacked members (a leading member axis), replicated."""
+    def _compile_block(self, fn: Callable, *abstract: Any) -> Any:
         replicated = sharding.replicated(self.mesh)
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct((members, *s.shape), s.dtype, sharding=replicated),
-            self._lowered_init().out_info,
-        )
+        jitted = jax.jit(fn, donate_argnums=0, out_shardings=(replicated, replicated))
+        return jitted.lower(*abstract).compile(xla_options.step_options())
 
-    def population_step(
-        self, members: int, length: int = 1, lowering: str | None = None
-    ) -> Callable:
-        """The compiled step of a population: `(state, active, images, labels) -> (state,
-        metrics)`, the train step over the leading member axis of `state`; a member whose
-        `active` flag is False keeps its state (frozen). Metrics have a member axis
-        (after a leading step axis when `length` > 1: a block of `length` steps, one scan).
-        `lowering`: "vmap" or "unroll" (`over_members`); None: `population_lowering`'s auto."""
-        _needs_device_data(self.ds, "populations")
+    def _counted(self, compiled: Any, length: int) -> Callable:
+        """`compiled(*args, n)` with `n` (default `length`) as a replicated int32, placed once."""
 
-        lowering = lowering or population_lowering(None)
+        def run(*args, n: int = length):
+            if n not in self._counts:
+                self._counts[n] = sharding.put_replicated(np.asarray(n, np.int32), self.mesh)
+            return compiled(*args, self._counts[n])
 
-        def build():
-            step = over_members(self.step_fn(), lowering)
-
-            def one_step(state, active, images, labels):
-                new, metrics = step(state, images, labels)
-                pick = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
-                return jax.tree.map(pick, new, state), metrics
-
-            if length == 1:
-                population_step = one_step
-            else:
-
-                def population_step(state, active, images, labels):
-                    body = lambda s, _: one_step(s, active, images, labels)
-                    return jax.lax.scan(body, state, None, length=length)
-
-            replicated = sharding.replicated(self.mesh)
-            jitted = jax.jit(
-                population_step, donate_argnums=0, out_shardings=(replicated, replicated)
-            )
-            active = jax.ShapeDtypeStruct((members,), jnp.bool_, sharding=replicated)
-            lowered = jitted.lower(
-                self.abstract_population(members), active, *self._example_batch()
-            )
-            return lowered.compile(xla_options.step_options())
-
-        return self._once(f"population_step/{members}/{length}/{lowering}", build)
-
-    def population_eval(
-        self, members: int, lowering: str | None = None
-    ) -> Callable[[TrainState], list[dict]]:
-        """Exact eval metrics of every member of a stacked state (the eval scan over members,
-        `lowering` as in `population_step`)."""
-        lowering = lowering or population_lowering(None)
-
-        def build():
-            runner = self.eval_runner
-            scan = over_members(runner._scan, lowering)
-            lowered = jax.jit(scan).lower(self.abstract_population(members), *runner.arrays)
-            compiled = lowered.compile(xla_options.step_options())
-
-            def evaluate(state: TrainState) -> list[dict]:
-                totals = jax.device_get(compiled(state, *runner.arrays))
-                return [
-                    eval_metrics(jax.tree.map(lambda a, i=i: a[i], totals)) for i in range(members)
-                ]
-
-            return evaluate
-
-        return self._once(f"population_eval/{members}/{lowering}", build)
+        return run
 
     @property
     def eval_runner(self) -> EvalRunner:
@@ -527,21 +394,28 @@ class Programs:
         self._compiled_eval(state)
         return self.eval_runner(state)
 
-    def compile_eval_in_background(self) -> threading.Thread | None:
-        """Start compiling the evaluation in a thread (it is first needed after some training);
-        None where it is built already or the run spans processes (its compile ends in a
-        barrier that every process must reach from the main thread). A failure is left to the
-        main thread, which compiles again when it evaluates and reports the error there."""
-        if self.built("eval") or jax.process_count() > 1:
+    def compile_in_background(self, name: str, build: Callable[[], Any]) -> threading.Thread | None:
+        """Start `build()` (compiling the evaluation program `name`) in a thread: it is first
+        needed after some training. None where `name` is built already or the run spans
+        processes (a compile there may end in a barrier that every process must reach from the
+        main thread). A failure is left to the main thread, which builds again when it evaluates
+        and reports the error there."""
+        if self.built(name) or jax.process_count() > 1:
             return None
 
         def compile_eval():
             with contextlib.suppress(Exception):  # raised again where the main thread evaluates
-                self._compiled_eval(self.abstract_state())
+                build()
 
         thread = threading.Thread(target=compile_eval, name="sqz-eval-compile")
         thread.start()
         return thread
+
+    def compile_eval_in_background(self) -> threading.Thread | None:
+        """The lone run's evaluation compiled in a thread (`compile_in_background`)."""
+        return self.compile_in_background(
+            "eval", lambda: self._compiled_eval(self.abstract_state())
+        )
 
     def prepare(self) -> None:
         """Compile everything a run needs (init, step, eval) from abstract values."""
