@@ -22,7 +22,7 @@ Train and evaluate one design point in DIR; rerunning the same command resumes i
 the stored result once it is finished). EXPERIMENT.py defines get_config(arg); ARG is its
 comma-separated key=value arguments (e.g. experiments/digits/squeezenet.py:epochs=4).
 Any config key below can be overridden: --config.model.squeeze_ratio=0.25,
---config.model.pool_after="('conv1','fire4')", --config.optim.lr=0.01.
+--config.model.pool_after=conv1,fire4 (or "('conv1','fire4')"), --config.optim.lr=0.01.
 
 Several seeds: --seeds=0,1,2 trains one trial per seed in DIR/seed_0, DIR/seed_1, ... (each
 its own complete run directory), as one program of stacked members with
