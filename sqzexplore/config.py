@@ -137,8 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 1.0
     c.keep_checkpoints = 3
-    c.steps_per_dispatch = 0  # train steps per host call (one lax.scan); 0: auto (train/dispatch.py)
-    # How a population's program runs its members (train/programs.py `over_members`): vmap (one
+    # Train steps per host call (one lax.scan); 0: auto (train/dispatch.py `steps_per_dispatch`).
+    c.steps_per_dispatch = 0
+    # How a population's program runs its members (train/dispatch.py `over_members`): vmap (one
     # batched step), unroll (each member's step in turn, in the one program), auto (vmap on
     # GPU/TPU, unroll on CPU).
     c.population_lowering = "auto"

@@ -14,17 +14,21 @@ config; its only other form is Optuna's (params.py encodes it at the Optuna boun
 Modules: params (search parameters), space (the definition), sweepfile (loading sweep files and
 their base experiment), design (SqueezeNet pooling ladders shared by sweep files), preflight
 (what every trial needs, checked before any is registered), points (the Optuna study: ask,
-register, tell), study_view (the study in the dashboards' units), engine (scheduling, written
-once against the run store), store (the run-store interface), store_open (which store a sweep
-uses), store_files (the journal: flock and claim files, claims) and store_db (a server
-database: run rows, dbclaims), sweepdir (layout and run states), workers (the worker loop),
-execute (training claimed runs and classifying their ends), grouping (width-padded groups),
-early_stop (the median rule), launch (local processes, GPUs, progress bar), slurm, analyze,
-pareto, text_format, metric_table, figures, figure_axes, report, report_html, tensorboard,
-wandb_export, wandb_summary, cli and cli_args (the command line).
+register, tell), runconfig (a run's full config, built once at registration), study_view (the
+study in the dashboards' units), latency (measured latency as an objective or constraint),
+engine (scheduling, written once against the run store), store (the run-store interface),
+store_open (which store a sweep uses), store_files (the journal: flock and claim files, over
+claims) and store_db (a server database: run rows, over dbclaims), sweepdir (layout and run
+states), workers (the worker loop), execute (training claimed runs and classifying their ends),
+grouping (width-padded groups), early_stop (the median rule), launch (local processes, GPUs,
+progress bar), slurm, dashboards (wandb settings, run names and groups), analyze, pareto,
+text_format, metric_table, figures, figure_axes, paper_values (the paper's numbers beside the
+measured ones), report, report_html, tensorboard, wandb_export, wandb_summary, cli and cli_args
+(the command line).
 
 The trial runner is injectable (`--runner module:function`); the default is the real trainer,
-`sqzexplore.train.train_and_evaluate(config, workdir, *, on_eval=None)`.
+`sqzexplore.train.runner:train_and_evaluate(config, workdir, *, on_eval=None)`, which carries
+the hooks a worker looks for (`prepare`, `train_population`, `auto_population_size`).
 
 Stop and restart: kill `sqz sweep run` at any moment (even SIGKILL) and run it again (see
 points.py for the registration steps a kill can split). Finished

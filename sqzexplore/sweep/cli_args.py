@@ -89,8 +89,8 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runner",
         default=None,
-        help="trial runner MODULE:FUNCTION (default sqzexplore.train:train_and_evaluate), for "
-        "custom trainers and tests",
+        help="trial runner MODULE:FUNCTION (default sqzexplore.train.runner:train_and_evaluate), "
+        "for custom trainers and tests",
     )
     p.add_argument(
         "--max-runs", type=_bounded(int, 0, "--max-runs"), help="stop each worker after N runs"
