@@ -2,7 +2,8 @@
 the CPU: a sweep worker (`sqz sweep run`, in this process, the journal-file run store) with
 populations, several steps per dispatch and compile-ahead forced on. Every program build is
 recorded (the program cache's `Programs._once`): none compiled ahead that no run used, and no
-train program compiled inside a run's timed training loop.
+train program compiled inside a run's timed training loop. Each result.json states the
+matmul/conv precision it ran at.
 
 Before compile-ahead claimed the next run's whole group (sweep/workers.py `claim_group`), it
 compiled a population of `--population` members (3 here) while the run that followed trained its
@@ -85,6 +86,9 @@ def test_compile_ahead_builds_only_the_programs_the_runs_train(tmp_path, monkeyp
     runs = collect_runs(sd.SweepDir(workdir))
     assert len(runs) == 4 and all(r.state == sd.COMPLETE for r in runs), runs
     assert all(r.result["steps"] == 10 for r in runs)
+    # Each result says what precision its matmuls and convolutions ran at (the driver's field).
+    precision = "matmul/conv precision float32 (jax_default_matmul_precision="
+    assert all(r.result["precision"].startswith(precision) for r in runs), runs
     assert "4 steps per dispatch" in out, out
 
     ahead = {(p, n) for thread, p, n, _ in builds if thread == "compile-ahead" and _top(n)}
