@@ -291,6 +291,9 @@ def test_sweep_pads_the_points_of_one_width_group(tmp_path, capsys):
     )
     workdir = tmp_path / "w"
     argv = ["run", str(path), "--workdir", str(workdir), "--progress", "off"]
+    # Off: compile-ahead would claim the second point's group while the first run trains,
+    # before any cost is measured, and so pad nothing (sweep/workers.py claim_group).
+    argv += ["--compile-ahead", "off"]
     assert sweep_cli.main([*argv, "--population", "3"]) == 0
     out = capsys.readouterr().out
     assert "3 done, 0 running, 0 failed" in out, out

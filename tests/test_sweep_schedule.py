@@ -260,3 +260,68 @@ def test_a_live_worker_stays_live_when_the_wall_clock_is_stepped(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def _population_runner(trained: list, prepared: list):
+    """The fake runner, training populations member by member, recording what it trains and
+    what compile-ahead prepares (trial ids; the prepared population's size)."""
+    lock = threading.Lock()
+
+    def runner(config, workdir):
+        with lock:
+            trained.append([workdir.rsplit("/", 1)[-1]])
+        return run_fake_trial(config, workdir)
+
+    def train_population(configs, workdirs, on_eval=None):
+        with lock:
+            trained.append([w.rsplit("/", 1)[-1] for w in workdirs])
+        return [run_fake_trial(c, w) for c, w in zip(configs, workdirs, strict=True)]
+
+    def prepare(config, population=1):
+        with lock:
+            prepared.append((config.wandb.name.split("/")[-1], population))
+
+    runner.train_population, runner.prepare = train_population, prepare
+    return runner
+
+
+def test_compile_ahead_prepares_the_group_the_next_run_trains(tmp_path, storage, monkeypatch):
+    """With `--population 3` and 2 seeds a point (none padded), compile-ahead claims the next
+    point's 2 seeds as the group it trains and prepares a population of 2 (before, it prepared
+    a population of 3, the worker's size, that no run trained)."""
+    from sqzexplore.sweep import grouping
+
+    monkeypatch.setattr(grouping, "pays", lambda group, candidate, measured: (False, "test"))
+    path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25), seeds=2)
+    sweep_dir = make_sweep_dir(path, tmp_path / "w", storage=storage)
+    trained, prepared = [], []
+    runner = _population_runner(trained, prepared)
+    kw = dict(heartbeat_s=0.5, log=lambda s: None, compile_ahead=True, population=3)
+    summary = run_worker(sweep_dir, runner=runner, worker="t", **kw)
+    assert summary.runs == {"complete": 4}
+    assert [len(g) for g in trained] == [2, 2]
+    # Exactly the group that trained next: its first run, its member count.
+    assert prepared == [(trained[1][0], 2)]
+    assert not list(sweep_dir.claims.glob("*.claim"))
+
+
+def test_compile_ahead_compiles_nothing_for_a_width_padded_group(tmp_path, storage, monkeypatch):
+    """A width-padded group's programs are built for its run alone (uncached): compile-ahead
+    claims the group and compiles none of them; a worker stopped meanwhile hands every claimed
+    run back."""
+    from sqzexplore.sweep import grouping
+
+    monkeypatch.setattr(grouping, "pays", lambda group, candidate, measured: (True, "test"))
+    path = write_sweep(tmp_path / "g.py", space=sr_space(0.125, 0.25, 0.5, 0.75), seeds=1)
+    sweep_dir = make_sweep_dir(path, tmp_path / "w", storage=storage)
+    trained, prepared, said = [], [], []
+    runner = _population_runner(trained, prepared)
+    kw = dict(heartbeat_s=0.5, log=said.append, compile_ahead=True, population=2)
+    summary = run_worker(sweep_dir, runner=runner, worker="t", max_runs=2, **kw)
+    assert summary.runs == {"complete": 2} and [len(g) for g in trained] == [2]
+    assert prepared == []
+    assert any("no compile-ahead for a width-padded group" in s for s in said), said
+    assert not list(sweep_dir.claims.glob("*.claim"))  # the ahead group handed back
+    summary = run_worker(sweep_dir, runner=runner, worker="u", **kw)
+    assert summary.runs == {"complete": 2} and [len(g) for g in trained] == [2, 2]
+    assert prepared == []

@@ -13,8 +13,9 @@ reuses the compiled programs the trainer keeps in memory, train/programs.py), an
 steers it away from points other workers are running (engine.next_run). With compile-ahead
 (`compile_ahead`, `--compile-ahead`; by default on where trials run on an accelerator, or on a
 CPU host with more cores than live local workers), a worker about to start the last pending
-seed of its point also claims its next run and compiles that run's programs in a background
-thread meanwhile (the runner's `prepare(config)`, see `prepare_hook`).
+seed of its point also claims its next run, with the group it will train with it
+(`claim_group`: more seeds, width-padded runs), and compiles exactly that group's programs in a
+background thread meanwhile (the runner's `prepare(config, population=N)`, `ahead_compile`).
 
 Populations (`population`, `--population auto|N|off`): a worker that claims a run also claims
 up to N-1 other pending seeds of its point (`SweepEngine.claim_more_runs`) and trains them as
@@ -142,29 +143,27 @@ def run_worker(
     # are not known ahead, when registered in this thread: then no compile-ahead thread.
     ahead_safe = sweep_latency.measure_ahead(sweep_dir, engine.defn, engine.base, log)
     ahead_ok = compile_ahead is not False and ahead_safe
-    prepare = prepare_hook(runner, size) if ahead_ok else None
+    prepare = prepare_hook(runner) if ahead_ok else None
     try:
         while max_runs is None or sum(summary.runs.values()) < max_runs:
             if stop.requested:
                 summary.stopped_by_signal = True
                 break
             if ahead is not None:
-                ticket, ahead = ahead.wait(), None
+                tickets, ahead = ahead.wait(), None
             else:
-                ticket = engine.next_run(prefer=recent)
-            if ticket == DONE:
+                tickets = engine.next_run(prefer=recent)
+                if isinstance(tickets, RunTicket):
+                    heartbeat.add_claim(tickets.claim)
+                    tickets = claim_group(engine, tickets, size, measured, heartbeat, log)
+            if tickets == DONE:
                 break
-            if ticket == WAIT:
+            if tickets == WAIT:
                 if not wait_for_others:
                     break
                 time.sleep(poll_s)
                 continue
-            heartbeat.add_claim(ticket.claim)
-            tickets = [ticket, *engine.claim_more_runs(ticket, size - 1)]
-            if len(tickets) < size:
-                tickets += claim_padded(engine, tickets, size, measured, log)
-            for more in tickets[1:]:
-                heartbeat.add_claim(more.claim)
+            ticket = tickets[0]
             recent = [ticket.point, *(p for p in recent if p != ticket.point)][:RECENT_POINTS]
             if (
                 prepare is not None
@@ -172,7 +171,7 @@ def run_worker(
                 # Decided now, not at start-up, when the other local workers may not be up yet.
                 and (compile_ahead or auto_compile_ahead(sweep_dir, stale_after_s))
             ):
-                ahead = _Ahead.start(engine, heartbeat, prepare, log)
+                ahead = _Ahead.start(engine, heartbeat, (size, measured), prepare, log)
             try:
                 if len(tickets) > 1:
                     outcomes = execute_population(tickets, engine, runner, heartbeat, log)
@@ -195,11 +194,10 @@ def run_worker(
                 summary.stopped_by_signal = any(o.detail.get("preempted") for o in interrupted)
                 break
     finally:
-        if ahead is not None:  # claimed but never started: hand it back
-            reserved = ahead.wait()
-            if isinstance(reserved, RunTicket):
-                heartbeat.discard(reserved.claim.path)
-                engine.finish_run(reserved, RunOutcome("interrupted"))
+        if ahead is not None:  # claimed but never started: hand them back
+            for t in ahead.wait():
+                heartbeat.discard(t.claim.path)
+                engine.finish_run(t, RunOutcome("interrupted"))
         stop.restore()
         heartbeat.stop()
         write_json(worker_file, {**me, "finished": time.time()})
@@ -226,6 +224,26 @@ def population_size(population: str | int, runner: Runner, log, worker: str) -> 
         return size
     log(f"[{worker}] population: up to {int(population)} seeds of a point as one program")
     return int(population)
+
+
+def claim_group(
+    engine: SweepEngine,
+    ticket: RunTicket,
+    size: int,
+    measured: grouping.Measured | None,
+    heartbeat: Heartbeat,
+    log: Callable[[str], None] = print,
+) -> list[RunTicket]:
+    """The runs this worker trains with the claimed `ticket` (its first): up to `size` - 1 more
+    seeds of its point, then width-padded runs of other points (`claim_padded`); their claims
+    heartbeated. Both the main loop and compile-ahead decide a run's group here, so what is
+    compiled ahead is the group's program."""
+    tickets = [ticket, *engine.claim_more_runs(ticket, size - 1)]
+    if len(tickets) < size:
+        tickets += claim_padded(engine, tickets, size, measured, log)
+    for more in tickets[1:]:
+        heartbeat.add_claim(more.claim)
+    return tickets
 
 
 def claim_padded(
@@ -302,31 +320,57 @@ def auto_compile_ahead(sweep_dir: sd.SweepDir, stale_after_s: float) -> bool:
 
 
 class _Ahead:
-    """The next run, claimed early, its programs compiling in a background thread."""
+    """The next run's group, claimed early (`claim_group`), its programs compiling in a
+    background thread: exactly the programs the group trains with (`ahead_compile`)."""
 
-    def __init__(self, ticket: RunTicket | str, thread: threading.Thread | None):
-        self.ticket, self.thread = ticket, thread
+    def __init__(self, tickets: list[RunTicket], thread: threading.Thread | None):
+        self.tickets, self.thread = tickets, thread
 
     @classmethod
-    def start(cls, engine: SweepEngine, heartbeat: Heartbeat, prepare, log) -> _Ahead | None:
+    def start(
+        cls, engine: SweepEngine, heartbeat: Heartbeat, group: tuple, prepare, log
+    ) -> _Ahead | None:
+        """Claim the next run and its group (`group`: claim_group's size and measured costs)."""
         ticket = engine.next_run()
         if not isinstance(ticket, RunTicket):
             return None  # nothing to claim now; ask again after this run
         heartbeat.add_claim(ticket.claim)
-        config = ml_collections.ConfigDict(ticket.record()["config"])
-
-        def compile_next():
-            try:
-                prepare(config)
-            except Exception as e:  # the run itself will compile (and report) it again
-                log(f"[{engine.worker}] compile-ahead of {ticket.trial_id} failed: {e}")
-
+        tickets = claim_group(engine, ticket, *group, heartbeat, log)
+        compile_next = ahead_compile(prepare, tickets, log, engine.worker)
+        if compile_next is None:
+            return cls(tickets, None)
         thread = threading.Thread(target=compile_next, name="compile-ahead", daemon=True)
         thread.start()
-        log(f"[{engine.worker}] compiling {ticket.trial_id} ahead")
-        return cls(ticket, thread)
+        return cls(tickets, thread)
 
-    def wait(self) -> RunTicket | str:
+    def wait(self) -> list[RunTicket]:
         if self.thread is not None:
             self.thread.join()
-        return self.ticket
+        return self.tickets
+
+
+def ahead_compile(
+    prepare: Callable, tickets: list[RunTicket], log: Callable[[str], None], worker: str
+) -> Callable[[], None] | None:
+    """The compile-ahead of the claimed group `tickets`, or None where none is exact. The run
+    trains a lone run's programs for one ticket (execute_run), a population program of
+    len(tickets) members for several seeds of one point (execute_population), with the
+    lowering and steps per dispatch `prepare` derives from the config as the driver does. A
+    width-padded group (several points) trains programs built for that run alone (uncached,
+    train/padding.py): compiling any ahead would be wasted, so none is."""
+    names = ", ".join(t.trial_id for t in tickets)
+    if len({t.point for t in tickets}) > 1:
+        log(f"[{worker}] claimed {names} ahead; no compile-ahead for a width-padded group")
+        return None
+    config = ml_collections.ConfigDict(tickets[0].record()["config"])
+    members = len(tickets)
+
+    def compile_next():
+        try:
+            prepare(config) if members == 1 else prepare(config, population=members)
+        except Exception as e:  # the run itself will compile (and report) it again
+            log(f"[{worker}] compile-ahead of {names} failed: {e}")
+
+    what = f"a population of {members}" if members > 1 else "one run"
+    log(f"[{worker}] compiling {names} ahead ({what})")
+    return compile_next

@@ -351,6 +351,10 @@ def finish(m: Member, status: str, step: int, progs, t_start, compile_start, tra
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         "process_count": jax.process_count(),
+        # What the matmuls and convolutions ran at (TF32 by default on NVIDIA GPUs).
+        "precision": xla_options.precision_line(
+            devices[0].platform, str(m.config.model.get("dtype", "float32"))
+        ),
     }
     m.writer.summary({"final": m.last_eval, "best": result["best"], "complexity": m.cplx_summary})
     m.writer.close()
