@@ -3,6 +3,9 @@ once, a failure repeated by every trial printed once, help texts, `sqz --version
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from test_sweep_support import write_sweep
 
@@ -163,3 +166,26 @@ def test_sweep_help_lists_the_options_of_run(capsys):
     out = capsys.readouterr().out
     for option in ("--arg", "--workdir", "--workers", "--storage", "--wandb", "--population"):
         assert option in out, option
+
+
+def test_the_device_check_leaves_jax_out_of_the_sweep_process():
+    """`sqz sweep run` checks the devices in a child: listing them in the launching process
+    would initialise the accelerator there (on a GPU: preallocate most of its memory, held while
+    the workers train) and fork the workers from a multithreaded process."""
+    probe = (
+        "import sys\n"
+        "from sqzexplore.train import runner  # as sqz sweep run: jax imported, no backend\n"
+        "from sqzexplore.sweep import preflight\n"
+        "from sqzexplore.sweep.space import SweepError\n"
+        "preflight.check_devices({'platform': 'auto'})\n"
+        "assert set(preflight.device_platforms()) == {'cpu'}, preflight.device_platforms()\n"
+        "try:\n"
+        "    preflight.check_devices({'platform': 'tpu'})\n"
+        "    raise SystemExit('a tpu config passed on a CPU')\n"
+        "except SweepError as e:\n"
+        "    assert 'config.platform=tpu' in str(e) and '\\n' not in str(e), e\n"
+        "from jax._src import xla_bridge\n"
+        "assert not xla_bridge._backends, 'the device check initialised a backend here'\n"
+    )
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr

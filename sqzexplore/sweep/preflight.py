@@ -21,7 +21,10 @@ itself what it needs.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,19 +51,73 @@ def check_dataset(data: Mapping[str, Any]) -> None:
         raise SweepError(f"{message} (no trial was registered)")
 
 
-def check_devices(config: Mapping[str, Any]) -> None:
-    """JAX sees the platform the base config asks for (or was granted)."""
+def platforms_here(platform: str = "auto") -> list[str]:
+    """The platform of each device JAX sees in this process, checked against `platform`
+    (train/preflight's check_platform). Raises SweepError in one line."""
     import jax
 
     from sqzexplore.config import ConfigError
     from sqzexplore.train.preflight import check_platform
 
     try:
-        check_platform(str(config.get("platform", "auto") or "auto"), jax.devices())
+        devices = jax.devices()
+        check_platform(platform, devices)
     except ConfigError as e:
         raise SweepError(f"{e} (no trial was registered)") from None
     except RuntimeError as e:  # a platform JAX cannot initialise at all
         raise SweepError(f"no devices: {str(e).splitlines()[0]}") from None
+    return [d.platform for d in devices]
+
+
+# Unless this process has initialised a JAX backend already (a test, a notebook), the check
+# runs in a child: listing the devices here would initialise the accelerator in the launching
+# `sqz sweep run` process, which on a GPU preallocates most of its memory and holds it while
+# the workers train.
+_PROBE = """
+import json, sys
+from sqzexplore.sweep import preflight
+from sqzexplore.sweep.space import SweepError
+try:
+    print(json.dumps(preflight.platforms_here(sys.argv[1])))
+except SweepError as e:
+    print(e, file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def _backend_initialised() -> bool:
+    """Whether this process has initialised a JAX backend (jax's private registry, read only
+    when jax is imported; anything unexpected counts as not initialised: the child is safe)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge._backends)
+    except (ImportError, AttributeError):
+        return False
+
+
+def device_platforms(platform: str = "auto") -> list[str]:
+    """`platforms_here`, in a child process that allocates nothing, unless this process has a
+    JAX backend already."""
+    if _backend_initialised():
+        return platforms_here(platform)
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    cmd = [sys.executable, "-c", _PROBE, platform]
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise SweepError("no devices: JAX did not list its devices in 300 s") from None
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    if p.returncode != 0:
+        raise SweepError(lines[-1] if lines else f"no devices: the probe exited {p.returncode}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def check_devices(config: Mapping[str, Any]) -> None:
+    """JAX sees the platform the base config asks for (or was granted)."""
+    device_platforms(str(config.get("platform", "auto") or "auto"))
 
 
 def check_storage(storage: str | None, workdir: str | os.PathLike) -> None:
