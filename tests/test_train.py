@@ -101,6 +101,27 @@ def _one_step_state(config, devices):
     return jax.device_get(new_state), jax.device_get(metrics)
 
 
+def test_train_time_counts_the_wait_for_the_device(tmp_path, monkeypatch):
+    """Dispatch is asynchronous: the device's work is waited for at each log point's sync, so a
+    train interval ends after that sync. A sync made 0.2 s slower (a slow device) must show in
+    train_time_s and in the logged images/s (it did not when the interval ended before it)."""
+    from sqzexplore.train import driver
+
+    real, syncs = driver._Loop._sync, []
+
+    def slow_sync(self, *args, **kwargs):
+        time.sleep(0.2)
+        syncs.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(driver._Loop, "_sync", slow_sync)
+    result = train.train_and_evaluate(tiny_config(num_epochs=1.0), str(tmp_path))
+    assert syncs and result["train_time_s"] >= 0.2 * len(syncs), (len(syncs), result)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["images_per_s"] for r in records if r["split"] == "train"]
+    assert rates and max(rates) <= 5 * 64 / 0.2, rates  # 5 steps of 64 images, >= 0.2 s each
+
+
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_four_devices_equal_one_device(batch_norm):
     """Same global batch on 4 fake CPU devices and on 1: same update (float32 tolerance 1e-5),

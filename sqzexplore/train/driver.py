@@ -233,10 +233,12 @@ class _Loop:
                 is_eval, is_ckpt, is_log = programs.cadence(step, steps, log_every)
                 changed = False
                 if is_log or preempt:
-                    interval = time.perf_counter() - interval_t0
-                    self.train_time += interval
+                    # The sync waits for the device: the interval ends after it (dispatch is
+                    # asynchronous, so before it only the host's share would be counted).
                     changed = self._sync(state, pending, k)
                     pending = []
+                    interval = time.perf_counter() - interval_t0
+                    self.train_time += interval
                 if is_log:
                     self._log(step, interval, progress)
                 pruned = self._evaluate(state, step, total, progress) if is_eval else []
