@@ -212,6 +212,23 @@ def flax_model(spec: SqueezeNetSpec, params: dict[str, Any], batch_stats: dict |
     return nnx.merge(graphdef, state)
 
 
+def layout_forward(spec: SqueezeNetSpec, params: dict[str, Any], layout: str, batch: int):
+    """The Flax model as a function of images in `layout` ('nhwc' or 'nchw'), and the input
+    shape at `batch`: what every traced export (StableHLO, TFLite) starts from."""
+    import jax.numpy as jnp
+
+    model = flax_model(spec, params)
+
+    def forward(images):
+        if layout == "nchw":
+            images = jnp.transpose(images, (0, 2, 3, 1))
+        return model(images)
+
+    size, channels = spec.image_size, spec.in_channels
+    shape = (batch, size, size, channels) if layout == "nhwc" else (batch, channels, size, size)
+    return forward, shape
+
+
 def _merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for key, value in b.items():

@@ -28,17 +28,9 @@ def build_stablehlo(
     import jax.numpy as jnp
     from jax import export
 
-    from sqzexplore.export.source import flax_model
+    from sqzexplore.export.source import layout_forward
 
-    model = flax_model(spec, params)
-
-    def forward(images):
-        if layout == "nchw":
-            images = jnp.transpose(images, (0, 2, 3, 1))
-        return model(images)
-
-    size, channels = spec.image_size, spec.in_channels
-    shape = (batch, size, size, channels) if layout == "nhwc" else (batch, channels, size, size)
+    forward, shape = layout_forward(spec, params, layout, batch)
     exported = export.export(jax.jit(forward), platforms=platforms)(
         jax.ShapeDtypeStruct(shape, jnp.float32)
     )

@@ -26,21 +26,12 @@ from sqzexplore.models.spec import SqueezeNetSpec
 def build_tflite(spec: SqueezeNetSpec, params: dict[str, Any], batch: int, layout: str) -> bytes:
     """The .tflite flatbuffer of the folded `spec`/`params` for `batch` images in `layout`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import jax.numpy as jnp
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    from sqzexplore.export.source import flax_model
+    from sqzexplore.export.source import layout_forward
 
-    model = flax_model(spec, params)
-
-    def forward(images):
-        if layout == "nchw":
-            images = jnp.transpose(images, (0, 2, 3, 1))
-        return model(images)
-
-    size, channels = spec.image_size, spec.in_channels
-    shape = (batch, size, size, channels) if layout == "nhwc" else (batch, channels, size, size)
+    forward, shape = layout_forward(spec, params, layout, batch)
     function = tf.function(
         jax2tf.convert(forward, native_serialization_platforms=("cpu",)),
         input_signature=[tf.TensorSpec(shape, tf.float32, name="images")],
